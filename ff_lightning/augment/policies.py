@@ -1,0 +1,541 @@
+"""Auto-augment policies with route-independent per-sample parameters.
+
+A policy separates drawing from applying (principle 1): ``sample(indices, epoch, seed)``
+draws a :class:`~ff_lightning.augment.params.Params` record per sample from the
+counter-based RNG, keyed by ``(seed, epoch, index)`` alone; ``apply_batch`` (any device,
+samples grouped by op, principle 2) and ``apply_one`` (one image on the CPU, in a worker)
+apply exactly that record. The op tables, magnitude bins, signs and probabilities are
+torchvision v2's (``RandAugment``, ``TrivialAugmentWide``, ``AutoAugment``, ``AugMix``).
+
+Image-size-dependent magnitudes (Translate in RandAugment, AutoAugment and AugMix) are
+resolved at apply time from the size of the images being augmented, with torchvision's
+exact formula, by both routes (:meth:`Policy.magnitudes`); every image of a batch has the
+same size after the worker's crop/resize.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ff_lightning.augment import rng
+from ff_lightning.augment.functional import apply_ops_grouped
+from ff_lightning.augment.params import Params
+from ff_lightning.augment.spaces import (
+    AUGMIX_PARTIAL_SPACE,
+    AUGMIX_SPACE,
+    AUTOAUGMENT_SPACE,
+    AUTOAUGMENT_SUBPOLICIES,
+    RANDAUGMENT_SPACE,
+    TRIVIALAUGMENT_SPACE,
+    OpSpec,
+    magnitude_table,
+)
+
+__all__ = [
+    "POLICIES",
+    "AugMix",
+    "AutoAugment",
+    "NoAugment",
+    "Policy",
+    "RandAugment",
+    "TrivialAugmentWide",
+    "build_policy",
+]
+
+POLICIES = ("randaugment", "trivialaugment", "autoaugment", "augmix", "none")
+INTERPOLATIONS = ("nearest", "bilinear")
+
+FillType = float | int | Sequence[float] | None
+
+
+class UnknownKwargError(TypeError, ValueError):
+    """Unknown keyword argument for a policy (both a TypeError and a ValueError)."""
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        rng_txt = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` must be an integer {rng_txt}, got {value!r}")
+    return value
+
+
+class Policy:
+    """Base class: a space of ops, ``num_slots`` op slots per sample and how to apply them.
+
+    Subclasses define ``name``, ``space`` (tuple of :class:`OpSpec`), ``num_bins``,
+    ``num_slots`` and :meth:`sample`. Sequential policies apply slot 0, then slot 1, ...
+    """
+
+    name: str = ""
+    space: tuple[OpSpec, ...] = ()
+    num_bins: int = 1
+    num_slots: int = 0
+    num_weights: int = 0
+    #: ``"torchvision"``: ``apply_one`` runs torchvision v2's per-image kernels;
+    #: ``"batched"``: it runs ``apply_batch`` on a batch of one (see the measurement in
+    #: ``recipes/benchmark_augment.py --apply-one``).
+    apply_one_backend: str = "torchvision"
+
+    def __init__(
+        self, *, interpolation: str | InterpolationMode = "nearest", fill: FillType = 0
+    ) -> None:
+        interp = interpolation.value if isinstance(interpolation, InterpolationMode) else interpolation
+        if interp not in INTERPOLATIONS:
+            raise ValueError(f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation: str = interp
+        if fill is not None and not isinstance(fill, (int, float)):
+            fill = [float(v) for v in fill]
+            if len(fill) not in (1, 3):
+                raise ValueError(f"`fill` must be a number or a sequence of 1 or 3 numbers, got {fill!r}")
+        self.fill: FillType = fill
+        self.op_names: tuple[str, ...] = tuple(op.name for op in self.space)
+        self._signed = torch.tensor([op.signed for op in self.space], dtype=torch.bool)
+        # Ops handed to the grouped kernel; slots that are not applied map to Identity.
+        self._apply_names = self.op_names if "Identity" in self.op_names else (*self.op_names, "Identity")
+        self._identity_id = self._apply_names.index("Identity")
+        self._tables: dict[tuple[int, int, str], Tensor] = {}
+
+    # ---------------------------------------------------------------- sampling
+    def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Params:
+        """Draw the records of ``indices`` (deterministic in ``(seed, epoch, index)``)."""
+        raise NotImplementedError
+
+    def _signs(self, op_ids: Tensor, u: Tensor) -> Tensor:
+        """torchvision's ``if signed and torch.rand(()) <= 0.5: magnitude *= -1``."""
+        neg = self._signed[op_ids] & (u <= 0.5)
+        return torch.where(neg, -1.0, 1.0).to(torch.float32)
+
+    # ---------------------------------------------------------------- magnitudes
+    def magnitude_table(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+        """float32 ``[len(space), num_bins]`` of unsigned magnitudes for ``height x width`` images."""
+        dev = torch.device(device)
+        key = (height, width, str(dev))
+        table = self._tables.get(key)
+        if table is None:
+            if len(self._tables) > 64:
+                self._tables.clear()
+            table = magnitude_table(self.space, self.num_bins, height, width).to(dev)
+            self._tables[key] = table
+        return table
+
+    def magnitudes(self, params: Params, height: int, width: int) -> Tensor:
+        """Signed magnitudes float32 ``[B, K]`` in torchvision's units for ``height x width``."""
+        table = self.magnitude_table(height, width, params.device)
+        return table[params.op_ids, params.bins] * params.signs
+
+    # ---------------------------------------------------------------- applying
+    def _check(self, images: Tensor, params: Params, ndim: int) -> None:
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != ndim or images.shape[-3] != 3:
+            shape = "[B, 3, H, W]" if ndim == 4 else "[3, H, W]"
+            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"`images` must be a uint8 tensor shaped {shape}, got {got}")
+        if not isinstance(params, Params):
+            raise TypeError(f"`params` must be a Params, got {type(params).__name__}")
+        n = images.shape[0] if ndim == 4 else 1
+        if len(params) != n:
+            raise ValueError(f"`params` has {len(params)} records for {n} image(s)")
+        if params.num_slots != self.num_slots or params.weights.shape[1] != self.num_weights:
+            raise ValueError(
+                f"`params` has {params.num_slots} slots and {params.weights.shape[1]} weights, "
+                f"{self.name} expects {self.num_slots} and {self.num_weights}"
+            )
+
+    def _grouped(self, images: Tensor, op_ids: Tensor, applied: Tensor, mags: Tensor) -> Tensor:
+        ops = torch.where(applied, op_ids, self._identity_id)
+        return apply_ops_grouped(
+            images, ops, mags, self._apply_names, interpolation=self.interpolation, fill=self.fill
+        )
+
+    def apply_batch(self, images: Tensor, params: Params) -> Tensor:
+        """Augment uint8 ``[B, 3, H, W]`` on its device, each sample with its own record."""
+        self._check(images, params, 4)
+        if len(params) == 0 or self.num_slots == 0:
+            return images
+        p = params.to(images.device)
+        mags = self.magnitudes(p, images.shape[-2], images.shape[-1])
+        for k in range(self.num_slots):
+            images = self._grouped(images, p.op_ids[:, k], p.applied[:, k], mags[:, k])
+        return images
+
+    def apply_one(self, image: Tensor, params: Params) -> Tensor:
+        """Augment one uint8 ``[3, H, W]`` CPU image with a record of length 1 (worker route)."""
+        self._check(image, params, 3)
+        if self.num_slots == 0:
+            return image
+        if self.apply_one_backend == "batched":
+            return self.apply_batch(image.unsqueeze(0), params)[0]
+        mags = self.magnitudes(params.to("cpu"), image.shape[-2], image.shape[-1])[0].tolist()
+        ops, applied = params.op_ids[0].tolist(), params.applied[0].tolist()
+        for k in range(self.num_slots):
+            if applied[k]:
+                image = tv_apply(image, self.op_names[ops[k]], mags[k], self.interpolation, self.fill)
+        return image
+
+    def estimate_cost(self, params: Params) -> Tensor:
+        """Relative CPU cost float32 ``[B]`` of each record (sum of applied ops' costs).
+
+        Useful to route the costliest samples to the device; costs are rough single-thread
+        timings at 224 px relative to Brightness (see :data:`OP_COST`).
+        """
+        cost = torch.tensor([OP_COST.get(n, 1.0) for n in self.op_names], dtype=torch.float32)
+        per_slot = cost[params.op_ids.cpu()] * params.applied.cpu()
+        return per_slot.sum(1) if self.num_slots else torch.zeros(len(params))
+
+    # ---------------------------------------------------------------- misc
+    def _extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self._extra_repr()
+        sep = ", " if extra else ""
+        return f"{type(self).__name__}({extra}{sep}interpolation={self.interpolation!r}, fill={self.fill!r})"
+
+
+# Rough single-thread CPU time per op at 224 px relative to Brightness (torchvision kernels).
+OP_COST: dict[str, float] = {
+    "Identity": 0.0,
+    "ShearX": 3.0,
+    "ShearY": 3.0,
+    "TranslateX": 3.0,
+    "TranslateY": 3.0,
+    "Rotate": 3.0,
+    "Brightness": 1.0,
+    "Color": 2.0,
+    "Contrast": 1.5,
+    "Sharpness": 3.0,
+    "Posterize": 0.3,
+    "Solarize": 0.5,
+    "AutoContrast": 1.5,
+    "Equalize": 3.0,
+    "Invert": 0.3,
+}
+
+
+def tv_apply(image: Tensor, op: str, magnitude: float, interpolation: str, fill: FillType) -> Tensor:
+    """One op on one uint8 ``[3, H, W]`` image with torchvision v2's kernels.
+
+    Mirrors ``_AutoAugmentBase._apply_image_or_video_transform`` of torchvision v2.
+    """
+    interp = InterpolationMode(interpolation)
+    if op == "Identity":
+        return image
+    if op == "ShearX":
+        shear = [math.degrees(math.atan(magnitude)), 0.0]
+        return TF.affine_image(image, 0.0, [0, 0], 1.0, shear, interp, fill, [0, 0])
+    if op == "ShearY":
+        shear = [0.0, math.degrees(math.atan(magnitude))]
+        return TF.affine_image(image, 0.0, [0, 0], 1.0, shear, interp, fill, [0, 0])
+    if op == "TranslateX":
+        return TF.affine_image(image, 0.0, [int(magnitude), 0], 1.0, [0.0, 0.0], interp, fill)
+    if op == "TranslateY":
+        return TF.affine_image(image, 0.0, [0, int(magnitude)], 1.0, [0.0, 0.0], interp, fill)
+    if op == "Rotate":
+        return TF.rotate_image(image, magnitude, interp, fill=fill)
+    if op == "Brightness":
+        return TF.adjust_brightness_image(image, 1.0 + magnitude)
+    if op == "Color":
+        return TF.adjust_saturation_image(image, 1.0 + magnitude)
+    if op == "Contrast":
+        return TF.adjust_contrast_image(image, 1.0 + magnitude)
+    if op == "Sharpness":
+        return TF.adjust_sharpness_image(image, 1.0 + magnitude)
+    if op == "Posterize":
+        return TF.posterize_image(image, int(magnitude))
+    if op == "Solarize":
+        return TF.solarize_image(image, 255.0 * magnitude)
+    if op == "AutoContrast":
+        return TF.autocontrast_image(image)
+    if op == "Equalize":
+        return TF.equalize_image(image)
+    if op == "Invert":
+        return TF.invert_image(image)
+    raise ValueError(f"`op` {op!r} is not an auto-augment op")
+
+
+# ==================================================================== policies
+class NoAugment(Policy):
+    """The identity policy (``"none"``): records with no slots."""
+
+    name = "none"
+
+    def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Params:
+        return Params.empty(0, 0, batch=len(rng.as_indices(indices)))
+
+
+class RandAugment(Policy):
+    """torchvision's ``RandAugment``: ``num_ops`` ops drawn uniformly with replacement,
+    all at bin ``magnitude`` of ``num_magnitude_bins``, signed ops negated with p=0.5.
+
+    Draws per sample: ``num_ops`` op choices, then ``num_ops`` signs.
+    """
+
+    name = "randaugment"
+    space = RANDAUGMENT_SPACE
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: int = 9,
+        num_magnitude_bins: int = 31,
+        *,
+        interpolation: str | InterpolationMode = "nearest",
+        fill: FillType = 0,
+    ) -> None:
+        self.num_ops = _check_int("num_ops", num_ops, 0)
+        self.num_bins = _check_int("num_magnitude_bins", num_magnitude_bins, 2)
+        self.magnitude = _check_int("magnitude", magnitude, 0, num_magnitude_bins - 1)
+        self.num_slots = num_ops
+        super().__init__(interpolation=interpolation, fill=fill)
+
+    def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Params:
+        k = self.num_ops
+        b = rng.bits(seed, epoch, indices, rng.STREAM_POLICY, 2 * k)
+        op_ids = rng.bits_to_randint(b[:, :k], len(self.space))
+        return Params(
+            op_ids=op_ids,
+            bins=torch.full_like(op_ids, self.magnitude),
+            signs=self._signs(op_ids, rng.bits_to_uniform(b[:, k:])),
+            applied=torch.ones_like(op_ids, dtype=torch.bool),
+            weights=torch.zeros(len(op_ids), 0),
+        )
+
+    def _extra_repr(self) -> str:
+        return f"num_ops={self.num_ops}, magnitude={self.magnitude}, num_magnitude_bins={self.num_bins}"
+
+
+class TrivialAugmentWide(Policy):
+    """torchvision's ``TrivialAugmentWide``: one op uniformly, a uniform magnitude bin of
+    ``num_magnitude_bins``, signed ops negated with p=0.5.
+
+    Draws per sample: op, bin, sign.
+    """
+
+    name = "trivialaugment"
+    space = TRIVIALAUGMENT_SPACE
+    num_slots = 1
+
+    def __init__(
+        self,
+        num_magnitude_bins: int = 31,
+        *,
+        interpolation: str | InterpolationMode = "nearest",
+        fill: FillType = 0,
+    ) -> None:
+        self.num_bins = _check_int("num_magnitude_bins", num_magnitude_bins, 2)
+        super().__init__(interpolation=interpolation, fill=fill)
+
+    def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Params:
+        b = rng.bits(seed, epoch, indices, rng.STREAM_POLICY, 3)
+        op_ids = rng.bits_to_randint(b[:, :1], len(self.space))
+        return Params(
+            op_ids=op_ids,
+            bins=rng.bits_to_randint(b[:, 1:2], self.num_bins),
+            signs=self._signs(op_ids, rng.bits_to_uniform(b[:, 2:3])),
+            applied=torch.ones_like(op_ids, dtype=torch.bool),
+            weights=torch.zeros(len(op_ids), 0),
+        )
+
+    def _extra_repr(self) -> str:
+        return f"num_magnitude_bins={self.num_bins}"
+
+
+class AutoAugment(Policy):
+    """torchvision's ``AutoAugment``: a sub-policy uniformly, each of its two ops applied
+    when ``u <= probability``, at the sub-policy's bin of 10, signed ops negated with p=0.5.
+
+    Draws per sample: sub-policy, 2 apply draws, 2 signs.
+    """
+
+    name = "autoaugment"
+    space = AUTOAUGMENT_SPACE
+    num_bins = 10
+    num_slots = 2
+
+    def __init__(
+        self,
+        policy: Any = "imagenet",
+        *,
+        interpolation: str | InterpolationMode = "nearest",
+        fill: FillType = 0,
+    ) -> None:
+        key = getattr(policy, "value", policy)  # torchvision's AutoAugmentPolicy enum
+        if key not in AUTOAUGMENT_SUBPOLICIES:
+            raise ValueError(f"`policy` must be one of {tuple(AUTOAUGMENT_SUBPOLICIES)}, got {policy!r}")
+        self.policy: str = key
+        super().__init__(interpolation=interpolation, fill=fill)
+        subs = AUTOAUGMENT_SUBPOLICIES[key]
+        #: ``[S, 2]`` op ids, bins, probabilities of the sub-policies.
+        self.sub_ops = torch.tensor([[self.op_names.index(op) for op, _, _ in s] for s in subs])
+        self.sub_bins = torch.tensor([[m or 0 for _, _, m in s] for s in subs])
+        self.sub_probs = torch.tensor([[p for _, p, _ in s] for s in subs], dtype=torch.float32)
+
+    def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Params:
+        b = rng.bits(seed, epoch, indices, rng.STREAM_POLICY, 5)
+        sub = rng.bits_to_randint(b[:, 0], len(self.sub_ops))
+        op_ids = self.sub_ops[sub]
+        return Params(
+            op_ids=op_ids,
+            bins=self.sub_bins[sub],
+            signs=self._signs(op_ids, rng.bits_to_uniform(b[:, 3:5])),
+            applied=rng.bits_to_uniform(b[:, 1:3]) <= self.sub_probs[sub],
+            weights=torch.zeros(len(op_ids), 0),
+        )
+
+    def _extra_repr(self) -> str:
+        return f"policy={self.policy!r}"
+
+
+class AugMix(Policy):
+    """torchvision's ``AugMix``.
+
+    ``mixture_width`` chains of ``chain_depth`` ops (uniform in 1..3 when ``chain_depth <=
+    0``), ops uniform, bins uniform in ``[0, severity)`` of 10, signed ops negated with
+    p=0.5. The output is ``m0 * x + sum_i w_i * chain_i(x)`` computed in float32 and cast to
+    uint8 (truncation) as torchvision does, with ``m ~ Dirichlet(alpha, alpha)`` and
+    ``w = Dirichlet(alpha * 1_width) * m1``.
+
+    Slots are chain-major: slot ``c * max_depth + j`` is op ``j`` of chain ``c``; slots past
+    a chain's depth are not applied. ``weights`` is ``[m0, w_1, ..., w_width]``.
+    Draws per sample: ``width`` depths, ``width * max_depth`` ops, bins and signs, then the
+    gamma uniforms of the two Dirichlets.
+    """
+
+    name = "augmix"
+    num_bins = 10  # torchvision's _PARAMETER_MAX
+
+    def __init__(
+        self,
+        severity: int = 3,
+        mixture_width: int = 3,
+        chain_depth: int = -1,
+        alpha: float = 1.0,
+        all_ops: bool = True,
+        *,
+        interpolation: str | InterpolationMode = "nearest",
+        fill: FillType = 0,
+    ) -> None:
+        self.severity = _check_int("severity", severity, 1, 10)
+        self.mixture_width = _check_int("mixture_width", mixture_width, 1)
+        if isinstance(chain_depth, bool) or not isinstance(chain_depth, int):
+            raise ValueError(f"`chain_depth` must be an integer (<= 0 for a random depth in 1..3), got {chain_depth!r}")
+        self.chain_depth = chain_depth
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or math.isinf(alpha):
+            raise ValueError(f"`alpha` must be a positive finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+        if not isinstance(all_ops, bool):
+            raise ValueError(f"`all_ops` must be a bool, got {all_ops!r}")
+        self.all_ops = all_ops
+        self.space = AUGMIX_SPACE if all_ops else AUGMIX_PARTIAL_SPACE
+        self.max_depth = chain_depth if chain_depth > 0 else 3
+        self.num_slots = self.mixture_width * self.max_depth
+        self.num_weights = self.mixture_width + 1
+        super().__init__(interpolation=interpolation, fill=fill)
+
+    def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Params:
+        w, d, k = self.mixture_width, self.max_depth, self.num_slots
+        gd = rng.gamma_draws(self.alpha)
+        b = rng.bits(seed, epoch, indices, rng.STREAM_POLICY, w + 3 * k + (2 + w) * gd)
+        n = b.shape[0]
+        if self.chain_depth > 0:
+            depth = torch.full((n, w), self.chain_depth, dtype=torch.int64)
+        else:
+            depth = 1 + rng.bits_to_randint(b[:, :w], 3)
+        o = w
+        op_ids = rng.bits_to_randint(b[:, o : o + k], len(self.space))
+        bins = rng.bits_to_randint(b[:, o + k : o + 2 * k], self.severity)
+        signs = self._signs(op_ids, rng.bits_to_uniform(b[:, o + 2 * k : o + 3 * k]))
+        applied = (torch.arange(d).repeat(w)[None, :] < depth.repeat_interleave(d, dim=1))
+        o += 3 * k
+        u = rng.bits_to_uniform(b[:, o:])
+        m = rng.dirichlet(u[:, : 2 * gd], self.alpha, 2)
+        mix = rng.dirichlet(u[:, 2 * gd :], self.alpha, w) * m[:, 1:2]
+        return Params(
+            op_ids=op_ids,
+            bins=bins,
+            signs=signs,
+            applied=applied,
+            weights=torch.cat([m[:, :1], mix], dim=1),
+        )
+
+    def apply_batch(self, images: Tensor, params: Params) -> Tensor:
+        self._check(images, params, 4)
+        if len(params) == 0:
+            return images
+        p = params.to(images.device)
+        mags = self.magnitudes(p, images.shape[-2], images.shape[-1])
+        wts = p.weights[:, :, None, None, None]
+        mix = wts[:, 0] * images  # float32, as torchvision's `m[:, 0] * batch`
+        for c in range(self.mixture_width):
+            aug = images
+            for j in range(self.max_depth):
+                s = c * self.max_depth + j
+                if bool(p.applied[:, s].any()):
+                    aug = self._grouped(aug, p.op_ids[:, s], p.applied[:, s], mags[:, s])
+            mix.add_(wts[:, c + 1] * aug)
+        return mix.to(torch.uint8)
+
+    def apply_one(self, image: Tensor, params: Params) -> Tensor:
+        self._check(image, params, 3)
+        if self.apply_one_backend == "batched":
+            return self.apply_batch(image.unsqueeze(0), params)[0]
+        mags = self.magnitudes(params.to("cpu"), image.shape[-2], image.shape[-1])[0].tolist()
+        ops, applied = params.op_ids[0].tolist(), params.applied[0].tolist()
+        wts = params.weights[0].to("cpu")
+        mix = wts[0] * image
+        for c in range(self.mixture_width):
+            aug = image
+            for j in range(self.max_depth):
+                s = c * self.max_depth + j
+                if applied[s]:
+                    aug = tv_apply(aug, self.op_names[ops[s]], mags[s], self.interpolation, self.fill)
+            mix.add_(wts[c + 1] * aug)
+        return mix.to(torch.uint8)
+
+    def _extra_repr(self) -> str:
+        return (
+            f"severity={self.severity}, mixture_width={self.mixture_width}, chain_depth={self.chain_depth}, "
+            f"alpha={self.alpha}, all_ops={self.all_ops}"
+        )
+
+
+_CLASSES: dict[str, type[Policy]] = {
+    "randaugment": RandAugment,
+    "trivialaugment": TrivialAugmentWide,
+    "autoaugment": AutoAugment,
+    "augmix": AugMix,
+    "none": NoAugment,
+}
+_ALIASES = {"trivialaugmentwide": "trivialaugment", "identity": "none"}
+
+
+def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
+    """Build a policy by name with torchvision's keyword arguments.
+
+    ``name``: one of :data:`POLICIES` (case-insensitive; ``"trivialaugmentwide"`` is an
+    alias), or a :class:`Policy`, returned as is. Keyword arguments as torchvision's classes
+    name them (``num_ops``, ``magnitude``, ``num_magnitude_bins``, ``policy``, ``severity``,
+    ``mixture_width``, ``chain_depth``, ``alpha``, ``all_ops``) plus ``interpolation``
+    (``"nearest"`` or ``"bilinear"``) and ``fill``.
+    """
+    if isinstance(name, Policy):
+        if kwargs:
+            raise ValueError(f"keyword arguments {sorted(kwargs)} cannot be applied to an existing policy {name!r}")
+        return name
+    key = name.lower().replace("-", "").replace("_", "") if isinstance(name, str) else name
+    key = _ALIASES.get(key, key)
+    if key not in _CLASSES:
+        raise ValueError(f"`name` must be one of {POLICIES}, got {name!r}")
+    cls = _CLASSES[key]
+    allowed = tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    if unknown:
+        raise UnknownKwargError(f"unknown keyword argument(s) {unknown} for policy {key!r}; allowed: {allowed}")
+    return cls(**kwargs)

@@ -1,0 +1,155 @@
+"""The Hydra configs compose, every group instantiates, bad values fail clearly, and a short fit works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from ff_lightning.errors import ConfigError, DatasetNotFoundError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = str(ROOT / "configs")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=False)
+    return cfg
+
+
+def _small(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        f"data.source.root={tmp_path / 'data'}",
+        "+data.source.train_per_class=8",
+        "+data.source.val_per_class=4",
+        "data.source_size=48",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_checkpointing=false",
+        "progress_bar=none",
+        f"output_dir={tmp_path / 'run'}",
+        *extra,
+    ]
+
+
+def test_groups_have_the_documented_options() -> None:
+    assert _options("data") == ["cifar10", "imagefolder", "synthetic"]
+    assert _options("model") == ["resnet18", "resnet50", "simple_cnn", "vit_b_16"]
+    assert _options("augment") == ["augmix", "autoaugment", "none", "randaugment", "trivialaugment"]
+    assert _options("fusionflow") == ["auto", "fixed", "gpu", "off"]
+    assert _options("trainer") == ["cpu", "gpu"]
+
+
+@pytest.mark.parametrize("model", ["simple_cnn", "resnet18", "resnet50", "vit_b_16"])
+def test_every_model_config_instantiates_and_runs_forward(model: str) -> None:
+    import torch
+
+    cfg = _compose([f"model={model}"])
+    net = instantiate(cfg.model)
+    assert isinstance(net, L.LightningModule)
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))
+    assert out.shape == (1, cfg.data.num_classes)
+
+
+@pytest.mark.parametrize("mode", ["auto", "off", "gpu", "fixed"])
+def test_every_fusionflow_config_instantiates(mode: str) -> None:
+    from ff_lightning import FusionFlow
+
+    cb = instantiate(_compose([f"fusionflow={mode}"]).fusionflow)
+    assert isinstance(cb, FusionFlow) and cb.mode == mode
+    assert cb.ratio == {"off": 0.0, "gpu": 1.0, "fixed": 0.5, "auto": 0.0}[mode]
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu"])
+def test_trainer_configs_compose(trainer: str) -> None:
+    cfg = _compose([f"trainer={trainer}"])
+    assert cfg.trainer._target_ == "lightning.Trainer"
+    if trainer == "cpu":
+        t = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+        assert isinstance(t, L.Trainer) and t.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("augment", ["randaugment", "trivialaugment", "autoaugment", "augmix", "none"])
+def test_every_augment_config_builds_a_datamodule(augment: str, tmp_path: Path) -> None:
+    from ff_lightning.train import build_datamodule
+
+    cfg = _compose(_small(tmp_path, f"augment={augment}"))
+    dm = build_datamodule(cfg)
+    assert dm.policy.name == augment
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (16, 3, 48, 48)
+
+
+def test_data_configs_need_a_root_and_say_so(tmp_path: Path) -> None:
+    from ff_lightning.train import build_datamodule
+
+    for data in ("imagefolder", "cifar10"):
+        cfg = _compose([f"data={data}", "data.num_classes=10"])
+        with pytest.raises(ConfigError, match=r"`data.root` is required.*data.root=/path/to/dataset"):
+            build_datamodule(cfg)
+    cfg = _compose(["data=cifar10", f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
+        build_datamodule(cfg)
+
+
+def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
+    from ff_lightning.train import build_datamodule, train
+
+    with pytest.raises(ConfigError, match=r"`batch_size` must be an integer >= 1, got 0"):
+        build_datamodule(_compose(_small(tmp_path, "data.batch_size=0")))
+    with pytest.raises(ConfigError, match=r"`mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'"):
+        train(_compose(_small(tmp_path, "fusionflow.mode=fast")))
+    with pytest.raises(ConfigError, match=r"`arch` must be one of"):
+        train(_compose(_small(tmp_path, "model.arch=resnet1000")))
+    with pytest.raises(ConfigError, match=r"`progress_bar` must be one of"):
+        train(_compose(_small(tmp_path, "progress_bar=fancy")))
+
+
+def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
+    from ff_lightning.train import train
+
+    cfg = _compose(_small(tmp_path, "fusionflow=fixed", "fusionflow.ratio=0.5"))
+    metrics = train(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("val_acc", "train_samples_per_sec", "offload_ratio", "epochs"):
+        assert key in written
+    assert 0.0 <= written["val_acc"] <= 1.0
+    assert written["train_samples_per_sec"] > 0
+    assert written["offload_ratio"] == 0.5
+    assert written["epochs"] == 1
+    assert written["train_samples"] == 3 * 16
+    assert metrics["val_acc"] == written["val_acc"]
+
+
+def test_recipe_cli_reports_missing_root_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train.py"), "data=cifar10", f"data.root={tmp_path / 'missing'}",
+         f"hydra.run.dir={tmp_path / 'h'}"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 2
+    assert "cifar-10-batches-py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_override_of_unknown_group_option_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="Could not find 'model/resnet9000'"):
+        _compose(["model=resnet9000"])
+    cfg = _compose(["trainer.max_epochs=1"])
+    with open_dict(cfg):
+        assert cfg.trainer.max_epochs == 1

@@ -1,0 +1,106 @@
+"""Routing in the main process: device share per batch, costliest-first choice, epochs, DDP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from ff_lightning.data.routing import EpochSampler, RoutedBatchSampler, RoutedIndex, Router
+from ff_lightning.data.transforms import random_resized_crop_box, sample_uniforms
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 33])
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_every_batch_routes_round_r_b(batch_size: int, ratio: float, drop_last: bool) -> None:
+    data = list(range(50))
+    bs = RoutedBatchSampler(EpochSampler(data, seed=1), batch_size, drop_last, router=Router(ratio))
+    seen = []
+    for batch in bs:
+        assert all(isinstance(t, RoutedIndex) for t in batch)
+        assert sum(t.on_device for t in batch) == round(ratio * len(batch))
+        seen += [t.index for t in batch]
+    n_expected = (50 // batch_size) * batch_size if drop_last else 50
+    assert len(seen) == n_expected == len(set(seen))
+    assert len(bs) == (50 // batch_size if drop_last else -(-50 // batch_size))
+
+
+def test_new_ratio_applies_to_next_emitted_batch() -> None:
+    router = Router(0.0)
+    it = iter(RoutedBatchSampler(EpochSampler(range(40)), 10, False, router=router))
+    assert sum(t.on_device for t in next(it)) == 0
+    router.ratio = 0.5
+    assert sum(t.on_device for t in next(it)) == 5
+    router.ratio = 1.0
+    assert all(t.on_device for t in next(it))
+
+
+def test_costliest_samples_go_to_the_device() -> None:
+    cost = torch.tensor([5.0, 1.0, 9.0, 3.0, 7.0, 0.0])
+
+    def cost_fn(indices: list[int], epoch: int) -> torch.Tensor:
+        return cost[torch.tensor(indices)]
+
+    router = Router(0.5, strategy="costliest", cost_fn=cost_fn)
+    flags = router.assign([0, 1, 2, 3, 4, 5], epoch=0)
+    assert [i for i, f in enumerate(flags) if f] == [0, 2, 4]
+
+
+def test_epoch_sampler_is_deterministic_per_epoch_and_differs_between_epochs() -> None:
+    s = EpochSampler(range(100), seed=3)
+    a = list(s)
+    assert list(s) == a
+    s.set_epoch(1)
+    b = list(s)
+    assert sorted(b) == list(range(100)) and b != a
+    assert list(EpochSampler(range(100), shuffle=False)) == list(range(100))
+
+
+def test_epoch_travels_with_each_index() -> None:
+    sampler = EpochSampler(range(12), seed=0)
+    bs = RoutedBatchSampler(sampler, 4, False, router=Router(0.25))
+    bs.set_epoch(7)
+    assert {t.epoch for batch in bs for t in batch} == {7}
+
+
+def test_distributed_sampler_shards_are_disjoint_and_routed() -> None:
+    data = list(range(30))
+    shards = []
+    for rank in range(2):
+        ds = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        ds.set_epoch(2)
+        bs = RoutedBatchSampler(ds, 4, False, router=Router(0.5))
+        batches = list(bs)
+        assert all(t.epoch == 2 for b in batches for t in b)
+        assert all(sum(t.on_device for t in b) == round(0.5 * len(b)) for b in batches)
+        shards.append({t.index for b in batches for t in b})
+    assert shards[0] | shards[1] == set(data)
+
+
+def test_router_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match=r"`ratio` must be in \[0, 1\], got 1.5"):
+        Router(1.5)
+    with pytest.raises(ValueError, match=r"`strategy` must be one of \('costliest', 'random'\), got 'best'"):
+        Router(0.1, strategy="best")
+
+
+def test_uniforms_depend_only_on_key() -> None:
+    a = sample_uniforms(0, 1, 5, 9, 4)
+    assert a == sample_uniforms(0, 1, 5, 9, 4)
+    assert a != sample_uniforms(0, 2, 5, 9, 4)
+    assert a != sample_uniforms(0, 1, 6, 9, 4)
+    assert all(0.0 <= u < 1.0 for u in a)
+    # Roughly uniform: the mean of many draws is close to 1/2.
+    many = [sample_uniforms(0, 0, i, 1, 1)[0] for i in range(4000)]
+    assert abs(sum(many) / len(many) - 0.5) < 0.02
+
+
+def test_random_resized_crop_box_stays_inside_and_matches_scale() -> None:
+    areas = []
+    for i in range(500):
+        u = sample_uniforms(1, 0, i, 3, 22)
+        top, left, h, w = random_resized_crop_box(60, 80, u, (0.25, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
+        areas.append(h * w / (60 * 80))
+    assert min(areas) >= 0.2 and max(areas) <= 1.0
