@@ -76,6 +76,9 @@ class FusionFlow(L.Callback):
     ) -> None:
         from ff_lightning.fusion.controller import Controller
 
+        if mode is False:
+            # YAML 1.1 (and so Hydra) reads an unquoted `off` as the boolean false.
+            mode = "off"
         if mode not in MODES:
             raise ConfigError(f"`mode` must be one of {MODES}, got {mode!r}")
         if interval not in INTERVALS:
@@ -195,6 +198,7 @@ class FusionFlow(L.Callback):
                     num_workers=dm.num_workers,
                     h2d_s=rec.h2d_s,
                     prep_s=rec.prep_s,
+                    ratio=rec.ratio,
                 )
             )
             self._maybe_log(trainer, pl_module, wait, step_s, device_aug_s, rec)

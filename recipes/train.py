@@ -11,6 +11,7 @@ run directory.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def main(cfg: DictConfig) -> float:
     from ff_lightning.errors import FFLightningError
     from ff_lightning.train import train
 
+    # Hydra's root handler already prints Lightning's messages; don't print them twice.
+    logging.getLogger("lightning.pytorch").propagate = False
     try:
         metrics = train(cfg)
     except FFLightningError as err:

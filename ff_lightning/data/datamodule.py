@@ -162,6 +162,7 @@ class AugmentingDataset(Dataset):
                     "params": p,
                     "prep_s": t1 - t0,
                     "cpu_aug_s": t2 - t1,
+                    "ratio": key.ratio,
                 }
             )
         return out
@@ -179,6 +180,7 @@ def fusion_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch["device_mask"] = torch.tensor([s["on_device"] for s in samples], dtype=torch.bool)
         batch["cpu_aug_s"] = torch.tensor(sum(s["cpu_aug_s"] for s in samples), dtype=torch.float64)
         batch["prep_s"] = torch.tensor(sum(s["prep_s"] for s in samples), dtype=torch.float64)
+        batch["ratio"] = torch.tensor(samples[0]["ratio"], dtype=torch.float64)
     return batch
 
 
@@ -397,6 +399,7 @@ class FusionDataModule(L.LightningDataModule):
         rec.batch_size = int(images.shape[0])
         rec.cpu_aug_s = float(batch["cpu_aug_s"])
         rec.prep_s = float(batch["prep_s"])
+        rec.ratio = float(batch["ratio"])
         idx = mask.nonzero().squeeze(1)
         rec.n_device = int(idx.numel())
         rec.fallback_samples = 0

@@ -23,6 +23,7 @@ class RoutedIndex(NamedTuple):
     index: int
     on_device: bool
     epoch: int
+    ratio: float = 0.0  # the router's ratio when the batch was emitted
 
 
 class Router:
@@ -134,5 +135,6 @@ class RoutedBatchSampler(BatchSampler):
         epoch = self._epoch()
         self._iterations += 1
         for batch in super().__iter__():
+            ratio = self.router.ratio
             flags = self.router.assign(batch, epoch)
-            yield [RoutedIndex(i, f, epoch) for i, f in zip(batch, flags)]
+            yield [RoutedIndex(i, f, epoch, ratio) for i, f in zip(batch, flags)]

@@ -72,6 +72,7 @@ class BatchRecord:
     cpu_aug_s: float = 0.0  # worker CPU seconds spent augmenting this batch's cpu-routed share
     prep_s: float = 0.0  # worker CPU seconds spent decoding/cropping the whole batch
     h2d_s: float = 0.0  # wall time of the host-to-device transfer hook (enqueue time on CUDA)
+    ratio: float = 0.0  # the router's ratio when this batch was emitted
     fallback_samples: int = 0  # device-routed samples the memory guard pushed back to the CPU
 
 

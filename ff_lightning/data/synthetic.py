@@ -115,7 +115,19 @@ def _shape_mask(name: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generato
     """Boolean mask of one solid shape with random centre, size and rotation."""
     cx, cy = rng.uniform(0.3, 0.7, size=2)
     scale = rng.uniform(0.2, 0.38)
-    u, v = _frame(x, y, cx, cy, rng.uniform(0, 2 * math.pi), scale)
+    angle = rng.uniform(0, 2 * math.pi)
+    # Every shape lies within 1.1 * scale of its centre: evaluate only that box.
+    n = x.shape[1]
+    j0, j1 = max(0, int((cx - 1.1 * scale) * n)), min(n, math.ceil((cx + 1.1 * scale) * n))
+    i0, i1 = max(0, int((cy - 1.1 * scale) * n)), min(n, math.ceil((cy + 1.1 * scale) * n))
+    u, v = _frame(x[:, j0:j1], y[i0:i1], cx, cy, angle, scale)
+    mask = np.zeros((n, n), dtype=bool)
+    mask[i0:i1, j0:j1] = _shape_inside(name, u, v, rng)
+    return mask
+
+
+def _shape_inside(name: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Inside test of shape ``name`` in its own frame (circumradius 1)."""
     if name == "circle":
         return u * u + v * v < 1.0
     if name == "ring":
@@ -216,6 +228,7 @@ def render_sample(
     """
     if split not in _SPLIT_CODE:
         raise ConfigError(f"`split` must be one of {SPLITS}, got {split!r}")
+    _check_int("class_index", class_index, 0, len(CLASS_NAMES) - 1)
     name = CLASS_NAMES[class_index]
     rng = np.random.default_rng(
         [_SALT, SYNTHETIC_VERSION, seed, _SPLIT_CODE[split], class_index, index]
@@ -235,18 +248,18 @@ def render_sample(
         p0, p1 = rng.uniform(0, 1, size=(2, 2))
         colour = rng.uniform(0, 255, size=3).astype(np.float32)
         half_width = rng.uniform(0.5, 1.2) / size
-        alpha = _segment_alpha(x, y, p0, p1, half_width, size)
-        img = img * (1 - alpha) + colour * alpha
+        img += _segment_alpha(x, y, p0, p1, half_width, size) * (colour - img)
 
     if name in ("hstripes", "vstripes", "dstripes", "checkerboard", "dots"):
         mask = _texture_mask(name, xs, ys, rng)
     else:
         mask = _shape_mask(name, xs, ys, rng)
-    alpha = _coverage(mask, size)
-    img = img * (1 - alpha) + fg * alpha
+    img += _coverage(mask, size) * (fg - img)
 
-    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(3, 12))
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= np.float32(rng.uniform(3, 12))
+    img += noise + np.float32(0.5)  # +0.5: round to nearest in the cast below
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- cache
@@ -429,6 +442,7 @@ def ensure_synthetic_dataset(
         return target
 
     cache_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(cache_root, target.name)
     partial = cache_root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     try:
@@ -452,6 +466,16 @@ def ensure_synthetic_dataset(
         shutil.rmtree(partial, ignore_errors=True)
     log.info("Generated synthetic dataset at %s in %.1f s", target, time.perf_counter() - start)
     return target
+
+
+def _remove_stale_partials(cache_root: Path, name: str, max_age_s: float = 3600.0) -> None:
+    """Delete temporary folders that killed runs left behind (recent ones may still be in use)."""
+    for stale in cache_root.glob(f".{name}.partial-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _available_cpus() -> int:
