@@ -36,11 +36,12 @@ def build_datamodule(cfg: DictConfig) -> Any:
     from ff_lightning.data.datamodule import FusionDataModule
 
     data = cfg.data
-    if "root" in data:
+    if "root" in data.keys():  # `in` alone is False for a missing (???) value
         _require(cfg, "data.root", f"add `data.root=/path/to/dataset` to the command line (data={data.source.kind})")
     _require(cfg, "data.num_classes", "add `data.num_classes=N` (the number of class folders)")
-    train_set = instantiate(data.source, split="train")
-    val_set = instantiate(data.source, split="val")
+    with _setup_errors():
+        train_set = instantiate(data.source, split="train")
+        val_set = instantiate(data.source, split="val")
     aug = cfg.augment
     return FusionDataModule(
         train_set,

@@ -3,8 +3,8 @@
 torchvision's ``affine_image``/``rotate_image`` build the inverse affine matrix in float64
 Python arithmetic, cast it to float32, turn it into a sampling grid (pixel centres, image
 centre at the origin, ``align_corners=False``) and call ``grid_sample``. Here the matrix is
-built for ``B`` samples at once with the same float64 formula, the grids of all samples come
-from one ``bmm``, and:
+built for ``B`` samples at once with the same float64 formula, the grids of all samples are
+computed together with the same float32 rounding, and:
 
 - ``nearest``: ``grid_sample`` runs once on a one-channel image of pixel indices, which
   yields exactly the source pixel torchvision's ``grid_sample`` would pick (same kernel, same
@@ -22,6 +22,9 @@ from torch import Tensor
 from torch.nn.functional import grid_sample
 
 __all__ = ["inverse_affine", "shift", "warp"]
+
+# Integers up to this are exact in float32; see `_nearest_index`.
+_FLOAT32_EXACT_INT = 1 << 24
 
 
 def inverse_affine(
@@ -54,57 +57,105 @@ def inverse_affine(
 
 
 def _grid(matrix: Tensor, height: int, width: int, device: torch.device) -> Tensor:
-    """Sampling grids ``[B, H, W, 2]`` (float32) of torchvision's ``_affine_grid``."""
+    """Sampling grids ``[B, H, W, 2]`` (float32), bit-identical to torchvision's ``_affine_grid``."""
     bsz = matrix.shape[0]
     theta = matrix.to(torch.float32).to(device).view(bsz, 2, 3)
-    base = torch.empty(height, width, 3, dtype=torch.float32, device=device)
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
-    base[..., 0].copy_(xs)
-    base[..., 1].copy_(ys.unsqueeze(-1))
-    base[..., 2].fill_(1.0)
     scale = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32, device=device)
     rescaled = theta.transpose(1, 2).div(scale)  # [B, 3, 2]
-    grid = base.view(1, height * width, 3).expand(bsz, -1, -1).bmm(rescaled)
-    return grid.view(bsz, height, width, 2)
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
+    if device.type != "cpu":
+        # torchvision multiplies the [x, y, 1] base grid by theta with bmm; do the same so
+        # that the device's GEMM rounding (fused or not) is reproduced too.
+        base = torch.empty(height, width, 3, dtype=torch.float32, device=device)
+        base[..., 0].copy_(xs)
+        base[..., 1].copy_(ys.unsqueeze(-1))
+        base[..., 2].fill_(1.0)
+        grid = base.view(1, height * width, 3).expand(bsz, -1, -1).bmm(rescaled)
+        return grid.view(bsz, height, width, 2)
+    # On CPU that bmm evaluates (x * t0 + y * t1) + t2 without fused multiply-adds; the
+    # same expression on separable planes is bit-identical and several times faster.
+    xs = xs.view(1, 1, width)
+    ys = ys.view(1, height, 1)
+    planes = []
+    for k in range(2):
+        t0, t1, t2 = (rescaled[:, j, k].view(bsz, 1, 1) for j in range(3))
+        planes.append((xs * t0 + ys * t1) + t2)
+    return torch.stack(planes, dim=-1)
 
 
-def _gather(images: Tensor, index: Tensor, valid: Tensor, fill: Tensor) -> Tensor:
-    """``out[b, c, p] = images[b, c, index[b, p]]`` where ``valid[b, p]``, else ``fill[c]``."""
+def _gather(
+    images: Tensor, index: Tensor, valid: Tensor, fill: list[float] | None, out: Tensor
+) -> Tensor:
+    """``out[b, c, p] = images[b, c, index[b, p]]`` where ``valid[b, p]`` (uint8 0/1), else fill."""
     bsz, ch, height, width = images.shape
-    flat = images.reshape(bsz, ch, height * width)
-    index = index.reshape(bsz, 1, height * width).expand(bsz, ch, height * width)
-    out = torch.gather(flat, 2, index)
-    out = torch.where(valid.reshape(bsz, 1, height * width), out, fill.view(1, ch, 1))
-    return out.view(bsz, ch, height, width)
+    npix = height * width
+    flat_out = out.view(bsz, ch, npix)
+    index = index.reshape(bsz, 1, npix).expand(bsz, ch, npix)
+    torch.gather(images.view(bsz, ch, npix), 2, index, out=flat_out)
+    # uint8 arithmetic instead of torch.where, which is not vectorised for uint8 on CPU.
+    valid = valid.reshape(bsz, 1, npix)
+    flat_out.mul_(valid)
+    fill_u8 = _fill_u8(fill, ch)
+    if any(fill_u8):
+        fill_t = torch.tensor(fill_u8, dtype=torch.uint8, device=images.device)
+        flat_out.add_((1 - valid) * fill_t.view(1, ch, 1))
+    return out
 
 
-def _fill_u8(fill: list[float] | None, channels: int, device: torch.device) -> Tensor:
+def _fill_u8(fill: list[float] | None, channels: int) -> list[int]:
+    """The fill colour as torchvision lands it in uint8 for ``nearest`` (clamped, rounded)."""
     values = [0.0] if fill is None else fill
-    t = torch.tensor(values, dtype=torch.float32, device=device).clamp_(0, 255).round_()
-    return t.to(torch.uint8).expand(channels).contiguous()
+    t = torch.tensor(values, dtype=torch.float32).clamp_(0, 255).round_()
+    return t.to(torch.uint8).expand(channels).tolist()
 
 
-def warp(images: Tensor, matrix: Tensor, interpolation: str, fill: list[float] | None) -> Tensor:
-    """Warp uint8 ``images`` ``[B, C, H, W]`` by per-sample inverse matrices ``[B, 6]``."""
+def _nearest_index(grid: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """The source pixel (int64 ``[B, H*W]``) and inside flag (uint8 0/1) nearest-mode
+    ``grid_sample`` picks for every output pixel.
+
+    ``grid_sample`` runs on an image whose pixels hold ``1 + their index`` (0 marks
+    "outside"), so the pick is exactly torchvision's, with the device's own kernel. Indices
+    must be exact in float32; beyond 2**24 pixels the row and column are sampled apart.
+    """
+    bsz = grid.shape[0]
+    device = grid.device
+    flat_grid = grid.view(1, bsz * height, width, 2)  # one source image serves every sample
+    if height * width < _FLOAT32_EXACT_INT:
+        iota = torch.arange(1, height * width + 1, dtype=torch.float32, device=device)
+        src = grid_sample(
+            iota.view(1, 1, height, width),
+            flat_grid,
+            mode="nearest",
+            padding_mode="zeros",
+            align_corners=False,
+        ).view(bsz, height * width)
+        valid = src.clamp(max=1.0).to(torch.uint8)
+        return src.sub_(1.0).clamp_(min=0.0).to(torch.int64), valid
+    rows = torch.arange(1, height + 1, dtype=torch.float32, device=device)
+    cols = torch.arange(1, width + 1, dtype=torch.float32, device=device)
+    coords = torch.stack(
+        [rows.view(height, 1).expand(height, width), cols.view(1, width).expand(height, width)]
+    )
+    src = grid_sample(
+        coords.unsqueeze(0), flat_grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    src = src.view(2, bsz, height * width)
+    valid = src[0].clamp(max=1.0).to(torch.uint8)
+    row, col = src.sub_(1.0).clamp_(min=0.0).to(torch.int64).unbind(0)
+    return row.mul_(width).add_(col), valid
+
+
+def warp(
+    images: Tensor, matrix: Tensor, interpolation: str, fill: list[float] | None, out: Tensor
+) -> Tensor:
+    """Warp uint8 ``images`` ``[B, C, H, W]`` by per-sample inverse matrices ``[B, 6]`` into ``out``."""
     bsz, ch, height, width = images.shape
     device = images.device
     grid = _grid(matrix, height, width, device)
     if interpolation == "nearest":
-        # grid_sample on an image of (1 + pixel index): 0 marks "outside", and the picked
-        # value is exactly the pixel torchvision's grid_sample would pick.
-        iota = torch.arange(1, height * width + 1, dtype=torch.float32, device=device)
-        src = grid_sample(
-            iota.view(1, 1, height, width),
-            grid.view(1, bsz * height, width, 2),
-            mode="nearest",
-            padding_mode="zeros",
-            align_corners=False,
-        )
-        index = src.view(bsz, height * width).to(torch.int64)
-        valid = index > 0
-        index = index.sub_(1).clamp_(min=0)
-        return _gather(images, index, valid, _fill_u8(fill, ch, device))
+        index, valid = _nearest_index(grid, height, width)
+        return _gather(images, index, valid, fill, out)
 
     img = images.to(torch.float32)
     if fill is not None:
@@ -112,23 +163,25 @@ def warp(images: Tensor, matrix: Tensor, interpolation: str, fill: list[float] |
         # from inside the image, then blends the fill colour in by that amount.
         ones = torch.ones(bsz, 1, height, width, dtype=torch.float32, device=device)
         img = torch.cat((img, ones), dim=1)
-    out = grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    res = grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if fill is not None:
-        out, mask = out[:, :ch], out[:, ch:]
-        fill_t = torch.tensor(fill, dtype=torch.float32, device=device).clamp_(0, 255)
+        res, mask = res[:, :ch], res[:, ch:]
+        fill_t = torch.tensor(fill, dtype=torch.float32).clamp_(0, 255).to(device)
         fill_t = fill_t.expand(ch).view(1, ch, 1, 1)
-        out = out.sub(fill_t).mul_(mask).add_(fill_t)
-    return out.round_().to(torch.uint8)
+        res = res.sub(fill_t).mul_(mask).add_(fill_t)
+    # Values are in [0, 255]: float -> int16 -> uint8 rounds like torchvision's float -> uint8
+    # after round_(), and is several times faster on CPU.
+    return out.copy_(res.round_().to(torch.int16))
 
 
-def shift(images: Tensor, tx: Tensor, ty: Tensor, fill: list[float] | None) -> Tensor:
-    """Translate each image by integer ``(tx[b], ty[b])`` pixels (int64 ``[B]``), filling."""
+def shift(images: Tensor, tx: Tensor, ty: Tensor, fill: list[float] | None, out: Tensor) -> Tensor:
+    """Translate each image by integer ``(tx[b], ty[b])`` pixels (int64 ``[B]``) into ``out``."""
     bsz, ch, height, width = images.shape
     device = images.device
     tx = tx.to(device).view(bsz, 1, 1)
     ty = ty.to(device).view(bsz, 1, 1)
     sx = torch.arange(width, device=device).view(1, 1, width) - tx  # [B, 1, W]
     sy = torch.arange(height, device=device).view(1, height, 1) - ty  # [B, H, 1]
-    valid = (sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)
+    valid = ((sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)).to(torch.uint8)
     index = sy.clamp_(0, height - 1) * width + sx.clamp_(0, width - 1)
-    return _gather(images, index, valid, _fill_u8(fill, ch, device))
+    return _gather(images, index, valid, fill, out)

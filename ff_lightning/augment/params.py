@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -101,7 +102,8 @@ class Params:
 
     def __getitem__(self, key: int | slice | Tensor | Sequence[int]) -> Params:
         """Select samples. An int gives a record of length 1 (the batch dim is kept)."""
-        if isinstance(key, int):
+        if isinstance(key, Integral) and not isinstance(key, bool):
+            key = int(key)
             n = len(self)
             if not -n <= key < n:
                 raise IndexError(f"index {key} is out of range for Params of length {n}")
@@ -110,7 +112,9 @@ class Params:
             if key.dtype != torch.bool and key.is_floating_point():
                 raise TypeError(f"index tensors must be bool or integer, got {key.dtype}")
             if key.dtype == torch.bool and key.shape != (len(self),):
-                raise IndexError(f"bool mask must have shape ({len(self)},), got {tuple(key.shape)}")
+                raise IndexError(
+                    f"bool mask must have shape ({len(self)},), got {tuple(key.shape)}"
+                )
             key = key.to(self.device)
         elif not isinstance(key, slice):
             key = torch.as_tensor(list(key), dtype=torch.int64, device=self.device)

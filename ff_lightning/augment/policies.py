@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.augment import rng
-from ff_lightning.augment.functional import apply_ops_grouped
+from ff_lightning.augment.functional import apply_op, apply_ops_grouped
 from ff_lightning.augment.params import Params
 from ff_lightning.augment.spaces import (
     AUGMIX_PARTIAL_SPACE,
@@ -61,7 +61,12 @@ class UnknownKwargError(TypeError, ValueError):
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
         rng_txt = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"`{name}` must be an integer {rng_txt}, got {value!r}")
     return value
@@ -79,27 +84,36 @@ class Policy:
     num_bins: int = 1
     num_slots: int = 0
     num_weights: int = 0
-    #: ``"torchvision"``: ``apply_one`` runs torchvision v2's per-image kernels;
-    #: ``"batched"``: it runs ``apply_batch`` on a batch of one (see the measurement in
-    #: ``recipes/benchmark_augment.py --apply-one``).
-    apply_one_backend: str = "torchvision"
+    #: ``"batched"`` (default): ``apply_one`` runs the batched kernels on a batch of one,
+    #: the device route's kernels (bit-identical to ``apply_batch`` on CPU) and the faster
+    #: on one CPU thread at 224 px; ``"torchvision"``: torchvision v2's per-image kernels.
+    #: Compare with ``recipes/benchmark_augment.py --apply-one``.
+    apply_one_backend: str = "batched"
 
     def __init__(
         self, *, interpolation: str | InterpolationMode = "nearest", fill: FillType = 0
     ) -> None:
-        interp = interpolation.value if isinstance(interpolation, InterpolationMode) else interpolation
+        interp = (
+            interpolation.value if isinstance(interpolation, InterpolationMode) else interpolation
+        )
         if interp not in INTERPOLATIONS:
-            raise ValueError(f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}")
+            raise ValueError(
+                f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}"
+            )
         self.interpolation: str = interp
         if fill is not None and not isinstance(fill, (int, float)):
             fill = [float(v) for v in fill]
             if len(fill) not in (1, 3):
-                raise ValueError(f"`fill` must be a number or a sequence of 1 or 3 numbers, got {fill!r}")
+                raise ValueError(
+                    f"`fill` must be a number or a sequence of 1 or 3 numbers, got {fill!r}"
+                )
         self.fill: FillType = fill
         self.op_names: tuple[str, ...] = tuple(op.name for op in self.space)
         self._signed = torch.tensor([op.signed for op in self.space], dtype=torch.bool)
         # Ops handed to the grouped kernel; slots that are not applied map to Identity.
-        self._apply_names = self.op_names if "Identity" in self.op_names else (*self.op_names, "Identity")
+        self._apply_names = (
+            self.op_names if "Identity" in self.op_names else (*self.op_names, "Identity")
+        )
         self._identity_id = self._apply_names.index("Identity")
         self._tables: dict[tuple[int, int, str], Tensor] = {}
 
@@ -114,7 +128,9 @@ class Policy:
         return torch.where(neg, -1.0, 1.0).to(torch.float32)
 
     # ---------------------------------------------------------------- magnitudes
-    def magnitude_table(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    def magnitude_table(
+        self, height: int, width: int, device: torch.device | str = "cpu"
+    ) -> Tensor:
         """float32 ``[len(space), num_bins]`` of unsigned magnitudes for ``height x width`` images."""
         dev = torch.device(device)
         key = (height, width, str(dev))
@@ -133,9 +149,18 @@ class Policy:
 
     # ---------------------------------------------------------------- applying
     def _check(self, images: Tensor, params: Params, ndim: int) -> None:
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != ndim or images.shape[-3] != 3:
+        if (
+            not isinstance(images, Tensor)
+            or images.dtype != torch.uint8
+            or images.ndim != ndim
+            or images.shape[-3] != 3
+        ):
             shape = "[B, 3, H, W]" if ndim == 4 else "[3, H, W]"
-            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+            got = (
+                f"{images.dtype} {tuple(images.shape)}"
+                if isinstance(images, Tensor)
+                else type(images).__name__
+            )
             raise ValueError(f"`images` must be a uint8 tensor shaped {shape}, got {got}")
         if not isinstance(params, Params):
             raise TypeError(f"`params` must be a Params, got {type(params).__name__}")
@@ -159,7 +184,9 @@ class Policy:
         self._check(images, params, 4)
         if len(params) == 0 or self.num_slots == 0:
             return images
-        p = params.to(images.device)
+        # Op ids and magnitudes stay on the CPU: the grouping reads them there anyway, and
+        # the kernels then skip identity samples without a device synchronisation.
+        p = params.to("cpu")
         mags = self.magnitudes(p, images.shape[-2], images.shape[-1])
         for k in range(self.num_slots):
             images = self._grouped(images, p.op_ids[:, k], p.applied[:, k], mags[:, k])
@@ -170,20 +197,36 @@ class Policy:
         self._check(image, params, 3)
         if self.num_slots == 0:
             return image
-        if self.apply_one_backend == "batched":
-            return self.apply_batch(image.unsqueeze(0), params)[0]
-        mags = self.magnitudes(params.to("cpu"), image.shape[-2], image.shape[-1])[0].tolist()
-        ops, applied = params.op_ids[0].tolist(), params.applied[0].tolist()
+        p = params.to("cpu")
+        return self._apply_one(image, p, self.magnitudes(p, image.shape[-2], image.shape[-1])[0])
+
+    def _apply_one(self, image: Tensor, p: Params, mags: Tensor) -> Tensor:
+        ops, applied = p.op_ids[0].tolist(), p.applied[0].tolist()
         for k in range(self.num_slots):
             if applied[k]:
-                image = tv_apply(image, self.op_names[ops[k]], mags[k], self.interpolation, self.fill)
+                image = self._op(image, ops[k], mags[k : k + 1])
         return image
+
+    def _op(self, image: Tensor, op_id: int, mag: Tensor) -> Tensor:
+        """One op on one image with the ``apply_one`` backend; ``mag`` is a ``[1]`` tensor."""
+        name = self.op_names[op_id]
+        if self.apply_one_backend == "batched":
+            out = apply_op(
+                image.unsqueeze(0), name, mag, interpolation=self.interpolation, fill=self.fill
+            )
+            return out[0]
+        if self.apply_one_backend == "torchvision":
+            return tv_apply(image, name, float(mag), self.interpolation, self.fill)
+        raise ValueError(
+            f"`apply_one_backend` must be one of ('batched', 'torchvision'), got {self.apply_one_backend!r}"
+        )
 
     def estimate_cost(self, params: Params) -> Tensor:
         """Relative CPU cost float32 ``[B]`` of each record (sum of applied ops' costs).
 
         Useful to route the costliest samples to the device; costs are rough single-thread
-        timings at 224 px relative to Brightness (see :data:`OP_COST`).
+        timings at 224 px relative to Brightness (see :data:`OP_COST`); AugMix's mixing
+        is not counted.
         """
         cost = torch.tensor([OP_COST.get(n, 1.0) for n in self.op_names], dtype=torch.float32)
         per_slot = cost[params.op_ids.cpu()] * params.applied.cpu()
@@ -199,27 +242,30 @@ class Policy:
         return f"{type(self).__name__}({extra}{sep}interpolation={self.interpolation!r}, fill={self.fill!r})"
 
 
-# Rough single-thread CPU time per op at 224 px relative to Brightness (torchvision kernels).
+# Rough single-thread CPU time per op per 224 px image relative to Brightness (about
+# 45 us), from ``recipes/benchmark_augment.py --ops`` with the batched kernels.
 OP_COST: dict[str, float] = {
     "Identity": 0.0,
-    "ShearX": 3.0,
-    "ShearY": 3.0,
-    "TranslateX": 3.0,
-    "TranslateY": 3.0,
-    "Rotate": 3.0,
+    "ShearX": 6.7,
+    "ShearY": 6.7,
+    "TranslateX": 3.2,
+    "TranslateY": 3.2,
+    "Rotate": 9.3,
     "Brightness": 1.0,
-    "Color": 2.0,
-    "Contrast": 1.5,
-    "Sharpness": 3.0,
-    "Posterize": 0.3,
-    "Solarize": 0.5,
-    "AutoContrast": 1.5,
-    "Equalize": 3.0,
-    "Invert": 0.3,
+    "Color": 1.8,
+    "Contrast": 2.0,
+    "Sharpness": 3.6,
+    "Posterize": 0.2,
+    "Solarize": 0.6,
+    "AutoContrast": 1.8,
+    "Equalize": 4.1,
+    "Invert": 0.15,
 }
 
 
-def tv_apply(image: Tensor, op: str, magnitude: float, interpolation: str, fill: FillType) -> Tensor:
+def tv_apply(
+    image: Tensor, op: str, magnitude: float, interpolation: str, fill: FillType
+) -> Tensor:
     """One op on one uint8 ``[3, H, W]`` image with torchvision v2's kernels.
 
     Mirrors ``_AutoAugmentBase._apply_image_or_video_transform`` of torchvision v2.
@@ -368,7 +414,9 @@ class AutoAugment(Policy):
     ) -> None:
         key = getattr(policy, "value", policy)  # torchvision's AutoAugmentPolicy enum
         if key not in AUTOAUGMENT_SUBPOLICIES:
-            raise ValueError(f"`policy` must be one of {tuple(AUTOAUGMENT_SUBPOLICIES)}, got {policy!r}")
+            raise ValueError(
+                f"`policy` must be one of {tuple(AUTOAUGMENT_SUBPOLICIES)}, got {policy!r}"
+            )
         self.policy: str = key
         super().__init__(interpolation=interpolation, fill=fill)
         subs = AUTOAUGMENT_SUBPOLICIES[key]
@@ -425,9 +473,16 @@ class AugMix(Policy):
         self.severity = _check_int("severity", severity, 1, 10)
         self.mixture_width = _check_int("mixture_width", mixture_width, 1)
         if isinstance(chain_depth, bool) or not isinstance(chain_depth, int):
-            raise ValueError(f"`chain_depth` must be an integer (<= 0 for a random depth in 1..3), got {chain_depth!r}")
+            raise ValueError(
+                f"`chain_depth` must be an integer (<= 0 for a random depth in 1..3), got {chain_depth!r}"
+            )
         self.chain_depth = chain_depth
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or math.isinf(alpha):
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or not alpha > 0
+            or math.isinf(alpha)
+        ):
             raise ValueError(f"`alpha` must be a positive finite number, got {alpha!r}")
         self.alpha = float(alpha)
         if not isinstance(all_ops, bool):
@@ -452,11 +507,12 @@ class AugMix(Policy):
         op_ids = rng.bits_to_randint(b[:, o : o + k], len(self.space))
         bins = rng.bits_to_randint(b[:, o + k : o + 2 * k], self.severity)
         signs = self._signs(op_ids, rng.bits_to_uniform(b[:, o + 2 * k : o + 3 * k]))
-        applied = (torch.arange(d).repeat(w)[None, :] < depth.repeat_interleave(d, dim=1))
+        applied = torch.arange(d).repeat(w)[None, :] < depth.repeat_interleave(d, dim=1)
         o += 3 * k
-        u = rng.bits_to_uniform(b[:, o:])
-        m = rng.dirichlet(u[:, : 2 * gd], self.alpha, 2)
-        mix = rng.dirichlet(u[:, 2 * gd :], self.alpha, w) * m[:, 1:2]
+        # float64 keeps each row's weights independent of the vector kernels' tail handling.
+        u = rng.bits_to_uniform(b[:, o:], torch.float64)
+        m = rng.dirichlet(u[:, : 2 * gd], self.alpha, 2).to(torch.float32)
+        mix = rng.dirichlet(u[:, 2 * gd :], self.alpha, w).to(torch.float32) * m[:, 1:2]
         return Params(
             op_ids=op_ids,
             bins=bins,
@@ -469,9 +525,9 @@ class AugMix(Policy):
         self._check(images, params, 4)
         if len(params) == 0:
             return images
-        p = params.to(images.device)
+        p = params.to("cpu")  # see Policy.apply_batch
         mags = self.magnitudes(p, images.shape[-2], images.shape[-1])
-        wts = p.weights[:, :, None, None, None]
+        wts = p.weights.to(images.device)[:, :, None, None, None]
         mix = wts[:, 0] * images  # float32, as torchvision's `m[:, 0] * batch`
         for c in range(self.mixture_width):
             aug = images
@@ -482,20 +538,16 @@ class AugMix(Policy):
             mix.add_(wts[:, c + 1] * aug)
         return mix.to(torch.uint8)
 
-    def apply_one(self, image: Tensor, params: Params) -> Tensor:
-        self._check(image, params, 3)
-        if self.apply_one_backend == "batched":
-            return self.apply_batch(image.unsqueeze(0), params)[0]
-        mags = self.magnitudes(params.to("cpu"), image.shape[-2], image.shape[-1])[0].tolist()
-        ops, applied = params.op_ids[0].tolist(), params.applied[0].tolist()
-        wts = params.weights[0].to("cpu")
+    def _apply_one(self, image: Tensor, p: Params, mags: Tensor) -> Tensor:
+        ops, applied = p.op_ids[0].tolist(), p.applied[0].tolist()
+        wts = p.weights[0]
         mix = wts[0] * image
         for c in range(self.mixture_width):
             aug = image
             for j in range(self.max_depth):
                 s = c * self.max_depth + j
                 if applied[s]:
-                    aug = tv_apply(aug, self.op_names[ops[s]], mags[s], self.interpolation, self.fill)
+                    aug = self._op(aug, ops[s], mags[s : s + 1])
             mix.add_(wts[c + 1] * aug)
         return mix.to(torch.uint8)
 
@@ -527,7 +579,9 @@ def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
     """
     if isinstance(name, Policy):
         if kwargs:
-            raise ValueError(f"keyword arguments {sorted(kwargs)} cannot be applied to an existing policy {name!r}")
+            raise ValueError(
+                f"keyword arguments {sorted(kwargs)} cannot be applied to an existing policy {name!r}"
+            )
         return name
     key = name.lower().replace("-", "").replace("_", "") if isinstance(name, str) else name
     key = _ALIASES.get(key, key)
@@ -537,5 +591,7 @@ def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
     allowed = tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
     unknown = sorted(k for k in kwargs if k not in allowed)
     if unknown:
-        raise UnknownKwargError(f"unknown keyword argument(s) {unknown} for policy {key!r}; allowed: {allowed}")
+        raise UnknownKwargError(
+            f"unknown keyword argument(s) {unknown} for policy {key!r}; allowed: {allowed}"
+        )
     return cls(**kwargs)

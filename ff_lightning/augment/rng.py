@@ -45,6 +45,7 @@ __all__ = [
     "bits_to_uniform",
     "dirichlet",
     "gamma",
+    "gamma_draws",
     "normal",
     "randint",
     "uniform",
@@ -91,12 +92,28 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_py(x: int) -> int:
+    """:func:`_mix32` on a Python int (exact, identical results)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+# Below this many words, plain Python ints beat the per-op overhead of torch (a worker
+# typically samples one index at a time).
+_PY_MAX_WORDS = 256
+
+
 def as_indices(indices: Tensor | Sequence[int] | int) -> Tensor:
     """Dataset indices as a 1-D int64 CPU tensor (accepts a tensor, a sequence or an int)."""
     if isinstance(indices, Tensor):
         t = indices.detach().to("cpu", torch.int64)
     else:
-        t = torch.as_tensor([indices] if isinstance(indices, int) else list(indices), dtype=torch.int64)
+        t = torch.as_tensor(
+            [indices] if isinstance(indices, int) else list(indices), dtype=torch.int64
+        )
     if t.ndim != 1:
         raise ValueError(f"`indices` must be 1-D, got shape {tuple(t.shape)}")
     if t.numel() and int(t.min()) < 0:
@@ -112,6 +129,13 @@ def bits(
         raise ValueError(f"`n` must be non-negative, got {n}")
     idx = as_indices(indices)
     k0, k1, k2, k3 = _keys(seed, epoch, stream)
+    if idx.numel() * n <= _PY_MAX_WORDS:
+        ctrs = [(j * _GOLDEN32 + k2) & _M32 for j in range(n)]
+        rows = []
+        for i in idx.tolist():
+            h = _mix32_py(_mix32_py((i & _M32) ^ k0) ^ (i >> 32) ^ k1)
+            rows.append([_mix32_py(_mix32_py((h + c) & _M32) ^ k3) for c in ctrs])
+        return torch.tensor(rows, dtype=torch.int64).view(idx.numel(), n)
     h = _mix32((idx & _M32) ^ k0)
     h = _mix32(h ^ (idx >> 32) ^ k1)
     ctr = (torch.arange(n, dtype=torch.int64) * _GOLDEN32) & _M32
@@ -162,7 +186,7 @@ def normal(u1: Tensor, u2: Tensor) -> Tensor:
     return r * torch.cos(2.0 * math.pi * u2)
 
 
-_GAMMA_ROUNDS = 12
+_GAMMA_ROUNDS = 8
 
 
 def gamma_draws(alpha: float) -> int:
@@ -177,8 +201,8 @@ def gamma(u: Tensor, alpha: float) -> Tensor:
 
     ``alpha == 1`` is the exact exponential ``-log(1 - u)``. Otherwise Marsaglia-Tsang with
     a fixed number of rounds (3 uniforms each) is used, vectorised; the first accepted round
-    wins (acceptance is above 95% per round, so all 12 rounds fail with probability below
-    1e-15, in which case the mean ``alpha`` is returned). ``alpha < 1`` uses the boost
+    wins (acceptance is above 95% per round, so all 8 rounds fail with probability below
+    1e-10, in which case the mean ``alpha`` is returned). ``alpha < 1`` uses the boost
     ``Gamma(alpha) = Gamma(alpha + 1) * U ** (1 / alpha)`` with one extra uniform.
     """
     if alpha <= 0:

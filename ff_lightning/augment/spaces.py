@@ -44,7 +44,9 @@ class OpSpec:
     per: str | None = None
 
 
-def _lin(name: str, high: float, *, low: float = 0.0, signed: bool = True, per: str | None = None) -> OpSpec:
+def _lin(
+    name: str, high: float, *, low: float = 0.0, signed: bool = True, per: str | None = None
+) -> OpSpec:
     return OpSpec(name, "linear", low, high, signed, per)
 
 

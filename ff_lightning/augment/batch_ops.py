@@ -1,0 +1,324 @@
+"""Batch-level ops applied on the device to every sample after the policy.
+
+- :func:`normalize`: fused uint8 -> float ``(x / 255 - mean) / std``.
+- :class:`RandomErasing`: torchvision's rule, each sample its own rectangle, as masks.
+- :class:`MixUpCutMix`: timm's MixUp/CutMix with soft targets.
+
+Random draws are made on the CPU from a ``torch.Generator`` (passed per call, or made
+from ``seed`` at construction) and moved to the images' device, so results do not depend
+on the device and are reproducible. No op loops over samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ff_lightning.augment import rng
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MixUpCutMix", "RandomErasing", "normalize"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_images(images: Tensor, name: str = "images") -> None:
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"`{name}` must be a tensor shaped [B, C, H, W], got {got}")
+
+
+def normalize(
+    images: Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """uint8 ``[B, C, H, W]`` (or ``[C, H, W]``) to ``dtype`` ``(x / 255 - mean) / std``.
+
+    Computed as one ``addcmul`` on the converted tensor: ``x * (1 / (255 std)) - mean / std``.
+    """
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim not in (3, 4):
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
+        raise ValueError(
+            f"`images` must be a uint8 tensor shaped [B, C, H, W] or [C, H, W], got {got}"
+        )
+    if not dtype.is_floating_point:
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
+    c = images.shape[-3]
+    mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
+    std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
+    if mean_t.numel() != c or std_t.numel() != c:
+        raise ValueError(
+            f"`mean` and `std` must have {c} values (one per channel), got {mean_t.numel()} and {std_t.numel()}"
+        )
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"`std` must be positive, got {std_t.tolist()}")
+    shape = (c, 1, 1)
+    scale = (1.0 / (255.0 * std_t)).to(dtype).view(shape).to(images.device)
+    shift = (-mean_t / std_t).to(dtype).view(shape).to(images.device)
+    return torch.addcmul(shift, images.to(dtype), scale)
+
+
+def _generator(
+    generator: torch.Generator | int | None, own: torch.Generator | None
+) -> torch.Generator | None:
+    if isinstance(generator, int):
+        return torch.Generator().manual_seed(generator)
+    return generator if generator is not None else own
+
+
+def _check_range(name: str, value: Sequence[float], low: float) -> tuple[float, float]:
+    if len(value) != 2 or not low <= value[0] <= value[1]:
+        raise ValueError(
+            f"`{name}` must be (min, max) with {low} <= min <= max, got {tuple(value)}"
+        )
+    return float(value[0]), float(value[1])
+
+
+class RandomErasing:
+    """torchvision's ``RandomErasing`` for a batch, one rectangle per sample.
+
+    Each sample is erased with probability ``p``; its rectangle has an area fraction
+    uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``, up to 10 tries for one
+    with ``h < H and w < W`` (none fits: the sample is left as is), and a uniform position.
+    ``value``: a number, one number per channel, or ``"random"`` (standard normal per pixel).
+    Works on float (normalised) or uint8 images.
+
+    Args:
+        seed: makes an internal CPU generator; a call's ``generator`` argument overrides it.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        scale: Sequence[float] = (0.02, 0.33),
+        ratio: Sequence[float] = (0.3, 3.3),
+        value: float | Sequence[float] | str = 0.0,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"`p` must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.scale = _check_range("scale", scale, 0.0)
+        if self.scale[1] > 1.0:
+            raise ValueError(f"`scale` must be within [0, 1], got {tuple(scale)}")
+        self.ratio = _check_range("ratio", ratio, 1e-12)
+        if isinstance(value, str) and value != "random":
+            raise ValueError(
+                f"`value` must be a number, a sequence of numbers or 'random', got {value!r}"
+            )
+        self.value = value
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def sample(
+        self, batch: int, height: int, width: int, generator: torch.Generator | int | None = None
+    ) -> Tensor:
+        """Rectangles int64 ``[B, 4]`` as ``(top, left, h, w)``; ``h == 0`` means not erased."""
+        g = _generator(generator, self.generator)
+        u = torch.rand(batch, 23, generator=g, dtype=torch.float64)
+        area = height * width
+        erase_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 1:11])
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 11:21])
+        h = torch.sqrt(erase_area * aspect).round().long()
+        w = torch.sqrt(erase_area / aspect).round().long()
+        ok = (h < height) & (w < width)
+        first = torch.argmax(ok.to(torch.int8), dim=1, keepdim=True)
+        h = torch.gather(h, 1, first).squeeze(1)
+        w = torch.gather(w, 1, first).squeeze(1)
+        keep = ok.any(1) & (u[:, 0] < self.p)
+        h, w = torch.where(keep, h, 0), torch.where(keep, w, 0)
+        top = (u[:, 21] * (height - h + 1)).long()
+        left = (u[:, 22] * (width - w + 1)).long()
+        return torch.stack([top, left, h, w], dim=1)
+
+    def __call__(self, images: Tensor, generator: torch.Generator | int | None = None) -> Tensor:
+        """Erase ``[B, C, H, W]`` images on their device; returns a new tensor."""
+        _check_images(images)
+        bsz, ch, height, width = images.shape
+        g = _generator(generator, self.generator)
+        boxes = self.sample(bsz, height, width, g).to(images.device)
+        top, left, h, w = (boxes[:, i, None, None] for i in range(4))
+        rows = torch.arange(height, device=images.device)[None, :, None]
+        cols = torch.arange(width, device=images.device)[None, None, :]
+        mask = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        if isinstance(self.value, str):
+            if not images.is_floating_point():
+                raise ValueError("`value='random'` needs float images, got uint8")
+            fill = torch.randn(images.shape, generator=g, dtype=images.dtype).to(images.device)
+        else:
+            vals = torch.as_tensor(self.value, dtype=torch.float32).flatten()
+            if vals.numel() not in (1, ch):
+                raise ValueError(f"`value` must have 1 or {ch} numbers, got {vals.numel()}")
+            fill = vals.to(images.dtype).view(1, -1, 1, 1).to(images.device)
+        return torch.where(mask[:, None], fill, images)
+
+    def __repr__(self) -> str:
+        return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, value={self.value!r})"
+
+
+class MixUpCutMix:
+    """timm's MixUp / CutMix for a batch, returning soft targets.
+
+    Sample ``i`` is mixed with sample ``B - 1 - i`` (the batch flipped). Per batch
+    (``mode="batch"``, timm's default) or per sample (``mode="elem"``): with probability
+    ``prob`` mixing happens; CutMix is chosen with probability ``switch_prob`` when both
+    alphas are positive, else whichever alpha is positive; ``lam ~ Beta(alpha, alpha)``.
+    MixUp: ``x = lam * x + (1 - lam) * x_flipped``. CutMix pastes a box of area ``1 - lam``
+    (timm's ``rand_bbox``, clipped to the image) from the flipped batch and sets ``lam`` to
+    the kept area fraction.
+
+    Targets: class indices int64 ``[B]`` (label smoothing applied) or soft float ``[B, C]``.
+    Returns ``(images, targets)`` with targets float32 ``[B, num_classes]`` on the images'
+    device, ``lam * t + (1 - lam) * t_flipped``; each row sums to 1.
+    """
+
+    MODES = ("batch", "elem")
+
+    def __init__(
+        self,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        num_classes: int = 1000,
+        switch_prob: float = 0.5,
+        *,
+        prob: float = 1.0,
+        label_smoothing: float = 0.0,
+        mode: str = "batch",
+        seed: int | None = None,
+    ) -> None:
+        for name, v in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if not (isinstance(v, (int, float)) and 0.0 <= v < math.inf):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {v!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}")
+        for name, v in (("switch_prob", switch_prob), ("prob", prob)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {v}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
+        if mode not in self.MODES:
+            raise ValueError(f"`mode` must be one of {self.MODES}, got {mode!r}")
+        self.mixup_alpha = float(mixup_alpha)
+        self.cutmix_alpha = float(cutmix_alpha)
+        self.num_classes = num_classes
+        self.switch_prob = float(switch_prob)
+        self.prob = float(prob)
+        self.label_smoothing = float(label_smoothing)
+        self.mode = mode
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def _beta(self, alpha: float, n: int, g: torch.Generator | None) -> Tensor:
+        draws = rng.gamma_draws(alpha)
+        u = torch.rand(n, 2 * draws, generator=g, dtype=torch.float64)
+        return rng.dirichlet(u, alpha, 2)[:, 0]
+
+    def sample(
+        self, batch: int, height: int, width: int, generator: torch.Generator | int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-sample ``lam`` float64 ``[B]`` (already area-corrected for CutMix) and CutMix
+        boxes int64 ``[B, 4]`` as ``(y0, y1, x0, x1)`` (empty for MixUp or no mixing)."""
+        g = _generator(generator, self.generator)
+        n = batch if self.mode == "elem" else 1
+        u = torch.rand(n, 4, generator=g, dtype=torch.float64)
+        lam_mix = (
+            self._beta(self.mixup_alpha, n, g)
+            if self.mixup_alpha > 0
+            else torch.ones(n, dtype=torch.float64)
+        )
+        lam_cut = (
+            self._beta(self.cutmix_alpha, n, g)
+            if self.cutmix_alpha > 0
+            else torch.ones(n, dtype=torch.float64)
+        )
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            use_cut = u[:, 1] < self.switch_prob
+        else:
+            use_cut = torch.full((n,), self.cutmix_alpha > 0)
+        active = (u[:, 0] < self.prob) & self.enabled
+        lam = torch.where(use_cut, lam_cut, lam_mix)
+        lam = torch.where(active, lam, torch.ones_like(lam))
+        # timm's rand_bbox: box of ratio sqrt(1 - lam) centred uniformly, clipped.
+        cut_rat = torch.sqrt(1.0 - lam)
+        cut_h, cut_w = (height * cut_rat).long(), (width * cut_rat).long()
+        cy, cx = (u[:, 2] * height).long(), (u[:, 3] * width).long()
+        y0, y1 = (cy - cut_h // 2).clamp(0, height), (cy + cut_h // 2).clamp(0, height)
+        x0, x1 = (cx - cut_w // 2).clamp(0, width), (cx + cut_w // 2).clamp(0, width)
+        boxes = torch.stack([y0, y1, x0, x1], dim=1)
+        is_cut = use_cut & active
+        boxes = torch.where(is_cut[:, None], boxes, torch.zeros_like(boxes))
+        area = ((y1 - y0) * (x1 - x0)).to(torch.float64)
+        lam = torch.where(is_cut, 1.0 - area / (height * width), lam)
+        if n != batch:
+            lam, boxes = lam.expand(batch), boxes.expand(batch, 4)
+        return lam.contiguous(), boxes.contiguous()
+
+    def soft_targets(self, targets: Tensor) -> Tensor:
+        """float32 ``[B, num_classes]`` from class ids ``[B]`` (smoothed) or soft ``[B, C]``."""
+        if targets.ndim == 1 and not targets.is_floating_point():
+            if targets.numel() and (
+                int(targets.min()) < 0 or int(targets.max()) >= self.num_classes
+            ):
+                raise ValueError(
+                    f"`targets` must be class indices in [0, {self.num_classes}), "
+                    f"got values in [{int(targets.min())}, {int(targets.max())}]"
+                )
+            off = self.label_smoothing / self.num_classes
+            out = torch.full((targets.numel(), self.num_classes), off, device=targets.device)
+            return out.scatter_(1, targets.long()[:, None], 1.0 - self.label_smoothing + off)
+        if targets.ndim == 2 and targets.shape[1] == self.num_classes:
+            return targets.to(torch.float32)
+        raise ValueError(
+            f"`targets` must be int class indices [B] or soft targets [B, {self.num_classes}], "
+            f"got {targets.dtype} {tuple(targets.shape)}"
+        )
+
+    def __call__(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator | int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mix ``[B, C, H, W]`` images and return ``(images, soft targets [B, num_classes])``."""
+        _check_images(images)
+        bsz, _, height, width = images.shape
+        if targets.shape[0] != bsz:
+            raise ValueError(f"`targets` has {targets.shape[0]} rows for {bsz} images")
+        soft = self.soft_targets(targets.to(images.device))
+        lam, boxes = self.sample(bsz, height, width, generator)
+        lam_d = lam.to(images.device, torch.float32)
+        boxes = boxes.to(images.device)
+        flipped = images.flip(0)
+        rows = torch.arange(height, device=images.device)[None, :, None]
+        cols = torch.arange(width, device=images.device)[None, None, :]
+        y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
+        in_box = ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))[:, None]
+        # CutMix samples: lam_blend is 1 (the box carries the mix); MixUp: lam, and no box.
+        blend = torch.where(boxes[:, 1] > boxes[:, 0], 1.0, lam_d).view(bsz, 1, 1, 1)
+        work = images if images.is_floating_point() else images.to(torch.float32)
+        flip_w = flipped if flipped.is_floating_point() else flipped.to(torch.float32)
+        mixed = torch.where(in_box, flip_w, work * blend + flip_w * (1.0 - blend))
+        if not images.is_floating_point():
+            mixed = mixed.round_().clamp_(0, 255).to(images.dtype)
+        else:
+            mixed = mixed.to(images.dtype)
+        lam_t = lam_d.view(bsz, 1)
+        return mixed, soft * lam_t + soft.flip(0) * (1.0 - lam_t)
+
+    def __repr__(self) -> str:
+        return (
+            f"MixUpCutMix(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
+            f"num_classes={self.num_classes}, switch_prob={self.switch_prob}, prob={self.prob}, "
+            f"label_smoothing={self.label_smoothing}, mode={self.mode!r})"
+        )

@@ -1,0 +1,263 @@
+"""Throughput of our batched policies against kornia and torchvision, side by side.
+
+For each policy (RandAugment, TrivialAugment) on the same device, threads, batch and image
+size, it times one batch of:
+
+- ``ours``: ``policy.sample`` + ``policy.apply_batch`` (per-sample ops, grouped by op);
+- ``kornia``: ``kornia.augmentation.auto.RandAugment(n=2, m=9)`` / ``TrivialAugment()``
+  on the batch (float input, conversion included; kornia draws one op set per batch);
+- ``tv-tensor``: torchvision v2's transform called per image on uint8 tensors;
+- ``tv-pil``: the same per PIL image (CPU only; PIL conversion not timed).
+
+Each is warmed up, then the median of ``--iters`` timed batches is reported with the
+ratios ours/kornia and ours/tv-tensor. ``--apply-one`` also times the worker route
+(``apply_one`` per image with the batched kernels at B=1 vs torchvision's kernels) and
+``--ops`` times every op alone (batched kernel per image vs torchvision per image).
+
+Example::
+
+    python recipes/benchmark_augment.py --threads 1 --batch 128 --size 224 --iters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+import torchvision
+from torchvision.transforms import v2
+
+from ff_lightning.augment import build_policy
+from ff_lightning.augment.functional import OPS, apply_op
+from ff_lightning.augment.policies import tv_apply
+
+OP_MAGNITUDES = {
+    "ShearX": 0.2,
+    "ShearY": -0.2,
+    "TranslateX": 40.0,
+    "TranslateY": -40.0,
+    "Rotate": 20.0,
+    "Brightness": 0.3,
+    "Color": 0.3,
+    "Contrast": -0.3,
+    "Sharpness": 0.3,
+    "Posterize": 5.0,
+    "Solarize": 0.6,
+}
+
+
+def make_images(batch: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """Smooth colour gradients with noise, uint8 ``[B, 3, S, S]``."""
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.linspace(0, 1, size)
+    yy, xx = lin[:, None], lin[None, :]
+    base = torch.stack([yy * 200 + xx * 40, yy * 0 + xx * 180 + 30, (yy + xx) * 110 + 10])
+    x = (
+        base
+        + torch.rand(batch, 3, 1, 1, generator=g) * 40
+        + torch.randn(batch, 3, size, size, generator=g) * 8
+    )
+    return x.clamp(0, 255).to(torch.uint8).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # time finished work, not queued kernels
+
+
+def timeit(fn: Callable[[], Any], device: torch.device, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_policy(name: str, x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import kornia.augmentation.auto as kauto
+
+    device, b = x.device, x.shape[0]
+    ours = build_policy(name)
+    tv = v2.RandAugment() if name == "randaugment" else v2.TrivialAugmentWide()
+    kornia_aug = (
+        kauto.RandAugment(n=2, m=9) if name == "randaugment" else kauto.TrivialAugment()
+    ).to(device)
+    state = {"epoch": 0}
+
+    def run_ours() -> torch.Tensor:
+        state["epoch"] += 1  # new parameters every batch, sampling included in the time
+        return ours.apply_batch(x, ours.sample(torch.arange(b), state["epoch"], 0))
+
+    def run_kornia() -> torch.Tensor:
+        return kornia_aug(x.float().div_(255))
+
+    def run_tv_tensor() -> list[torch.Tensor]:
+        return [tv(x[i]) for i in range(b)]
+
+    methods: dict[str, Callable[[], Any]] = {
+        "ours": run_ours,
+        "kornia": run_kornia,
+        "tv-tensor": run_tv_tensor,
+    }
+    if device.type == "cpu" and not args.skip_pil:
+        pil = [v2.functional.to_pil_image(img) for img in x]
+        methods["tv-pil"] = lambda: [tv(im) for im in pil]
+    rows = []
+    for method, fn in methods.items():
+        times = timeit(fn, device, args.iters, args.warmup)
+        med = statistics.median(times)
+        rows.append(
+            {
+                "policy": name,
+                "method": method,
+                "images_per_sec": b / med,
+                "median_s": med,
+                "times_s": times,
+            }
+        )
+        print(f"  {name:15s} {method:10s} {b / med:9.1f} img/s", flush=True)
+    return rows
+
+
+def _per_image(fn: Callable[[int], Any], n: int) -> Callable[[], list[Any]]:
+    return lambda: [fn(i) for i in range(n)]
+
+
+def bench_apply_one(x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Worker route: ``apply_one`` per image, batched kernels at B=1 vs torchvision kernels."""
+    rows = []
+    n = min(x.shape[0], 64)
+    for name in ("randaugment", "trivialaugment", "autoaugment", "augmix"):
+        pol = build_policy(name)
+        params = pol.sample(torch.arange(n), 0, 0)
+        recs = [params[i] for i in range(n)]
+        for backend in ("batched", "torchvision"):
+            pol.apply_one_backend = backend
+            run = _per_image(partial(lambda p, r, i: p.apply_one(x[i], r[i]), pol, recs), n)
+            med = statistics.median(timeit(run, x.device, args.iters, args.warmup))
+            rows.append({"policy": name, "backend": backend, "images_per_sec": n / med})
+            print(f"  apply_one {name:15s} {backend:12s} {n / med:9.1f} img/s", flush=True)
+    return rows
+
+
+def bench_ops(x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each op alone: batched kernel on the batch vs torchvision per image (us per image)."""
+    rows = []
+    b = x.shape[0]
+    for op in OPS[1:]:
+        m = OP_MAGNITUDES.get(op, 0.0)
+        ours = partial(apply_op, x, op, torch.full((b,), m))
+        tv = _per_image(partial(lambda o, mm, i: tv_apply(x[i], o, mm, "nearest", 0), op, m), b)
+        t_ours = statistics.median(timeit(ours, x.device, args.iters, 1)) / b
+        t_tv = statistics.median(timeit(tv, x.device, args.iters, 1)) / b
+        rows.append(
+            {"op": op, "ours_us": t_ours * 1e6, "tv_us": t_tv * 1e6, "speedup": t_tv / t_ours}
+        )
+        print(
+            f"  op {op:13s} ours {t_ours * 1e6:8.1f} us/img  tv {t_tv * 1e6:8.1f} us/img  "
+            f"x{t_tv / t_ours:5.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def print_table(
+    rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], env: dict[str, Any]
+) -> None:
+    title = f"augmentation throughput, {env['device']}, {env['threads']} thread(s), batch {env['batch']}, {env['size']} px"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich is a dependency, but keep the script usable
+        print(title)
+        for r in rows:
+            print(f"{r['policy']:15s} {r['method']:10s} {r['images_per_sec']:9.1f} img/s")
+        print(json.dumps(ratios, indent=2))
+        return
+    table = Table(title=title)
+    for col in ("policy", "method", "images/s", "ms/batch", "ours / this"):
+        table.add_column(col, justify="right" if col not in ("policy", "method") else "left")
+    for r in rows:
+        ours = next(o for o in rows if o["policy"] == r["policy"] and o["method"] == "ours")
+        table.add_row(
+            r["policy"],
+            r["method"],
+            f"{r['images_per_sec']:.1f}",
+            f"{r['median_s'] * 1e3:.1f}",
+            f"{ours['images_per_sec'] / r['images_per_sec']:.2f}x",
+        )
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument(
+        "--iters", type=int, default=5, help="timed batches per method (median reported)"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches per method")
+    parser.add_argument("--policy", default="all", choices=("all", "randaugment", "trivialaugment"))
+    parser.add_argument("--skip-pil", action="store_true", help="skip the torchvision PIL loop")
+    parser.add_argument("--apply-one", action="store_true", help="also time apply_one backends")
+    parser.add_argument("--ops", action="store_true", help="also time every op alone")
+    parser.add_argument("--out", default="benchmark_augment.json")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    x = make_images(args.batch, args.size, device)
+    import kornia
+
+    env = {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "kornia": kornia.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": args.threads,
+        "batch": args.batch,
+        "size": args.size,
+        "iters": args.iters,
+        "warmup": args.warmup,
+    }
+    policies = ("randaugment", "trivialaugment") if args.policy == "all" else (args.policy,)
+    rows: list[dict[str, Any]] = []
+    for name in policies:
+        rows += bench_policy(name, x, args)
+    ratios: dict[str, dict[str, float]] = {}
+    for name in policies:
+        by = {r["method"]: r["images_per_sec"] for r in rows if r["policy"] == name}
+        ratios[name] = {f"ours_vs_{m}": by["ours"] / v for m, v in by.items() if m != "ours"}
+    result: dict[str, Any] = {"env": env, "results": rows, "ratios": ratios}
+    if args.apply_one:
+        result["apply_one"] = bench_apply_one(x.cpu(), args)
+    if args.ops:
+        result["ops"] = bench_ops(x, args)
+    print_table(rows, ratios, env)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
