@@ -160,12 +160,21 @@ class AugmentingDataset(Dataset):
                     "targets": target,
                     "on_device": key.on_device,
                     "params": p,
+                    "index": key.index,
                     "prep_s": t1 - t0,
                     "cpu_aug_s": t2 - t1,
                     "ratio": key.ratio,
                 }
             )
         return out
+
+
+def _worker_init(worker_id: int) -> None:
+    # glibc raises its mmap threshold after a large block is freed; without this, every
+    # per-image temporary in a fresh worker is a fresh mmap + page faults (measured up to
+    # several times slower per image). One large allocation at start-up settles it.
+    buf = torch.empty(16 << 20, dtype=torch.uint8)
+    del buf
 
 
 def fusion_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,6 +187,7 @@ def fusion_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         params = [s["params"] for s in samples]
         batch["params"] = type(params[0]).cat(params)
         batch["device_mask"] = torch.tensor([s["on_device"] for s in samples], dtype=torch.bool)
+        batch["indices"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
         batch["cpu_aug_s"] = torch.tensor(sum(s["cpu_aug_s"] for s in samples), dtype=torch.float64)
         batch["prep_s"] = torch.tensor(sum(s["prep_s"] for s in samples), dtype=torch.float64)
         batch["ratio"] = torch.tensor(samples[0]["ratio"], dtype=torch.float64)
@@ -326,6 +336,7 @@ class FusionDataModule(L.LightningDataModule):
             pin = torch.cuda.is_available()
         kw: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": pin}
         if self.num_workers > 0:
+            kw["worker_init_fn"] = _worker_init
             kw["persistent_workers"] = self.persistent_workers
             kw["prefetch_factor"] = self.prefetch_factor
         return kw
@@ -363,7 +374,7 @@ class FusionDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------- device-side hooks
     def _user_module(self) -> L.LightningModule | None:
-        trainer = getattr(self, "_trainer", None)
+        trainer = getattr(self, "trainer", None)
         return trainer.lightning_module if trainer is not None else None
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -412,7 +423,13 @@ class FusionDataModule(L.LightningDataModule):
         timer.start(images.device)
         guard = self.memory_guard
         before = getattr(guard, "cpu_fallback_samples", 0)
-        out = guard.run(self.policy.apply_batch, images.index_select(0, idx), sub_params, self._cpu_fallback)
+        out = guard.run(
+            self.policy.apply_batch,
+            images.index_select(0, idx),
+            sub_params,
+            self._cpu_fallback,
+            total=rec.batch_size,
+        )
         timer.stop(rec.n_device)
         rec.fallback_samples = getattr(guard, "cpu_fallback_samples", 0) - before
         return images.index_copy(0, idx, out)
