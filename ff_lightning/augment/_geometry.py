@@ -17,14 +17,40 @@ computed together with the same float32 rounding, and:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.nn.functional import grid_sample
 
-__all__ = ["inverse_affine", "shift", "warp"]
+__all__ = ["atan", "degrees", "inverse_affine", "shift", "warp"]
 
 # Integers up to this are exact in float32; see `_nearest_index`.
 _FLOAT32_EXACT_INT = 1 << 24
+
+
+def _libm(name: str, values: Tensor) -> Tensor:
+    """``math.<name>`` of each value: libm's result, as torchvision's Python floats get.
+
+    torch's vectorised float64 ``atan``/``tan`` can differ from libm by one ulp; scaled by
+    half the image size, that can flip a float32 rounding tie in the matrix's translation
+    entry and so one bilinear output level. On CPU the few per-sample values are computed
+    with :mod:`math` (parameters only, about 0.1 us each); elsewhere with torch.
+    """
+    if values.device.type != "cpu":
+        return getattr(torch, name)(values)
+    fn = getattr(math, name)
+    return torch.tensor([fn(v) for v in values.tolist()], dtype=torch.float64)
+
+
+def atan(values: Tensor) -> Tensor:
+    """``math.atan``, elementwise (see :func:`_libm`)."""
+    return _libm("atan", values)
+
+
+def degrees(values: Tensor) -> Tensor:
+    """``math.degrees``, elementwise (same constant, same rounding)."""
+    return values * (180.0 / math.pi)
 
 
 def inverse_affine(
@@ -40,16 +66,18 @@ def inverse_affine(
     torchvision's centred pixel coordinates; scale is 1 and translation 0 (translations
     use :func:`shift`).
     """
-    rot = torch.deg2rad(angle)
-    sx = torch.deg2rad(shear_x)
-    sy = torch.deg2rad(shear_y)
-    cos_sy = torch.cos(sy)
-    tan_sx = torch.tan(sx)
+    to_rad = math.pi / 180.0  # math.radians' constant
+    rot = angle * to_rad
+    sx = shear_x * to_rad
+    sy = shear_y * to_rad
+    cos_sy = _libm("cos", sy)
+    tan_sx = _libm("tan", sx)
     rot_minus_sy = rot - sy
-    a = torch.cos(rot_minus_sy) / cos_sy
-    b = -(a * tan_sx + torch.sin(rot))
-    c = torch.sin(rot_minus_sy) / cos_sy
-    d = torch.cos(rot) - c * tan_sx
+    sin_rot, cos_rot = _libm("sin", rot), _libm("cos", rot)
+    a = _libm("cos", rot_minus_sy) / cos_sy
+    b = -(a * tan_sx + sin_rot)
+    c = _libm("sin", rot_minus_sy) / cos_sy
+    d = cos_rot - c * tan_sx
     m0, m1, m3, m4 = d, -b, -c, a
     m2 = center_x - m0 * center_x - m1 * center_y
     m5 = center_y - m3 * center_x - m4 * center_y

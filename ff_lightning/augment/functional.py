@@ -163,7 +163,7 @@ def _apply(
         tx, ty = (pixels, zeros.long()) if op == "TranslateX" else (zeros.long(), pixels)
         return _geometry.shift(images, tx, ty, fill, out)
     if op in ("ShearX", "ShearY"):
-        shear = torch.rad2deg(torch.atan(m))
+        shear = _geometry.degrees(_geometry.atan(m))
         sx, sy = (shear, zeros) if op == "ShearX" else (zeros, shear)
         # torchvision's auto-augment shears about pixel (0, 0): centre [0, 0] in pixels.
         matrix = _geometry.inverse_affine(zeros, sx, sy, -0.5 * width, -0.5 * height)
