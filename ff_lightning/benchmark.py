@@ -188,11 +188,12 @@ def _print_table(summary: dict[str, Any]) -> None:
 
     best = summary.get("best_fixed") or 1.0
     table = Table(title=f"ff_lightning benchmark ({summary['device']})")
-    for col in ("mode", "final ratio", "samples/s", "vs best fixed"):
+    for col in ("mode", "final ratio", "samples/s (mean)", "rounds", "vs best fixed"):
         table.add_column(col, justify="right")
     for r in summary["results"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        table.add_row(r["mode"], ratio, f"{r['samples_per_sec']:.1f}", f"{r['samples_per_sec'] / best:.3f}")
+        rounds = " ".join(f"{v:.0f}" for v in r.get("rounds", []))
+        table.add_row(r["mode"], ratio, f"{r['samples_per_sec']:.1f}", rounds, f"{r['samples_per_sec'] / best:.3f}")
     Console().print(table)
     for key in ("auto_vs_best_fixed", "auto_vs_off", "auto_vs_ceiling"):
         v = summary.get(key)
@@ -214,13 +215,30 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(threads))
     accel = cfg.trainer.accelerator
     device = torch.cuda.get_device_name(0) if accel in ("gpu", "cuda") and torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    repeats = int(b.get("repeats", 1))
+    if repeats < 1:
+        raise ConfigError(f"`benchmark.repeats` must be an integer >= 1, got {repeats}")
+    # Rounds interleave the modes (off, gpu, ..., off, gpu, ...) so that slow drifts of a shared
+    # machine's speed hit every mode alike; each mode reports the mean over its rounds.
+    runs: dict[str, list[dict[str, Any]]] = {}
+    total = repeats * len(modes)
+    k = 0
+    for rnd in range(repeats):
+        for mode, ratio in modes:
+            k += 1
+            label = mode if ratio is None else f"fixed:{ratio:g}"
+            log.info("benchmark %d/%d (round %d): %s", k, total, rnd + 1, label)
+            r = run_one(cfg, mode, ratio, out_dir)
+            log.info("  %s: %.1f samples/s (final ratio %s)", label, r["samples_per_sec"], r["ratio"])
+            runs.setdefault(r["mode"], []).append(r)
     results = []
-    for i, (mode, ratio) in enumerate(modes, 1):
-        label = mode if ratio is None else f"fixed:{ratio:g}"
-        log.info("benchmark %d/%d: %s", i, len(modes), label)
-        r = run_one(cfg, mode, ratio, out_dir)
-        log.info("  %s: %.1f samples/s (final ratio %s)", label, r["samples_per_sec"], r["ratio"])
-        results.append(r)
+    for label, rs in runs.items():
+        merged = dict(rs[-1])
+        merged["samples_per_sec"] = sum(x["samples_per_sec"] for x in rs) / len(rs)
+        merged["rounds"] = [x["samples_per_sec"] for x in rs]
+        if label == "auto":
+            merged["final_ratios"] = [x["ratio"] for x in rs]
+        results.append(merged)
     summary = summarise(results, device)
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     summary["torch"] = torch.__version__
