@@ -35,7 +35,14 @@ class StepClock(L.Callback):
         self.stamps: list[float] = []
         self.sizes: list[int] = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if pl_module.device.type == "cuda":
             # One synchronisation per step, in the benchmark only: the step's kernels must
             # have finished for its end time to mean anything. Training runs never do this.
@@ -74,7 +81,9 @@ class CeilingDataModule(L.LightningDataModule):
 
         return _Replay()
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
         return batch  # already resident: the ceiling pays no transfer
 
 
@@ -110,7 +119,9 @@ def _trainer(cfg: DictConfig, callbacks: list[L.Callback], steps: int, out_dir: 
     )
 
 
-def _ceiling_batches(cfg: DictConfig, n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _ceiling_batches(
+    cfg: DictConfig, n: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     from ff_lightning.train import build_datamodule
 
     dm = build_datamodule(cfg)
@@ -172,7 +183,11 @@ def run_one(cfg: DictConfig, mode: str, ratio: float | None, out_dir: Path) -> d
 def summarise(results: list[dict[str, Any]], device: str) -> dict[str, Any]:
     """The contract's ratios from per-mode results."""
     by_mode = {r["mode"]: r["samples_per_sec"] for r in results}
-    fixed = [r["samples_per_sec"] for r in results if r["mode"].startswith("fixed") or r["mode"] in ("off", "gpu")]
+    fixed = [
+        r["samples_per_sec"]
+        for r in results
+        if r["mode"].startswith("fixed") or r["mode"] in ("off", "gpu")
+    ]
     out: dict[str, Any] = {"device": device, "results": results}
     auto = by_mode.get("auto")
     out["best_fixed"] = max(fixed) if fixed else None
@@ -193,7 +208,13 @@ def _print_table(summary: dict[str, Any]) -> None:
     for r in summary["results"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         rounds = " ".join(f"{v:.0f}" for v in r.get("rounds", []))
-        table.add_row(r["mode"], ratio, f"{r['samples_per_sec']:.1f}", rounds, f"{r['samples_per_sec'] / best:.3f}")
+        table.add_row(
+            r["mode"],
+            ratio,
+            f"{r['samples_per_sec']:.1f}",
+            rounds,
+            f"{r['samples_per_sec'] / best:.3f}",
+        )
     Console().print(table)
     for key in ("auto_vs_best_fixed", "auto_vs_off", "auto_vs_ceiling"):
         v = summary.get(key)
@@ -214,7 +235,11 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(int(threads))
     accel = cfg.trainer.accelerator
-    device = torch.cuda.get_device_name(0) if accel in ("gpu", "cuda") and torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if accel in ("gpu", "cuda") and torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     repeats = int(b.get("repeats", 1))
     if repeats < 1:
         raise ConfigError(f"`benchmark.repeats` must be an integer >= 1, got {repeats}")
@@ -229,7 +254,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             label = mode if ratio is None else f"fixed:{ratio:g}"
             log.info("benchmark %d/%d (round %d): %s", k, total, rnd + 1, label)
             r = run_one(cfg, mode, ratio, out_dir)
-            log.info("  %s: %.1f samples/s (final ratio %s)", label, r["samples_per_sec"], r["ratio"])
+            log.info(
+                "  %s: %.1f samples/s (final ratio %s)", label, r["samples_per_sec"], r["ratio"]
+            )
             runs.setdefault(r["mode"], []).append(r)
     results = []
     for label, rs in runs.items():

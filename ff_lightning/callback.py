@@ -86,11 +86,15 @@ class FusionFlow(L.Callback):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ConfigError(f"`every_n_steps` must be an integer >= 1, got {every_n_steps!r}")
         if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ConfigError(f"`log_every_n_steps` must be an integer >= 1, got {log_every_n_steps!r}")
+            raise ConfigError(
+                f"`log_every_n_steps` must be an integer >= 1, got {log_every_n_steps!r}"
+            )
         if float(reserve_mb) < 0:
             raise ConfigError(f"`reserve_mb` must be >= 0 MiB, got {reserve_mb!r}")
         if mode == "fixed" and ratio is None:
-            raise ConfigError("`ratio` is required when mode='fixed', e.g. FusionFlow(mode='fixed', ratio=0.3)")
+            raise ConfigError(
+                "`ratio` is required when mode='fixed', e.g. FusionFlow(mode='fixed', ratio=0.3)"
+            )
         if ratio is not None and not 0.0 <= float(ratio) <= 1.0:
             raise ConfigError(f"`ratio` must be in [0, 1], got {ratio!r}")
         self.mode = mode
@@ -171,7 +175,12 @@ class FusionFlow(L.Callback):
         self._prev_end = None
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         from ff_lightning.fusion.controller import StepStats
 
@@ -223,9 +232,13 @@ class FusionFlow(L.Callback):
         def reduce(values: dict[str, float]) -> dict[str, float]:
             # Every rank must take the same decision: average the statistics first.
             keys = sorted(values)
-            t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=trainer.strategy.root_device)
+            t = torch.tensor(
+                [float(values[k]) for k in keys],
+                dtype=torch.float64,
+                device=trainer.strategy.root_device,
+            )
             t = trainer.strategy.reduce(t, reduce_op="mean")
-            return {k: float(v) for k, v in zip(keys, t.tolist())}
+            return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
 
         return reduce
 
@@ -240,11 +253,23 @@ class FusionFlow(L.Callback):
         rank_zero_info(msg)
         log.debug(msg)
         if trainer.logger is not None:
-            pl_module.log("fusionflow/decided_ratio", self.ratio, on_step=False, on_epoch=True, rank_zero_only=True)
+            pl_module.log(
+                "fusionflow/decided_ratio",
+                self.ratio,
+                on_step=False,
+                on_epoch=True,
+                rank_zero_only=True,
+            )
 
     # ------------------------------------------------------------------ logging
     def _maybe_log(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, wait: float, step_s: float, aug_s: float, rec: Any
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        wait: float,
+        step_s: float,
+        aug_s: float,
+        rec: Any,
     ) -> None:
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
@@ -267,8 +292,11 @@ class FusionFlow(L.Callback):
                     metrics["fusionflow/gpu_free_mb"] = free * mb
                 metrics["fusionflow/reserved_mb"] = probe.reserved_bytes() * mb
                 metrics["fusionflow/allocated_mb"] = probe.allocated_bytes() * mb
+                metrics["fusionflow/peak_allocated_mb"] = probe.peak_allocated_bytes() * mb
             metrics["fusionflow/oom_events"] = float(getattr(guard, "oom_events", 0))
-            metrics["fusionflow/cpu_fallback_samples"] = float(getattr(guard, "cpu_fallback_samples", 0))
+            metrics["fusionflow/cpu_fallback_samples"] = float(
+                getattr(guard, "cpu_fallback_samples", 0)
+            )
         self._last_log = metrics
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(rec.batch_size, 1))
 

@@ -107,8 +107,22 @@ class ImageClassifier(L.LightningModule):
         hard = y.argmax(dim=1) if y.ndim == 2 else y
         acc = (logits.argmax(dim=1) == hard).float().mean()
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=x.shape[0])
-        self.log(f"{stage}_acc", acc, prog_bar=stage != "train", on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.log(
+            f"{stage}_loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=x.shape[0],
+        )
+        self.log(
+            f"{stage}_acc",
+            acc,
+            prog_bar=stage != "train",
+            on_step=False,
+            on_epoch=True,
+            batch_size=x.shape[0],
+        )
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -126,12 +140,25 @@ class ImageClassifier(L.LightningModule):
             opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             opt = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True
+                self.parameters(),
+                lr=hp.lr,
+                momentum=hp.momentum,
+                weight_decay=hp.weight_decay,
+                nesterov=True,
             )
         if hp.scheduler == "none":
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        total = (
+            max(1, int(self.trainer.estimated_stepping_batches))
+            if self._trainer is not None
+            else 1000
+        )
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=hp.lr, total_steps=total, pct_start=0.15, anneal_strategy="cos", div_factor=10.0
+            opt,
+            max_lr=hp.lr,
+            total_steps=total,
+            pct_start=0.15,
+            anneal_strategy="cos",
+            div_factor=10.0,
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

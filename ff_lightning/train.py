@@ -6,8 +6,8 @@ import contextlib
 import json
 import logging
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,17 +37,32 @@ def build_datamodule(cfg: DictConfig) -> Any:
 
     data = cfg.data
     if "root" in data.keys():  # `in` alone is False for a missing (???) value
-        _require(cfg, "data.root", f"add `data.root=/path/to/dataset` to the command line (data={data.source.kind})")
+        _require(
+            cfg,
+            "data.root",
+            f"add `data.root=/path/to/dataset` to the command line (data={data.source.kind})",
+        )
     _require(cfg, "data.num_classes", "add `data.num_classes=N` (the number of class folders)")
     with _setup_errors():
         train_set = instantiate(data.source, split="train")
         val_set = instantiate(data.source, split="val")
+    classes = getattr(train_set, "classes", None)
+    if classes is not None and len(classes) != int(data.num_classes):
+        raise ConfigError(
+            f"`data.num_classes` is {data.num_classes} but the training set has {len(classes)} classes "
+            f"({', '.join(map(str, list(classes)[:5]))}{', ...' if len(classes) > 5 else ''}); "
+            f"set data.num_classes={len(classes)}"
+        )
     aug = cfg.augment
     return FusionDataModule(
         train_set,
         val_set,
         policy=aug.name,
-        policy_kwargs={**OmegaConf.to_container(aug.kwargs, resolve=True), "interpolation": aug.interpolation, "fill": aug.fill}
+        policy_kwargs={
+            **OmegaConf.to_container(aug.kwargs, resolve=True),
+            "interpolation": aug.interpolation,
+            "fill": aug.fill,
+        }
         if aug.name != "none"
         else None,
         image_size=data.image_size,
@@ -86,7 +101,14 @@ def _print_summary(metrics: dict[str, Any]) -> None:
         from rich.table import Table
 
         table = Table(title="ff_lightning run summary", show_header=False)
-        for key in ("val_acc", "train_samples_per_sec", "offload_ratio", "epochs", "fusionflow_mode", "wall_seconds"):
+        for key in (
+            "val_acc",
+            "train_samples_per_sec",
+            "offload_ratio",
+            "epochs",
+            "fusionflow_mode",
+            "wall_seconds",
+        ):
             if key in metrics:
                 v = metrics[key]
                 table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -121,7 +143,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    logged = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if getattr(v, "numel", lambda: 1)() == 1
+    }
     metrics: dict[str, Any] = {
         "val_acc": logged.get("val_acc", float("nan")),
         "val_loss": logged.get("val_loss", float("nan")),
@@ -137,7 +163,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_start,
     }
     if fusion is not None:
-        metrics["fusionflow_history"] = [d if isinstance(d, dict) else _as_dict(d) for d in fusion.history]
+        metrics["fusionflow_history"] = [
+            d if isinstance(d, dict) else _as_dict(d) for d in fusion.history
+        ]
     with open(out_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2, default=str)
     if trainer.is_global_zero:

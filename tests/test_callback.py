@@ -49,19 +49,27 @@ class RatioSpy(L.Callback):
         self.dm = dm
         self.n_device: list[int] = []
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self.n_device.append(self.dm.stats.last.n_device)
 
 
-@pytest.mark.parametrize(("mode", "ratio", "expected"), [("off", None, 0), ("gpu", None, 8), ("fixed", 0.25, 2)])
-def test_fixed_modes_route_the_expected_share(mode: str, ratio: float | None, expected: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "ratio", "expected"), [("off", None, 0), ("gpu", None, 8), ("fixed", 0.25, 2)]
+)
+def test_fixed_modes_route_the_expected_share(
+    mode: str, ratio: float | None, expected: int, tmp_path: Path
+) -> None:
     dm = _dm()
     cb = FusionFlow(mode=mode, ratio=ratio, log_every_n_steps=1)
     spy = RatioSpy(dm)
     _trainer(cb, tmp_path, extra_callbacks=[spy]).fit(TinyNet(), datamodule=dm)
     assert spy.n_device == [expected] * 8
     assert cb.ratio == expected / 8
-    assert [d.kind for d in cb.history][0] == "init" and len(cb.history) == 3  # init + one per epoch
+    assert [d.kind for d in cb.history][0] == "init" and len(
+        cb.history
+    ) == 3  # init + one per epoch
     assert all(d.reason for d in cb.history)
 
 
@@ -71,8 +79,14 @@ def test_metrics_are_logged_under_fusionflow(tmp_path: Path) -> None:
     trainer = _trainer(cb, tmp_path)
     trainer.fit(TinyNet(), datamodule=dm)
     logged = trainer.logged_metrics
-    for key in ("fusionflow/ratio", "fusionflow/data_wait_ms", "fusionflow/aug_ms", "fusionflow/step_ms",
-                "fusionflow/worker_aug_ms", "fusionflow/device_samples"):
+    for key in (
+        "fusionflow/ratio",
+        "fusionflow/data_wait_ms",
+        "fusionflow/aug_ms",
+        "fusionflow/step_ms",
+        "fusionflow/worker_aug_ms",
+        "fusionflow/device_samples",
+    ):
         assert key in logged, key
     assert float(logged["fusionflow/ratio"]) == 0.5
     assert float(logged["fusionflow/device_samples"]) == 4
@@ -91,14 +105,18 @@ def test_auto_mode_decides_every_n_steps_with_reasons(tmp_path: Path) -> None:
 
 
 def test_needs_a_fusion_datamodule(tmp_path: Path) -> None:
-    loader = DataLoader(TensorDataset(torch.zeros(4, 3 * 32 * 32), torch.zeros(4, dtype=torch.long)), batch_size=2)
+    loader = DataLoader(
+        TensorDataset(torch.zeros(4, 3 * 32 * 32), torch.zeros(4, dtype=torch.long)), batch_size=2
+    )
 
     class Flat(TinyNet):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
             return torch.nn.functional.cross_entropy(self.layer(x), y)
 
-    with pytest.raises(ConfigError, match=r"FusionFlow needs a FusionDataModule.*FusionDataModule\(train_dataset"):
+    with pytest.raises(
+        ConfigError, match=r"FusionFlow needs a FusionDataModule.*FusionDataModule\(train_dataset"
+    ):
         _trainer(FusionFlow(), tmp_path).fit(Flat(), train_dataloaders=loader)
 
 
@@ -162,7 +180,9 @@ def test_out_of_memory_in_augmentation_falls_back_and_caps(tmp_path: Path) -> No
     expected_dm.set_ratio(0.0)
     batch = next(iter(dm2.train_dataloader()))
     ref = next(iter(expected_dm.train_dataloader()))
-    torch.testing.assert_close(dm2.augment_on_device(batch), expected_dm.augment_on_device(ref), rtol=0, atol=0)
+    torch.testing.assert_close(
+        dm2.augment_on_device(batch), expected_dm.augment_on_device(ref), rtol=0, atol=0
+    )
 
 
 def test_checkpoint_restores_ratio_and_history(tmp_path: Path) -> None:
@@ -184,7 +204,9 @@ def test_checkpoint_restores_ratio_and_history(tmp_path: Path) -> None:
     dm2 = _dm()
     cb2 = FusionFlow(mode="auto", interval="steps", every_n_steps=100, warmup_steps=0)
     spy = RatioSpy(dm2)
-    _trainer(cb2, tmp_path, max_epochs=2, extra_callbacks=[spy]).fit(TinyNet(), datamodule=dm2, ckpt_path=ckpt)
+    _trainer(cb2, tmp_path, max_epochs=2, extra_callbacks=[spy]).fit(
+        TinyNet(), datamodule=dm2, ckpt_path=ckpt
+    )
     assert spy.n_device and spy.n_device[0] == 3  # round(0.375 * 8): the resumed run kept the share
     assert len(cb2.history) >= len(saved["history"])
 

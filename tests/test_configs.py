@@ -85,7 +85,9 @@ def test_trainer_configs_compose(trainer: str) -> None:
         assert isinstance(t, L.Trainer) and t.max_epochs == cfg.trainer.max_epochs
 
 
-@pytest.mark.parametrize("augment", ["randaugment", "trivialaugment", "autoaugment", "augmix", "none"])
+@pytest.mark.parametrize(
+    "augment", ["randaugment", "trivialaugment", "autoaugment", "augmix", "none"]
+)
 def test_every_augment_config_builds_a_datamodule(augment: str, tmp_path: Path) -> None:
     from ff_lightning.train import build_datamodule
 
@@ -101,7 +103,9 @@ def test_data_configs_need_a_root_and_say_so(tmp_path: Path) -> None:
 
     for data in ("imagefolder", "cifar10"):
         cfg = _compose([f"data={data}", "data.num_classes=10"])
-        with pytest.raises(ConfigError, match=r"`data.root` is required.*data.root=/path/to/dataset"):
+        with pytest.raises(
+            ConfigError, match=r"`data.root` is required.*data.root=/path/to/dataset"
+        ):
             build_datamodule(cfg)
     cfg = _compose(["data=cifar10", f"data.root={tmp_path / 'nowhere'}"])
     with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
@@ -111,9 +115,18 @@ def test_data_configs_need_a_root_and_say_so(tmp_path: Path) -> None:
 def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
     from ff_lightning.train import build_datamodule, train
 
+    with pytest.raises(
+        ConfigError,
+        match=r"`data.num_classes` is 7 but the training set has 10 classes.*data.num_classes=10",
+    ):
+        build_datamodule(
+            _compose(_small(tmp_path, "data.num_classes=7", "data.source.num_classes=10"))
+        )
     with pytest.raises(ConfigError, match=r"`batch_size` must be an integer >= 1, got 0"):
         build_datamodule(_compose(_small(tmp_path, "data.batch_size=0")))
-    with pytest.raises(ConfigError, match=r"`mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'"):
+    with pytest.raises(
+        ConfigError, match=r"`mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'"
+    ):
         train(_compose(_small(tmp_path, "fusionflow.mode=fast")))
     with pytest.raises(ConfigError, match=r"`arch` must be one of"):
         train(_compose(_small(tmp_path, "model.arch=resnet1000")))
@@ -139,9 +152,16 @@ def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
 
 def test_recipe_cli_reports_missing_root_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "train.py"), "data=cifar10", f"data.root={tmp_path / 'missing'}",
-         f"hydra.run.dir={tmp_path / 'h'}"],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "train.py"),
+            "data=cifar10",
+            f"data.root={tmp_path / 'missing'}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 2
     assert "cifar-10-batches-py" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,7 +25,9 @@ class TensorImages(Dataset):
             img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
             # Smooth it a little so the geometric ops act on structure, not pure noise.
             img = torch.nn.functional.avg_pool2d(img[None].float(), 3, 1, 1)[0].to(torch.uint8)
-            self.items.append((Image.fromarray(img.permute(1, 2, 0).numpy()) if pil else img, i % 4))
+            self.items.append(
+                (Image.fromarray(img.permute(1, 2, 0).numpy()) if pil else img, i % 4)
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -35,12 +37,18 @@ class TensorImages(Dataset):
 
 
 def _dm(**kw: Any) -> FusionDataModule:
-    args: dict[str, Any] = dict(image_size=32, batch_size=8, num_workers=0, seed=3, policy="randaugment")
+    args: dict[str, Any] = dict(
+        image_size=32, batch_size=8, num_workers=0, seed=3, policy="randaugment"
+    )
     args.update(kw)
-    return FusionDataModule(TensorImages(pil=args.pop("pil", False)), TensorImages(8, seed=1), **args)
+    return FusionDataModule(
+        TensorImages(pil=args.pop("pil", False)), TensorImages(8, seed=1), **args
+    )
 
 
-def _augmented_by_index(dm: FusionDataModule, ratio: float, epoch: int = 0) -> dict[int, torch.Tensor]:
+def _augmented_by_index(
+    dm: FusionDataModule, ratio: float, epoch: int = 0
+) -> dict[int, torch.Tensor]:
     """uint8 images after the policy (both routes), keyed by dataset index."""
     dm.set_ratio(ratio)
     loader = dm.train_dataloader()
@@ -153,7 +161,11 @@ def test_user_module_hooks_run_in_the_documented_order() -> None:
             return super().training_step(batch, batch_idx)
 
     trainer = L.Trainer(
-        logger=False, enable_progress_bar=False, enable_checkpointing=False, max_steps=2, limit_val_batches=0
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        max_steps=2,
+        limit_val_batches=0,
     )
     trainer.fit(Module(), datamodule=_dm())
     assert seen == ["before", "after", "step"] * 2

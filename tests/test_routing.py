@@ -81,7 +81,9 @@ def test_distributed_sampler_shards_are_disjoint_and_routed() -> None:
 def test_router_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match=r"`ratio` must be in \[0, 1\], got 1.5"):
         Router(1.5)
-    with pytest.raises(ValueError, match=r"`strategy` must be one of \('costliest', 'random'\), got 'best'"):
+    with pytest.raises(
+        ValueError, match=r"`strategy` must be one of \('costliest', 'random'\), got 'best'"
+    ):
         Router(0.1, strategy="best")
 
 

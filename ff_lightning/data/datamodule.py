@@ -31,10 +31,10 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset
 
-from ff_lightning.errors import ConfigError
 from ff_lightning.data.routing import EpochSampler, RoutedBatchSampler, RoutedIndex, Router
 from ff_lightning.data.stats import PipelineStats
 from ff_lightning.data.transforms import eval_geometry, to_uint8_chw, train_geometry
+from ff_lightning.errors import ConfigError
 
 log = logging.getLogger("ff_lightning")
 
@@ -43,18 +43,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # We call the LightningModule's batch-transfer hooks ourselves (see the module docstring), so
 # Lightning's "overridden in both" warning would be misleading.
-warnings.filterwarnings("ignore", message=r".*overridden `on_(before|after)_batch_transfer` in both.*")
+warnings.filterwarnings(
+    "ignore", message=r".*overridden `on_(before|after)_batch_transfer` in both.*"
+)
 
 
 def _check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    ok = (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value >= 0 if allow_zero else value > 0)
+    )
     if not ok:
         bound = ">= 0" if allow_zero else ">= 1"
         raise ConfigError(f"`{name}` must be an integer {bound}, got {value!r}")
     return int(value)
 
 
-def _check_range(name: str, value: Sequence[float], lo: float, hi: float | None = None) -> tuple[float, float]:
+def _check_range(
+    name: str, value: Sequence[float], lo: float, hi: float | None = None
+) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -120,7 +128,9 @@ class AugmentingDataset(Dataset):
                 image, target = self._load(index)
                 out.append(
                     {
-                        "images": eval_geometry(image, size=self.image_size, crop_fraction=self.val_crop_fraction),
+                        "images": eval_geometry(
+                            image, size=self.image_size, crop_fraction=self.val_crop_fraction
+                        ),
                         "targets": target,
                     }
                 )
@@ -149,7 +159,11 @@ class AugmentingDataset(Dataset):
                 ratio=self.crop_ratio,
                 hflip=self.hflip,
             )
-            p = params[j] if same_epoch else self.policy.sample(indices[j : j + 1], key.epoch, self.seed)
+            p = (
+                params[j]
+                if same_epoch
+                else self.policy.sample(indices[j : j + 1], key.epoch, self.seed)
+            )
             t1 = time.thread_time()
             if not key.on_device:
                 image = self.policy.apply_one(image, p)
@@ -253,7 +267,9 @@ class FusionDataModule(L.LightningDataModule):
         from ff_lightning.augment import build_policy
 
         if train_dataset is None:
-            raise ConfigError("`train_dataset` is required: pass a map-style dataset of (image, int target)")
+            raise ConfigError(
+                "`train_dataset` is required: pass a map-style dataset of (image, int target)"
+            )
         try:
             n_train = len(train_dataset)  # type: ignore[arg-type]
         except TypeError:
@@ -261,9 +277,13 @@ class FusionDataModule(L.LightningDataModule):
                 f"`train_dataset` must be a map-style dataset with __len__ and __getitem__, got {type(train_dataset).__name__}"
             ) from None
         if n_train == 0:
-            raise ConfigError("`train_dataset` is empty: it has 0 samples; check the dataset path or filter")
+            raise ConfigError(
+                "`train_dataset` is empty: it has 0 samples; check the dataset path or filter"
+            )
         if val_dataset is not None and len(val_dataset) == 0:  # type: ignore[arg-type]
-            raise ConfigError("`val_dataset` is empty: it has 0 samples; pass None to skip validation")
+            raise ConfigError(
+                "`val_dataset` is empty: it has 0 samples; pass None to skip validation"
+            )
         self.image_size = _check_positive_int("image_size", image_size)
         self.batch_size = _check_positive_int("batch_size", batch_size)
         if num_workers is None:
@@ -277,11 +297,15 @@ class FusionDataModule(L.LightningDataModule):
         self.val_crop_fraction = float(val_crop_fraction)
         self.hflip = bool(hflip)
         if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
-            raise ConfigError(f"`mean` and `std` must be 3 numbers each with std > 0, got mean={mean!r}, std={std!r}")
+            raise ConfigError(
+                f"`mean` and `std` must be 3 numbers each with std > 0, got mean={mean!r}, std={std!r}"
+            )
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         if not 0.0 <= float(random_erasing) <= 1.0:
-            raise ConfigError(f"`random_erasing` must be a probability in [0, 1], got {random_erasing!r}")
+            raise ConfigError(
+                f"`random_erasing` must be a probability in [0, 1], got {random_erasing!r}"
+            )
         self.random_erasing = float(random_erasing)
         if float(mixup_alpha) < 0 or float(cutmix_alpha) < 0:
             raise ConfigError(
@@ -290,7 +314,9 @@ class FusionDataModule(L.LightningDataModule):
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
         if (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and not num_classes:
-            raise ConfigError("`num_classes` is required when `mixup_alpha` or `cutmix_alpha` is > 0")
+            raise ConfigError(
+                "`num_classes` is required when `mixup_alpha` or `cutmix_alpha` is > 0"
+            )
         self.num_classes = num_classes
         self.drop_last = bool(drop_last)
         self.pin_memory = pin_memory
@@ -353,17 +379,28 @@ class FusionDataModule(L.LightningDataModule):
             hflip=self.hflip,
         )
         sampler = EpochSampler(self.train_dataset, shuffle=True, seed=self.seed)  # type: ignore[arg-type]
-        batch_sampler = RoutedBatchSampler(sampler, self.batch_size, self.drop_last, router=self.router)
-        return DataLoader(ds, batch_sampler=batch_sampler, collate_fn=fusion_collate, **self._loader_kwargs())
+        batch_sampler = RoutedBatchSampler(
+            sampler, self.batch_size, self.drop_last, router=self.router
+        )
+        return DataLoader(
+            ds, batch_sampler=batch_sampler, collate_fn=fusion_collate, **self._loader_kwargs()
+        )
 
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader | list:
         if dataset is None:
             return []
         ds = AugmentingDataset(
-            dataset, train=False, image_size=self.image_size, val_crop_fraction=self.val_crop_fraction
+            dataset,
+            train=False,
+            image_size=self.image_size,
+            val_crop_fraction=self.val_crop_fraction,
         )
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=False, collate_fn=fusion_collate, **self._loader_kwargs()
+            ds,
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=fusion_collate,
+            **self._loader_kwargs(),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -434,7 +471,9 @@ class FusionDataModule(L.LightningDataModule):
         rec.fallback_samples = getattr(guard, "cpu_fallback_samples", 0) - before
         return images.index_copy(0, idx, out)
 
-    def _batch_level_ops(self, images: torch.Tensor, targets: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_level_ops(
+        self, images: torch.Tensor, targets: torch.Tensor, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         from ff_lightning.augment import batch_ops
 
         x = batch_ops.normalize(images, self.mean, self.std)
@@ -449,7 +488,9 @@ class FusionDataModule(L.LightningDataModule):
                     (
                         "mix",
                         batch_ops.MixUpCutMix(
-                            mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha, num_classes=self.num_classes
+                            mixup_alpha=self.mixup_alpha,
+                            cutmix_alpha=self.cutmix_alpha,
+                            num_classes=self.num_classes,
                         ),
                     )
                 )
@@ -468,7 +509,12 @@ class FusionDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "images" in batch:
             train = "params" in batch
             if train:
-                self.stats.t_after_transfer = time.perf_counter()
+                now = time.perf_counter()
+                self.stats.t_after_transfer = now
+                if self.stats.t_before_transfer is not None:
+                    # Wall time of Lightning's transfer hook: the whole copy when it is
+                    # synchronous, the enqueue time for pinned non-blocking copies on CUDA.
+                    self.stats.last.h2d_s = now - self.stats.t_before_transfer
                 images = self.augment_on_device(batch)
                 self.stats.train_batches += 1
                 self._step += 1

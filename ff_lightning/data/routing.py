@@ -137,4 +137,4 @@ class RoutedBatchSampler(BatchSampler):
         for batch in super().__iter__():
             ratio = self.router.ratio
             flags = self.router.assign(batch, epoch)
-            yield [RoutedIndex(i, f, epoch, ratio) for i, f in zip(batch, flags)]
+            yield [RoutedIndex(i, f, epoch, ratio) for i, f in zip(batch, flags, strict=True)]

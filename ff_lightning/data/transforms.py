@@ -26,7 +26,9 @@ def _splitmix64(x: int) -> int:
 
 def sample_uniforms(seed: int, epoch: int, index: int, stream: int, n: int) -> list[float]:
     """``n`` uniform floats in [0, 1) that depend only on ``(seed, epoch, index, stream)``."""
-    key = _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (index & _MASK64))
+    key = _splitmix64(
+        _splitmix64(_splitmix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (index & _MASK64)
+    )
     key = _splitmix64(key ^ ((stream * 0x632BE59BD9B4E019) & _MASK64))
     out = []
     for i in range(n):
@@ -134,7 +136,9 @@ def train_geometry(
     return t.contiguous()
 
 
-def eval_geometry(image: torch.Tensor | Image.Image, *, size: int, crop_fraction: float) -> torch.Tensor:
+def eval_geometry(
+    image: torch.Tensor | Image.Image, *, size: int, crop_fraction: float
+) -> torch.Tensor:
     """Resize the shorter side to ``size / crop_fraction`` and take the central ``size`` square."""
     resize_to = max(size, int(round(size / crop_fraction)))
     if isinstance(image, Image.Image):
