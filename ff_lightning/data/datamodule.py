@@ -13,8 +13,9 @@ Data flow of one training batch (see design.md):
 Hook order when the user's LightningModule also overrides a batch-transfer hook (Lightning
 would otherwise call only the DataModule's): ``on_before_batch_transfer`` — the module's hook
 runs first and receives the raw batch dict (keys ``images``, ``targets`` and, for training,
-``device_mask``, ``params``, ``cpu_aug_s``, ``prep_s``), then ours; ``on_after_batch_transfer``
-— ours runs first (augment + normalise), then the module's receives ``(images, targets)``.
+``device_mask``, ``device_index``, ``params``, ``indices``, ``cpu_aug_s``, ``prep_s``,
+``ratio``), then ours; ``on_after_batch_transfer`` — ours runs first (augment + normalise),
+then the module's receives ``(images, targets)``.
 """
 
 from __future__ import annotations
@@ -199,12 +200,19 @@ def fusion_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if samples and "params" in samples[0]:
         params = [s["params"] for s in samples]
+        flags = [s["on_device"] for s in samples]
         batch["params"] = type(params[0]).cat(params)
-        batch["device_mask"] = torch.tensor([s["on_device"] for s in samples], dtype=torch.bool)
+        batch["device_mask"] = torch.tensor(flags, dtype=torch.bool)
+        # Positions of the device share, computed here so that the DataLoader pins them and
+        # the hook never has to read a device tensor back (nonzero() on CUDA would sync).
+        batch["device_index"] = torch.tensor(
+            [i for i, f in enumerate(flags) if f], dtype=torch.long
+        )
         batch["indices"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
-        batch["cpu_aug_s"] = torch.tensor(sum(s["cpu_aug_s"] for s in samples), dtype=torch.float64)
-        batch["prep_s"] = torch.tensor(sum(s["prep_s"] for s in samples), dtype=torch.float64)
-        batch["ratio"] = torch.tensor(samples[0]["ratio"], dtype=torch.float64)
+        # Plain floats: Lightning leaves them on the host, so reading them costs no sync.
+        batch["cpu_aug_s"] = float(sum(s["cpu_aug_s"] for s in samples))
+        batch["prep_s"] = float(sum(s["prep_s"] for s in samples))
+        batch["ratio"] = float(samples[0]["ratio"])
     return batch
 
 
@@ -344,6 +352,8 @@ class FusionDataModule(L.LightningDataModule):
         self.stats = PipelineStats()
         self._guard: Any = None
         self._batch_ops: Any = None
+        self._host: Any = None
+        self._norm_cache: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
         self._step = 0
 
     # ------------------------------------------------------------------ ratio
@@ -421,6 +431,10 @@ class FusionDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "params" in batch:
             # The loop has the batch in hand: the time since the last step ended was data wait.
             self.stats.t_before_transfer = time.perf_counter()
+            # Keep the parameters and the device positions on the host: the kernels group
+            # samples by op there, and moving them to the device and back would sync.
+            batch = dict(batch)
+            self._host = (batch.pop("params"), batch["device_index"])
         return batch
 
     @property
@@ -442,41 +456,58 @@ class FusionDataModule(L.LightningDataModule):
     def augment_on_device(self, batch: dict[str, Any]) -> torch.Tensor:
         """Apply the policy to the device-routed share of a transferred training batch."""
         images: torch.Tensor = batch["images"]
-        mask: torch.Tensor = batch["device_mask"]
         rec = self.stats.last
         rec.batch_size = int(images.shape[0])
         rec.cpu_aug_s = float(batch["cpu_aug_s"])
         rec.prep_s = float(batch["prep_s"])
         rec.ratio = float(batch["ratio"])
-        idx = mask.nonzero().squeeze(1)
-        rec.n_device = int(idx.numel())
+        idx_dev: torch.Tensor = batch["device_index"]
+        if "params" in batch:  # called directly, without on_before_batch_transfer
+            params, idx_host = batch["params"], idx_dev.cpu()
+        else:
+            params, idx_host = self._host
+        rec.n_device = int(idx_host.numel())
         rec.fallback_samples = 0
         if rec.n_device == 0:
             return images
-        params = batch["params"]
-        sub_params = params[idx.cpu()] if hasattr(params, "__getitem__") else params
-        sub_params = sub_params.to(images.device)
+        sub_params = params[idx_host]
         timer = self.stats.device_timer
         timer.start(images.device)
         guard = self.memory_guard
         before = getattr(guard, "cpu_fallback_samples", 0)
         out = guard.run(
             self.policy.apply_batch,
-            images.index_select(0, idx),
+            images.index_select(0, idx_dev),
             sub_params,
             self._cpu_fallback,
             total=rec.batch_size,
         )
         timer.stop(rec.n_device)
         rec.fallback_samples = getattr(guard, "cpu_fallback_samples", 0) - before
-        return images.index_copy(0, idx, out)
+        return images.index_copy(0, idx_dev, out)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        # Constants cached per device: building them each batch would copy from pageable
+        # host memory, which synchronises the CUDA stream.
+        key = images.device
+        if self._norm_cache is None or self._norm_cache[0] != key:
+            from ff_lightning.augment import batch_ops
+
+            probe = batch_ops.normalize(
+                torch.zeros(1, 3, 1, 1, dtype=torch.uint8), self.mean, self.std
+            )
+            shift = probe.view(3, 1, 1)
+            scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
+            self._norm_cache = (key, scale.to(key), shift.to(key))
+        _, scale, shift = self._norm_cache
+        return torch.addcmul(shift, images.to(torch.float32), scale)
 
     def _batch_level_ops(
         self, images: torch.Tensor, targets: torch.Tensor, train: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from ff_lightning.augment import batch_ops
 
-        x = batch_ops.normalize(images, self.mean, self.std)
+        x = self._normalize(images)
         if not train:
             return x, targets
         if self._batch_ops is None:
@@ -496,7 +527,8 @@ class FusionDataModule(L.LightningDataModule):
                 )
             self._batch_ops = ops
         if self._batch_ops:
-            g = torch.Generator(device=x.device)
+            # The batch ops draw their random numbers on the CPU (same result on every device).
+            g = torch.Generator()
             g.manual_seed(self.seed * 7_919 + self._step)
             for kind, op in self._batch_ops:
                 if kind == "erase":
@@ -507,7 +539,7 @@ class FusionDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "images" in batch:
-            train = "params" in batch
+            train = "device_index" in batch
             if train:
                 now = time.perf_counter()
                 self.stats.t_after_transfer = now
