@@ -29,9 +29,6 @@ from ff_lightning.errors import ConfigError
 
 log = logging.getLogger("ff_lightning")
 
-MODES = ("auto", "off", "gpu", "fixed")
-INTERVALS = ("epoch", "steps")
-
 
 def _as_dict(obj: Any) -> dict[str, Any]:
     if is_dataclass(obj):
@@ -74,29 +71,18 @@ class FusionFlow(L.Callback):
         nvml_module: Any = None,
         controller_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        from ff_lightning.fusion.controller import Controller
+        from ff_lightning.fusion.glue import build_controller, check_fusion_args
 
-        if mode is False:
-            # YAML 1.1 (and so Hydra) reads an unquoted `off` as the boolean false.
-            mode = "off"
-        if mode not in MODES:
-            raise ConfigError(f"`mode` must be one of {MODES}, got {mode!r}")
-        if interval not in INTERVALS:
-            raise ConfigError(f"`interval` must be one of {INTERVALS}, got {interval!r}")
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ConfigError(f"`every_n_steps` must be an integer >= 1, got {every_n_steps!r}")
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ConfigError(
-                f"`log_every_n_steps` must be an integer >= 1, got {log_every_n_steps!r}"
-            )
-        if float(reserve_mb) < 0:
-            raise ConfigError(f"`reserve_mb` must be >= 0 MiB, got {reserve_mb!r}")
-        if mode == "fixed" and ratio is None:
-            raise ConfigError(
-                "`ratio` is required when mode='fixed', e.g. FusionFlow(mode='fixed', ratio=0.3)"
-            )
-        if ratio is not None and not 0.0 <= float(ratio) <= 1.0:
-            raise ConfigError(f"`ratio` must be in [0, 1], got {ratio!r}")
+        mode = check_fusion_args(
+            mode,
+            ratio,
+            interval=interval,
+            every_n_steps=every_n_steps,
+            log_every_n_steps=log_every_n_steps,
+            reserve_mb=reserve_mb,
+            warmup_steps=warmup_steps,
+            example="FusionFlow(mode='fixed', ratio=0.3)",
+        )
         self.mode = mode
         self.interval = interval
         self.every_n_steps = every_n_steps
@@ -105,11 +91,7 @@ class FusionFlow(L.Callback):
         self.warmup_steps = warmup_steps
         self._probe = probe
         self._nvml_module = nvml_module
-        kwargs = dict(controller_kwargs or {})
-        if warmup_steps is not None:
-            kwargs.setdefault("warmup_steps", warmup_steps)
-        self._controller_kwargs = kwargs
-        self.controller = Controller(mode, None if ratio is None else float(ratio), **kwargs)
+        self.controller = build_controller(mode, ratio, warmup_steps, controller_kwargs)
         self._dm: Any = None
         self._guard: Any = None
         self._prev_end: float | None = None
@@ -216,6 +198,10 @@ class FusionFlow(L.Callback):
         cap = getattr(guard, "ratio_cap", None) if guard is not None else None
         if cap is not None:
             self.controller.set_memory_cap(cap)
+            if self._dm is not None:
+                # Apply the cap to the next batch the sampler emits, not at the next decision:
+                # until then every device-routed batch would run out of memory again.
+                self._dm.set_ratio(self.ratio)
         self._steps_since_decision += 1
         if self.interval == "steps" and self._steps_since_decision >= self.every_n_steps:
             self._decide(trainer, pl_module)
@@ -273,30 +259,9 @@ class FusionFlow(L.Callback):
     ) -> None:
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
-        metrics = {
-            "fusionflow/ratio": self.ratio,
-            "fusionflow/data_wait_ms": wait * 1e3,
-            "fusionflow/step_ms": step_s * 1e3,
-            "fusionflow/aug_ms": aug_s * 1e3,
-            "fusionflow/worker_aug_ms": rec.cpu_aug_s * 1e3,
-            "fusionflow/device_samples": float(rec.n_device),
-            "fusionflow/h2d_ms": rec.h2d_s * 1e3,
-        }
-        guard = self._guard
-        if guard is not None:
-            probe = guard.probe
-            if getattr(probe, "available", False):
-                mb = 1 / (1024 * 1024)
-                free = probe.free_bytes()
-                if free is not None:
-                    metrics["fusionflow/gpu_free_mb"] = free * mb
-                metrics["fusionflow/reserved_mb"] = probe.reserved_bytes() * mb
-                metrics["fusionflow/allocated_mb"] = probe.allocated_bytes() * mb
-                metrics["fusionflow/peak_allocated_mb"] = probe.peak_allocated_bytes() * mb
-            metrics["fusionflow/oom_events"] = float(getattr(guard, "oom_events", 0))
-            metrics["fusionflow/cpu_fallback_samples"] = float(
-                getattr(guard, "cpu_fallback_samples", 0)
-            )
+        from ff_lightning.fusion.glue import step_metrics
+
+        metrics = step_metrics(self.ratio, wait, step_s, aug_s, rec, self._guard)
         self._last_log = metrics
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(rec.batch_size, 1))
 

@@ -129,6 +129,8 @@ def test_needs_a_fusion_datamodule(tmp_path: Path) -> None:
         ({"interval": "hourly"}, r"`interval` must be one of \('epoch', 'steps'\), got 'hourly'"),
         ({"every_n_steps": 0}, r"`every_n_steps` must be an integer >= 1, got 0"),
         ({"reserve_mb": -1}, r"`reserve_mb` must be >= 0"),
+        ({"mode": "auto", "ratio": 0.3}, r"`ratio` is only used when mode='fixed', got mode='auto'"),
+        ({"controller_kwargs": {"hysteresis": 2.0}}, r"`controller_kwargs`: `hysteresis`"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -170,8 +172,12 @@ def test_out_of_memory_in_augmentation_falls_back_and_caps(tmp_path: Path) -> No
     dm2.policy.apply_batch = always_oom  # type: ignore[method-assign]
     dm2._cpu_fallback = lambda x, p: original(x, p)  # type: ignore[method-assign]
     cb2 = FusionFlow(mode="gpu", probe=FakeProbe(free=8 << 30, total=16 << 30), reserve_mb=0)
-    _trainer(cb2, tmp_path, max_epochs=1).fit(TinyNet(), datamodule=dm2)
-    assert dm2.memory_guard.cpu_fallback_samples > 0
+    spy = RatioSpy(dm2)
+    _trainer(cb2, tmp_path, max_epochs=1, extra_callbacks=[spy]).fit(TinyNet(), datamodule=dm2)
+    assert dm2.memory_guard.cpu_fallback_samples == 8  # only the first batch hit the wall
+    # The cap reaches the router at once (no batch waits for the epoch-end decision); the
+    # batch right after the failure was already in flight with the old split.
+    assert spy.n_device[0] == 8 and spy.n_device[-1] == 0
     assert cb2.ratio < 1.0  # the memory cap lowered the share
     assert any(d.kind == "memory" for d in cb2.history)
 

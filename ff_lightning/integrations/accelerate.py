@@ -1,0 +1,448 @@
+"""``FusionAccelerate``: cooperative CPU/device augmentation in a hand-written training loop.
+
+The Lightning callback :class:`~ff_lightning.FusionFlow` times Trainer hooks and calls the pure
+controller. This adapter does the same for a plain PyTorch or Hugging Face Accelerate loop: it
+owns the iteration, so it can time what the hooks time, and it reuses the
+:class:`~ff_lightning.FusionDataModule` for everything else (the routed DataLoader, the
+batch-transfer hooks that augment the device share, normalise and run the batch ops, the timing
+records and the memory guard) and ``ff_lightning.fusion`` for the decisions::
+
+    from accelerate import Accelerator
+    from ff_lightning import FusionDataModule
+    from ff_lightning.integrations.accelerate import FusionAccelerate
+
+    accelerator = Accelerator()
+    dm = FusionDataModule(train_ds, val_ds, policy="randaugment", image_size=224, batch_size=64)
+    fusion = FusionAccelerate(dm, accelerator=accelerator, log_fn=accelerator.log)
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(fusion)
+    for epoch in range(epochs):
+        for images, targets in fusion.train_epoch(epoch):  # float, normalised, on the device
+            loss = F.cross_entropy(model(images), targets)
+            accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad()
+        for images, targets in fusion.eval_batches():  # normalised only
+            ...
+
+Signals per step, as the callback measures them (no CUDA synchronisation is added):
+
+- data wait: from the moment the loop body hands control back (the generator resumes) to the
+  moment the next batch is in hand (the DataModule's ``on_before_batch_transfer``);
+- step time: from one resume to the next;
+- device augmentation time of the routed share (CUDA events polled, a wall clock on CPU);
+- the workers' CPU seconds stamped on each batch and the memory guard's ratio cap.
+
+``accelerate`` is imported only by the recipe, never here: with ``accelerator=None`` this works
+in a plain PyTorch loop, and any object with ``device``, ``num_processes``, ``reduce`` (and,
+for multi-process evaluation, ``prepare_data_loader``) can stand in for an ``Accelerator``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+
+from ff_lightning.data.datamodule import FusionDataModule
+from ff_lightning.errors import ConfigError
+from ff_lightning.fusion.controller import Decision, StepStats
+from ff_lightning.fusion.glue import _check_int, build_controller, check_fusion_args, step_metrics
+from ff_lightning.fusion.memory import MemoryGuard
+from ff_lightning.fusion.probes import make_probe
+
+__all__ = ["FusionAccelerate"]
+
+log = logging.getLogger("ff_lightning")
+
+SPLITS = ("val", "test")
+
+
+class FusionAccelerate:
+    """Split each batch's augmentation between DataLoader workers and the device, without a Trainer.
+
+    Args:
+        datamodule: the :class:`~ff_lightning.FusionDataModule` holding the datasets and policy.
+        mode: ``"auto"`` (the controller picks the share), ``"off"`` (CPU workers only),
+            ``"gpu"`` (all policy augmentation on the device) or ``"fixed"`` (``ratio``).
+        ratio: device share for ``mode="fixed"`` (required there, rejected elsewhere).
+        interval: decide at the end of every ``"epoch"`` (default) or every ``every_n_steps``
+            ``"steps"``.
+        every_n_steps: steps between decisions when ``interval="steps"``.
+        reserve_mb: device memory (MiB) the memory guard leaves free for training.
+        accelerator: an ``accelerate.Accelerator`` (or ``None`` for a plain PyTorch loop). Its
+            ``device`` is the default device; with ``num_processes > 1`` the training set is
+            sharded per rank and the statistics are averaged across ranks before each
+            decision, so every rank routes alike.
+        log_fn: called as ``log_fn(metrics, step=global_step)`` on the main process with the
+            same ``fusionflow/*`` metrics the callback logs (``accelerator.log`` fits).
+        log_every_n_steps: how often the per-step metrics go to ``log_fn``.
+        warmup_steps: steps ignored after each change of ratio (``None``: the loader's
+            prefetch depth plus one, since batches already in flight carry the old split).
+        probe: a memory probe to use instead of NVML/allocator detection (tests, custom
+            devices); see :mod:`ff_lightning.fusion.probes`.
+        nvml_module: a ``pynvml``-like module for the NVML probe (tests).
+        controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
+            ``hysteresis``, ...).
+    """
+
+    def __init__(
+        self,
+        datamodule: FusionDataModule,
+        mode: str = "auto",
+        ratio: float | None = None,
+        *,
+        interval: str = "epoch",
+        every_n_steps: int = 50,
+        reserve_mb: float = 1024.0,
+        accelerator: Any = None,
+        log_fn: Callable[..., Any] | None = None,
+        log_every_n_steps: int = 10,
+        warmup_steps: int | None = None,
+        probe: Any = None,
+        nvml_module: Any = None,
+        controller_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(datamodule, FusionDataModule):
+            raise ConfigError(
+                "FusionAccelerate needs a FusionDataModule to route augmentation, got "
+                f"{type(datamodule).__name__}; wrap your datasets as `dm = FusionDataModule("
+                "train_dataset, val_dataset, policy='randaugment')` and pass `FusionAccelerate(dm)`"
+            )
+        mode = check_fusion_args(
+            mode,
+            ratio,
+            interval=interval,
+            every_n_steps=every_n_steps,
+            log_every_n_steps=log_every_n_steps,
+            reserve_mb=reserve_mb,
+            warmup_steps=warmup_steps,
+            example="FusionAccelerate(dm, mode='fixed', ratio=0.3)",
+        )
+        if log_fn is not None and not callable(log_fn):
+            raise ConfigError(
+                f"`log_fn` must be callable as log_fn(metrics, step=...), e.g. accelerator.log, got {log_fn!r}"
+            )
+        if accelerator is not None and not (
+            hasattr(accelerator, "device") and hasattr(accelerator, "num_processes")
+        ):
+            raise ConfigError(
+                "`accelerator` must be an accelerate.Accelerator (or have `device`, "
+                f"`num_processes` and `reduce`), got {type(accelerator).__name__}"
+            )
+        self.controller = build_controller(mode, ratio, warmup_steps, controller_kwargs)
+
+        self.mode = mode
+        self.interval = interval
+        self.every_n_steps = every_n_steps
+        self.reserve_mb = float(reserve_mb)
+        self.accelerator = accelerator
+        self.log_fn = log_fn
+        self.log_every_n_steps = log_every_n_steps
+        self.warmup_steps = warmup_steps
+        self.global_step = 0  # training steps run through this adapter, all epochs
+        self._dm = datamodule
+        self._probe = probe
+        self._nvml_module = nvml_module
+        self._device: torch.device | None = None
+        self._guard: MemoryGuard | None = None
+        self._train_loader: Any = None
+        self._eval_loaders: dict[str, Any] = {}
+        self._prev_end: float | None = None
+        self._steps_since_decision = 0
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ public
+    @property
+    def datamodule(self) -> FusionDataModule:
+        return self._dm
+
+    @property
+    def ratio(self) -> float:
+        """Current share of each batch routed to the device for augmentation."""
+        return float(self.controller.ratio)
+
+    @property
+    def history(self) -> list[Decision]:
+        """One record per decision, each with its ``reason``."""
+        return list(self.controller.history)
+
+    @property
+    def memory_guard(self) -> MemoryGuard | None:
+        """The guard the DataModule augments through (``None`` before :meth:`setup`)."""
+        return self._guard
+
+    @property
+    def train_loader(self) -> Any:
+        """The routed training DataLoader, built once (persistent workers survive epochs)."""
+        if self._train_loader is None:
+            loader = self._dm.train_dataloader()
+            world = self._world_size()
+            if world > 1:
+                # One shard per rank, padded to equal length so that every rank runs the same
+                # number of steps and reaches each decision (a collective) together. The
+                # routed batch sampler reads the epoch from it, as with Lightning's injection.
+                from torch.utils.data import DistributedSampler
+
+                loader.batch_sampler.sampler = DistributedSampler(
+                    self._dm.train_dataset,  # type: ignore[arg-type]
+                    num_replicas=world,
+                    rank=int(self.accelerator.process_index),
+                    shuffle=True,
+                    seed=self._dm.seed,
+                )
+            self._train_loader = loader
+        return self._train_loader
+
+    def setup(self, device: torch.device | str | None = None) -> None:
+        """Attach a memory guard for ``device`` to the DataModule; run once, lazily, by
+        :meth:`train_epoch` (call it yourself to pick the device up front)."""
+        dev = self._resolve_device(device)
+        if self._guard is not None and dev == self._device:
+            return
+        if self._probe is None:
+            probe, note = make_probe(dev, nvml_module=self._nvml_module, logger=log)
+            if note and self._is_main():
+                log.info("FusionAccelerate: %s", note)
+        else:
+            probe = self._probe
+        self._guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
+        self._dm.memory_guard = self._guard
+        self._device = dev
+        if self.warmup_steps is None and hasattr(self.controller, "warmup_steps"):
+            # Batches already prefetched carry the old split: skip them after each change.
+            dm = self._dm
+            depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
+            self.controller.warmup_steps = depth + 1
+        self._dm.set_ratio(self.ratio)
+        if self._is_main():
+            log.info(
+                "FusionAccelerate: mode=%s on %s, starting device share %.2f",
+                self.mode,
+                dev,
+                self.ratio,
+            )
+
+    def train_epoch(
+        self,
+        epoch: int,
+        device: torch.device | str | None = None,
+        *,
+        max_steps: int | None = None,
+        with_indices: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Iterate one training epoch: yields ``(images, targets)`` ready for the model.
+
+        ``images`` are float, normalised ``[B, 3, H, W]`` on ``device`` (default: the
+        accelerator's device, else CPU), with the device share augmented there and the batch
+        ops (random erasing, mixup/cutmix) applied; ``targets`` are ``long [B]`` (or soft
+        ``float [B, C]`` with mixing). Each step is timed from the moment the loop asks for the
+        next batch; with ``interval="epoch"`` the decision is taken when the epoch (or
+        ``max_steps``) is exhausted. If the loop breaks out early, no epoch-end decision is
+        taken: call :meth:`decide` yourself (on every rank).
+
+        Args:
+            epoch: the epoch number; it seeds the shuffle, the crops and the policy parameters.
+            device: where the batches go.
+            max_steps: stop after this many steps (the epoch-end decision still happens).
+            with_indices: also yield the dataset indices of the batch (``long [B]``, on the host).
+        """
+        _check_int("epoch", epoch, 0)
+        if max_steps is not None:
+            _check_int("max_steps", max_steps, 1)
+        self.setup(device)
+        loader = self.train_loader
+        loader.batch_sampler.set_epoch(epoch)
+        # A restored checkpoint or a memory cap may have changed the ratio since the last epoch.
+        self._dm.set_ratio(self.ratio)
+        return self._train_iter(loader, self._device, max_steps, with_indices)
+
+    def eval_batches(
+        self, device: torch.device | str | None = None, *, split: str = "val"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate the validation (or ``split="test"``) set: resize/centre-crop in the workers,
+        normalisation on ``device``; nothing is routed or timed.
+
+        With several processes the set is sharded by ``accelerator.prepare_data_loader``, so
+        ``accelerator.gather_for_metrics`` drops the padding samples as usual.
+        """
+        if split not in SPLITS:
+            raise ConfigError(f"`split` must be one of {SPLITS}, got {split!r}")
+        dataset = self._dm.val_dataset if split == "val" else self._dm.test_dataset
+        if dataset is None:
+            raise ConfigError(
+                f"the FusionDataModule has no {split} dataset; pass `{split}_dataset=` to "
+                "FusionDataModule to evaluate"
+            )
+        dev = self._resolve_device(device)
+        loader = self._eval_loaders.get(split)
+        if loader is None:
+            loader = self._dm.val_dataloader() if split == "val" else self._dm.test_dataloader()
+            if self._world_size() > 1:
+                loader = self.accelerator.prepare_data_loader(loader, device_placement=False)
+            self._eval_loaders[split] = loader
+        return self._eval_iter(loader, dev)
+
+    def decide(self) -> Decision:
+        """Take a decision now and route the next batches with it (every rank must call it).
+
+        :meth:`train_epoch` calls it at the end of each epoch (``interval="epoch"``) or every
+        ``every_n_steps`` steps (``interval="steps"``).
+        """
+        self._steps_since_decision = 0
+        old = self.ratio
+        decision = self.controller.decide(reduce=self._reduce_fn())
+        self._dm.set_ratio(self.ratio)
+        msg = f"FusionAccelerate: device share {old:.2f} -> {self.ratio:.2f} ({decision.reason})"
+        if self._is_main():
+            log.info(msg)
+            if self.log_fn is not None:
+                self.log_fn({"fusionflow/decided_ratio": self.ratio}, step=self.global_step)
+        else:
+            log.debug(msg)
+        return decision
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-Python state (ratio, history, controller, the DataModule's counters); register
+        the adapter with ``accelerator.register_for_checkpointing`` to save it with the run."""
+        return {
+            "mode": self.mode,
+            "ratio": self.ratio,
+            "history": [d.to_dict() for d in self.controller.history],
+            "controller": self.controller.state_dict(),
+            "global_step": self.global_step,
+            "datamodule": self._dm.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "datamodule" in state_dict:
+            self._dm.load_state_dict(state_dict["datamodule"])
+        self.controller.load_state_dict(state_dict["controller"])
+        self.global_step = int(state_dict.get("global_step", self.global_step))
+        self._steps_since_decision = 0
+        self._dm.set_ratio(self.ratio)
+
+    # ------------------------------------------------------------------ iteration
+    def _train_iter(
+        self, loader: Any, device: torch.device, max_steps: int | None, with_indices: bool
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        dm = self._dm
+        # The gap across validation and epoch boundaries is not a training step.
+        self._prev_end = None
+        steps = 0
+        for batch in loader:
+            # Stamps the moment the batch is in hand (the end of the data wait) and keeps the
+            # policy parameters and device positions on the host, so no transfer syncs.
+            batch = dm.on_before_batch_transfer(batch, 0)
+            indices = batch.get("indices")
+            # Tensors only, non_blocking from pinned memory on CUDA (as Lightning moves them).
+            batch = move_data_to_device(batch, device)
+            # Augments the device share (chunked by the memory guard), normalises, batch ops.
+            images, targets = dm.on_after_batch_transfer(batch, 0)
+            yield (images, targets, indices) if with_indices else (images, targets)
+            self._end_step()
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        if self.interval == "epoch":
+            self.decide()
+
+    def _eval_iter(
+        self, loader: Any, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dm = self._dm
+        for batch in loader:
+            batch = dm.on_before_batch_transfer(batch, 0)
+            batch = move_data_to_device(batch, device)
+            yield dm.on_after_batch_transfer(batch, 0)
+
+    def _end_step(self) -> None:
+        """The loop body has handed control back: the step is over. Mirrors the callback's
+        ``on_train_batch_end``."""
+        now = time.perf_counter()
+        dm = self._dm
+        stats = dm.stats
+        rec = stats.last
+        # Device augmentation regions that have finished (CUDA: polled, never synchronised).
+        device_aug_s = sum(s for s, _ in stats.device_timer.collect())
+        self.global_step += 1
+        # The first step of an epoch is skipped: its wait includes starting the workers.
+        if self._prev_end is not None and stats.t_before_transfer is not None:
+            wait = max(0.0, stats.t_before_transfer - self._prev_end)
+            step_s = now - self._prev_end
+            self.controller.observe(
+                StepStats(
+                    batch_size=rec.batch_size,
+                    n_device=rec.n_device,
+                    data_wait_s=wait,
+                    step_s=step_s,
+                    device_aug_s=device_aug_s,
+                    cpu_aug_s=rec.cpu_aug_s,
+                    n_cpu=rec.batch_size - rec.n_device,
+                    num_workers=dm.num_workers,
+                    h2d_s=rec.h2d_s,
+                    prep_s=rec.prep_s,
+                    ratio=rec.ratio,
+                )
+            )
+            if self.global_step % self.log_every_n_steps == 0:
+                self.last_metrics = step_metrics(
+                    self.ratio, wait, step_s, device_aug_s, rec, self._guard
+                )
+                if self.log_fn is not None and self._is_main():
+                    self.log_fn(self.last_metrics, step=self.global_step)
+        self._prev_end = now
+        cap = getattr(self._guard, "ratio_cap", None) if self._guard is not None else None
+        if cap is not None:
+            # Takes effect at once; the router reads the new ratio for the next batch it emits.
+            self.controller.set_memory_cap(cap)
+            dm.set_ratio(self.ratio)
+        self._steps_since_decision += 1
+        if self.interval == "steps" and self._steps_since_decision >= self.every_n_steps:
+            self.decide()
+
+    # ------------------------------------------------------------------ helpers
+    def _world_size(self) -> int:
+        acc = self.accelerator
+        return int(getattr(acc, "num_processes", 1)) if acc is not None else 1
+
+    def _is_main(self) -> bool:
+        acc = self.accelerator
+        return bool(getattr(acc, "is_main_process", True)) if acc is not None else True
+
+    def _resolve_device(self, device: torch.device | str | None) -> torch.device:
+        if device is not None:
+            try:
+                return torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ConfigError(
+                    f"`device` must be a torch.device or a name like 'cuda:0', got {device!r}"
+                ) from None
+        if self._device is not None:
+            return self._device
+        if self.accelerator is not None:
+            return torch.device(self.accelerator.device)
+        return torch.device("cpu")
+
+    def _reduce_fn(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
+        if self._world_size() <= 1:
+            return None
+        accelerator = self.accelerator
+
+        def reduce(values: dict[str, float]) -> dict[str, float]:
+            # Every rank must take the same decision: average the statistics first.
+            keys = sorted(values)
+            t = torch.tensor(
+                [float(values[k]) for k in keys],
+                dtype=torch.float64,
+                device=torch.device(accelerator.device),
+            )
+            t = accelerator.reduce(t, reduction="mean")
+            return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+        return reduce
