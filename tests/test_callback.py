@@ -129,7 +129,10 @@ def test_needs_a_fusion_datamodule(tmp_path: Path) -> None:
         ({"interval": "hourly"}, r"`interval` must be one of \('epoch', 'steps'\), got 'hourly'"),
         ({"every_n_steps": 0}, r"`every_n_steps` must be an integer >= 1, got 0"),
         ({"reserve_mb": -1}, r"`reserve_mb` must be >= 0"),
-        ({"mode": "auto", "ratio": 0.3}, r"`ratio` is only used when mode='fixed', got mode='auto'"),
+        (
+            {"mode": "auto", "ratio": 0.3},
+            r"`ratio` is only used when mode='fixed', got mode='auto'",
+        ),
         ({"controller_kwargs": {"hysteresis": 2.0}}, r"`controller_kwargs`: `hysteresis`"),
     ],
 )
