@@ -228,9 +228,24 @@ class FusionFlow(L.Callback):
 
         return reduce
 
+    def _agree_on_memory_cap(self, trainer: L.Trainer) -> None:
+        """Under DDP, every rank takes the smallest memory cap any rank hit.
+
+        Between decisions each rank applies its own cap at once (its memory is what ran
+        out); at a decision all ranks adopt the minimum so that they route alike again.
+        """
+        if trainer.world_size <= 1:
+            return
+        local = self.controller.memory_cap
+        t = torch.tensor([float(local)], dtype=torch.float64, device=trainer.strategy.root_device)
+        shared = float(trainer.strategy.reduce(t, reduce_op="min").item())
+        if shared < local:
+            self.controller.set_memory_cap(shared)
+
     def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._steps_since_decision = 0
         old = self.ratio
+        self._agree_on_memory_cap(trainer)
         decision = self.controller.decide(reduce=self._reduce_fn(trainer))
         if self._dm is not None:
             self._dm.set_ratio(self.ratio)

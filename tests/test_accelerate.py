@@ -297,3 +297,14 @@ def test_importing_the_adapter_does_not_import_accelerate() -> None:
         "assert 'accelerate' not in sys.modules, 'accelerate was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_ranks_agree_on_the_smallest_memory_cap() -> None:
+    class GatheringAccelerator(FakeAccelerator):
+        def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+            return torch.cat([tensor, torch.full_like(tensor, 0.25)])  # the other rank's cap
+
+    fusion = FusionAccelerate(_dm(), mode="gpu", accelerator=GatheringAccelerator())
+    assert fusion.ratio == 1.0
+    fusion.decide()
+    assert fusion.ratio == 0.25 and any(d.kind == "memory" for d in fusion.history)

@@ -236,3 +236,25 @@ def test_ddp_reduce_averages_statistics_across_ranks() -> None:
     reduce = FusionFlow()._reduce_fn(Trainer())  # type: ignore[arg-type]
     assert reduce({"b": 1.0, "a": 5.0}) == {"a": 4.0, "b": 1.0}
     assert FusionFlow()._reduce_fn(type("T", (), {"world_size": 1})()) is None  # type: ignore[arg-type]
+
+
+def test_ddp_ranks_agree_on_the_smallest_memory_cap() -> None:
+    class Strategy:
+        root_device = torch.device("cpu")
+        ops: list[str] = []
+
+        def reduce(self, t: torch.Tensor, reduce_op: str) -> torch.Tensor:
+            self.ops.append(reduce_op)
+            other = torch.full_like(t, 0.25)  # the other rank ran out of memory above 0.25
+            return torch.minimum(t, other) if reduce_op == "min" else (t + other) / 2
+
+    class Trainer:
+        world_size = 2
+        strategy = Strategy()
+
+    cb = FusionFlow(mode="gpu")
+    assert cb.ratio == 1.0
+    cb._agree_on_memory_cap(Trainer())  # type: ignore[arg-type]
+    assert cb.ratio == 0.25 and Trainer.strategy.ops == ["min"]
+    cb._agree_on_memory_cap(type("T", (), {"world_size": 1})())  # type: ignore[arg-type]
+    assert cb.ratio == 0.25

@@ -295,6 +295,7 @@ class FusionAccelerate:
         """
         self._steps_since_decision = 0
         old = self.ratio
+        self._agree_on_memory_cap()
         decision = self.controller.decide(reduce=self._reduce_fn())
         self._dm.set_ratio(self.ratio)
         msg = f"FusionAccelerate: device share {old:.2f} -> {self.ratio:.2f} ({decision.reason})"
@@ -428,6 +429,19 @@ class FusionAccelerate:
         if self.accelerator is not None:
             return torch.device(self.accelerator.device)
         return torch.device("cpu")
+
+    def _agree_on_memory_cap(self) -> None:
+        """With several processes, every rank takes the smallest memory cap any rank hit
+        (gathered; Accelerate's ``reduce`` has no minimum), so that all ranks route alike."""
+        if self._world_size() <= 1 or not hasattr(self.accelerator, "gather"):
+            return
+        local = self.controller.memory_cap
+        t = torch.tensor(
+            [float(local)], dtype=torch.float64, device=torch.device(self.accelerator.device)
+        )
+        shared = float(self.accelerator.gather(t).min().item())
+        if shared < local:
+            self.controller.set_memory_cap(shared)
 
     def _reduce_fn(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
         if self._world_size() <= 1:
