@@ -68,6 +68,16 @@ def normalize(
     return torch.addcmul(shift, images.to(dtype), scale)
 
 
+def _to(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """Copy a small host tensor to ``device``; on CUDA through pinned memory, non-blocking,
+    because a copy from pageable memory would synchronise the stream every batch."""
+    if dtype is not None:
+        t = t.to(dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _generator(
     generator: torch.Generator | int | None, own: torch.Generator | None
 ) -> torch.Generator | None:
@@ -147,7 +157,7 @@ class RandomErasing:
         _check_images(images)
         bsz, ch, height, width = images.shape
         g = _generator(generator, self.generator)
-        boxes = self.sample(bsz, height, width, g).to(images.device)
+        boxes = _to(self.sample(bsz, height, width, g), images.device)
         top, left, h, w = (boxes[:, i, None, None] for i in range(4))
         rows = torch.arange(height, device=images.device)[None, :, None]
         cols = torch.arange(width, device=images.device)[None, None, :]
@@ -155,12 +165,12 @@ class RandomErasing:
         if isinstance(self.value, str):
             if not images.is_floating_point():
                 raise ValueError("`value='random'` needs float images, got uint8")
-            fill = torch.randn(images.shape, generator=g, dtype=images.dtype).to(images.device)
+            fill = _to(torch.randn(images.shape, generator=g, dtype=images.dtype), images.device)
         else:
             vals = torch.as_tensor(self.value, dtype=torch.float32).flatten()
             if vals.numel() not in (1, ch):
                 raise ValueError(f"`value` must have 1 or {ch} numbers, got {vals.numel()}")
-            fill = vals.to(images.dtype).view(1, -1, 1, 1).to(images.device)
+            fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
         return torch.where(mask[:, None], fill, images)
 
     def __repr__(self) -> str:
@@ -297,8 +307,8 @@ class MixUpCutMix:
             raise ValueError(f"`targets` has {targets.shape[0]} rows for {bsz} images")
         soft = self.soft_targets(targets.to(images.device))
         lam, boxes = self.sample(bsz, height, width, generator)
-        lam_d = lam.to(images.device, torch.float32)
-        boxes = boxes.to(images.device)
+        lam_d = _to(lam, images.device, torch.float32)
+        boxes = _to(boxes, images.device)
         flipped = images.flip(0)
         rows = torch.arange(height, device=images.device)[None, :, None]
         cols = torch.arange(width, device=images.device)[None, None, :]
