@@ -97,6 +97,7 @@ class FusionFlow(L.Callback):
         self._prev_end: float | None = None
         self._steps_since_decision = 0
         self._last_log: dict[str, float] = {}
+        self._agreed_cap: float | None = None  # DDP: the smallest cap any rank hit
 
     # ------------------------------------------------------------------ public
     @property
@@ -140,7 +141,7 @@ class FusionFlow(L.Callback):
             probe = self._probe
         self._guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
         dm.memory_guard = self._guard
-        if self.warmup_steps is None and hasattr(self.controller, "warmup_steps"):
+        if self.controller.warmup_steps is None:
             # Batches already prefetched carry the old split: skip them after each change.
             depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
             self.controller.warmup_steps = depth + 1
@@ -154,6 +155,10 @@ class FusionFlow(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The gap across validation and epoch boundaries is not a training step.
+        self._prev_end = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation inside an epoch (val_check_interval) must not count as data wait.
         self._prev_end = None
 
     def on_train_batch_end(
@@ -196,7 +201,10 @@ class FusionFlow(L.Callback):
         self._prev_end = now
         guard = self._guard
         cap = getattr(guard, "ratio_cap", None) if guard is not None else None
-        if cap is not None:
+        if self._agreed_cap is not None:
+            # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
+            cap = self._agreed_cap if cap is None else min(cap, self._agreed_cap)
+        if cap is not None and cap != self.controller.memory_cap:
             self.controller.set_memory_cap(cap)
             if self._dm is not None:
                 # Apply the cap to the next batch the sampler emits, not at the next decision:
@@ -239,6 +247,8 @@ class FusionFlow(L.Callback):
         local = self.controller.memory_cap
         t = torch.tensor([float(local)], dtype=torch.float64, device=trainer.strategy.root_device)
         shared = float(trainer.strategy.reduce(t, reduce_op="min").item())
+        if shared < 1.0:
+            self._agreed_cap = shared
         if shared < local:
             self.controller.set_memory_cap(shared)
 

@@ -166,9 +166,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["fusionflow_history"] = [
             d if isinstance(d, dict) else _as_dict(d) for d in fusion.history
         ]
-    with open(out_dir / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2, default=str)
+    if trainer.world_size > 1:
+        # Under DDP each rank counted its own shard: report the job's total throughput.
+        import torch
+
+        t = torch.tensor([float(tracker.meter.samples)], device=trainer.strategy.root_device)
+        total = float(trainer.strategy.reduce(t, reduce_op="sum").item())
+        metrics["train_samples"] = int(total)
+        metrics["train_samples_per_sec"] = total / max(tracker.meter.seconds, 1e-9)
     if trainer.is_global_zero:
+        with open(out_dir / "metrics.json", "w") as f:
+            json.dump(metrics, f, indent=2, default=str)
         _print_summary(metrics)
         log.info("metrics written to %s", out_dir / "metrics.json")
     return metrics

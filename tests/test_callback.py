@@ -258,3 +258,23 @@ def test_ddp_ranks_agree_on_the_smallest_memory_cap() -> None:
     assert cb.ratio == 0.25 and Trainer.strategy.ops == ["min"]
     cb._agree_on_memory_cap(type("T", (), {"world_size": 1})())  # type: ignore[arg-type]
     assert cb.ratio == 0.25
+    assert cb._agreed_cap == 0.25  # later local caps can only lower it, never lift it
+
+
+def test_validation_inside_an_epoch_is_not_counted_as_data_wait(tmp_path: Path) -> None:
+    import time
+
+    from ff_lightning.fusion.controller import StepStats
+
+    class SlowVal(TinyNet):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            time.sleep(0.1)
+
+    seen: list[StepStats] = []
+    cb = FusionFlow(mode="fixed", ratio=0.5)
+    observe = cb.controller.observe
+    cb.controller.observe = lambda s: (seen.append(s), observe(s))[1]  # type: ignore[method-assign]
+    trainer = _trainer(cb, tmp_path, max_epochs=1, limit_val_batches=1, val_check_interval=2)
+    trainer.fit(SlowVal(), datamodule=_dm())
+    assert len(seen) == 2  # 4 steps: the first of the epoch and the first after validation skipped
+    assert max(s.data_wait_s for s in seen) < 0.05

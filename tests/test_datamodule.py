@@ -231,3 +231,21 @@ def test_grayscale_and_rgba_tensors_are_accepted() -> None:
     dm = FusionDataModule(Odd(), image_size=16, batch_size=4, num_workers=0, policy="none")
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 3, 16, 16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("policy", ["randaugment", "augmix"])
+def test_device_hook_adds_no_cuda_synchronisation(policy: str) -> None:
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    dm = _dm(policy=policy, pin_memory=True)
+    dm.set_ratio(0.5)
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    batch = move_data_to_device(batch, torch.device("cuda"))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call below raises
+    try:
+        x, y = dm.on_after_batch_transfer(batch, 0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and x.dtype == torch.float32 and y.is_cuda

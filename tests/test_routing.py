@@ -106,3 +106,27 @@ def test_random_resized_crop_box_stays_inside_and_matches_scale() -> None:
         assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
         areas.append(h * w / (60 * 80))
     assert min(areas) >= 0.2 and max(areas) <= 1.0
+
+
+def test_lightning_sees_a_shuffled_loader_and_injects_a_shuffling_distributed_sampler() -> None:
+    """What Lightning does under DDP: it calls the ``*_dataloader`` hook inside
+    ``_replace_dunder_methods`` (so the batch sampler's init arguments, the shared router
+    included, are recorded), then rebuilds the loader around a ``DistributedSampler``."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader
+
+    router = Router(0.5)
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        bs = RoutedBatchSampler(EpochSampler(range(16)), 4, False, router=router)
+        loader = DataLoader(list(range(16)), batch_sampler=bs)
+    assert _is_dataloader_shuffled(loader)
+    shuffle = _is_dataloader_shuffled(loader)
+    ds = DistributedSampler(list(range(16)), num_replicas=2, rank=0, shuffle=shuffle, seed=0)
+    new = _update_dataloader(loader, ds)
+    assert new.batch_sampler.router is router and new.batch_sampler.sampler is ds
+    orders = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        orders.append([t.index for b in new.batch_sampler for t in b])
+    assert orders[0] != orders[1] and len(set(orders[0])) == 8

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import grid_sample
 
+from ff_lightning.augment._device import h2d
+
 __all__ = ["atan", "degrees", "inverse_affine", "shift", "warp"]
 
 # Integers up to this are exact in float32; see `_nearest_index`.
@@ -87,8 +89,8 @@ def inverse_affine(
 def _grid(matrix: Tensor, height: int, width: int, device: torch.device) -> Tensor:
     """Sampling grids ``[B, H, W, 2]`` (float32), bit-identical to torchvision's ``_affine_grid``."""
     bsz = matrix.shape[0]
-    theta = matrix.to(torch.float32).to(device).view(bsz, 2, 3)
-    scale = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32, device=device)
+    theta = h2d(matrix.to(torch.float32), device).view(bsz, 2, 3)
+    scale = h2d(torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32), device)
     rescaled = theta.transpose(1, 2).div(scale)  # [B, 3, 2]
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
@@ -126,7 +128,7 @@ def _gather(
     flat_out.mul_(valid)
     fill_u8 = _fill_u8(fill, ch)
     if any(fill_u8):
-        fill_t = torch.tensor(fill_u8, dtype=torch.uint8, device=images.device)
+        fill_t = h2d(torch.tensor(fill_u8, dtype=torch.uint8), images.device)
         flat_out.add_((1 - valid) * fill_t.view(1, ch, 1))
     return out
 
@@ -194,7 +196,7 @@ def warp(
     res = grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if fill is not None:
         res, mask = res[:, :ch], res[:, ch:]
-        fill_t = torch.tensor(fill, dtype=torch.float32).clamp_(0, 255).to(device)
+        fill_t = h2d(torch.tensor(fill, dtype=torch.float32).clamp_(0, 255), device)
         fill_t = fill_t.expand(ch).view(1, ch, 1, 1)
         res = res.sub(fill_t).mul_(mask).add_(fill_t)
     # Values are in [0, 255]: float -> int16 -> uint8 rounds like torchvision's float -> uint8
@@ -206,8 +208,8 @@ def shift(images: Tensor, tx: Tensor, ty: Tensor, fill: list[float] | None, out:
     """Translate each image by integer ``(tx[b], ty[b])`` pixels (int64 ``[B]``) into ``out``."""
     bsz, ch, height, width = images.shape
     device = images.device
-    tx = tx.to(device).view(bsz, 1, 1)
-    ty = ty.to(device).view(bsz, 1, 1)
+    tx = h2d(tx, device).view(bsz, 1, 1)
+    ty = h2d(ty, device).view(bsz, 1, 1)
     sx = torch.arange(width, device=device).view(1, 1, width) - tx  # [B, 1, W]
     sy = torch.arange(height, device=device).view(1, height, 1) - ty  # [B, H, 1]
     valid = ((sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)).to(torch.uint8)

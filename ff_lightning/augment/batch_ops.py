@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment import rng
+from ff_lightning.augment._device import h2d
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MixUpCutMix", "RandomErasing", "normalize"]
 
@@ -73,9 +74,7 @@ def _to(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Te
     because a copy from pageable memory would synchronise the stream every batch."""
     if dtype is not None:
         t = t.to(dtype)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    return h2d(t, device)
 
 
 def _generator(
@@ -280,8 +279,13 @@ class MixUpCutMix:
     def soft_targets(self, targets: Tensor) -> Tensor:
         """float32 ``[B, num_classes]`` from class ids ``[B]`` (smoothed) or soft ``[B, C]``."""
         if targets.ndim == 1 and not targets.is_floating_point():
-            if targets.numel() and (
-                int(targets.min()) < 0 or int(targets.max()) >= self.num_classes
+            # The range check reads values back, so it runs only for host tensors; on an
+            # accelerator it would synchronise every step (FusionDataModule checks the targets
+            # on the host before the transfer instead).
+            if (
+                targets.device.type == "cpu"
+                and targets.numel()
+                and (int(targets.min()) < 0 or int(targets.max()) >= self.num_classes)
             ):
                 raise ValueError(
                     f"`targets` must be class indices in [0, {self.num_classes}), "

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment import _color, _geometry
+from ff_lightning.augment._device import h2d
 
 __all__ = ["INTERPOLATIONS", "OPS", "apply_op", "apply_ops_grouped"]
 
@@ -176,8 +177,8 @@ def _apply(
     if op in _BLENDS:
         factor = (1.0 + m).clamp_(min=0.0)  # float64 like torchvision's Python floats
         alpha = 1.0 - factor
-        factor = factor.to(torch.float32).to(device)
-        alpha = alpha.to(torch.float32).to(device)
+        factor = h2d(factor.to(torch.float32), device)
+        alpha = h2d(alpha.to(torch.float32), device)
         if op == "Brightness":
             return _color.brightness(images, factor, out)
         if op == "Color":
@@ -186,13 +187,13 @@ def _apply(
             return _color.contrast(images, factor, alpha, out)
         return _color.sharpness(images, alpha, out)
     if op == "Posterize":
-        bits = torch.trunc(m).clamp_(0, 8).to(torch.int64).to(device)
+        bits = h2d(torch.trunc(m).clamp_(0, 8).to(torch.int64), device)
         return _color.posterize(images, bits, out)
     if op == "Solarize":
         # torchvision compares the uint8 pixels with float(255 * m) cast to float32.
         threshold = torch.ceil((255.0 * m).to(torch.float32))
-        active = (threshold <= 255).to(device)
-        threshold = threshold.clamp_(0, 255).to(torch.uint8).to(device)
+        active = h2d(threshold <= 255, device)
+        threshold = h2d(threshold.clamp_(0, 255).to(torch.uint8), device)
         return _color.solarize(images, threshold, active, out)
     if op == "AutoContrast":
         return _color.autocontrast(images, out)
@@ -244,7 +245,7 @@ def _apply_subset(
     out: Tensor,
 ) -> None:
     """``out[idx] = op(images[idx], m[idx])``; ``idx`` int64 on CPU, ``out`` a copy of ``images``."""
-    idx_dev = idx.to(images.device)
+    idx_dev = h2d(idx, images.device)
     part = _rows(images).index_select(0, idx_dev).view(torch.uint8).view(-1, *images.shape[1:])
     part_out = torch.empty_like(part)
     _run(part, op, m.index_select(0, idx.to(m.device)), interpolation, fill, part_out)

@@ -26,6 +26,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.augment import rng
+from ff_lightning.augment._device import h2d
 from ff_lightning.augment.functional import apply_op, apply_ops_grouped
 from ff_lightning.augment.params import Params
 from ff_lightning.augment.spaces import (
@@ -527,7 +528,7 @@ class AugMix(Policy):
             return images
         p = params.to("cpu")  # see Policy.apply_batch
         mags = self.magnitudes(p, images.shape[-2], images.shape[-1])
-        wts = p.weights.to(images.device)[:, :, None, None, None]
+        wts = h2d(p.weights, images.device)[:, :, None, None, None]
         mix = wts[:, 0] * images  # float32, as torchvision's `m[:, 0] * batch`
         for c in range(self.mixture_width):
             aug = images

@@ -435,7 +435,18 @@ class FusionDataModule(L.LightningDataModule):
             # samples by op there, and moving them to the device and back would sync.
             batch = dict(batch)
             self._host = (batch.pop("params"), batch["device_index"])
+            if self.num_classes and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+                self._check_targets(batch["targets"])
         return batch
+
+    def _check_targets(self, targets: torch.Tensor) -> None:
+        # On the host, before the transfer: reading device values later would sync.
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.num_classes):
+            raise ConfigError(
+                f"targets must be class indices in [0, num_classes={self.num_classes}) for "
+                f"mixup/cutmix, got values in [{int(targets.min())}, {int(targets.max())}]; "
+                "set `num_classes` to the number of classes of the dataset"
+            )
 
     @property
     def memory_guard(self) -> Any:
@@ -529,7 +540,10 @@ class FusionDataModule(L.LightningDataModule):
         if self._batch_ops:
             # The batch ops draw their random numbers on the CPU (same result on every device).
             g = torch.Generator()
-            g.manual_seed(self.seed * 7_919 + self._step)
+            trainer = getattr(self, "trainer", None)
+            rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+            # Each rank draws its own boxes and mixing weights (same per step across routes).
+            g.manual_seed((self.seed * 7_919 + self._step) * 1_000_003 + rank)
             for kind, op in self._batch_ops:
                 if kind == "erase":
                     x = op(x, generator=g)

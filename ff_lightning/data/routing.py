@@ -8,11 +8,12 @@ the workers (the tags travel to the workers with the indices).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sized
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
 
 STRATEGIES = ("costliest", "random")
 
@@ -81,10 +82,15 @@ class Router:
         return [True] * k + [False] * (b - k)
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffling sampler with ``set_epoch`` whose order depends only on ``(seed, epoch)``."""
+class EpochSampler(RandomSampler):
+    """Shuffling sampler with ``set_epoch`` whose order depends only on ``(seed, epoch)``.
+
+    It subclasses ``RandomSampler`` so that Lightning sees a shuffled loader and, under DDP,
+    injects a ``DistributedSampler(shuffle=True)`` (which reshuffles per epoch) in its place.
+    """
 
     def __init__(self, data_source: Sized, *, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(data_source)  # type: ignore[arg-type]
         self.data_source = data_source
         self.shuffle = shuffle
         self.seed = seed
@@ -120,7 +126,15 @@ class RoutedBatchSampler(BatchSampler):
         router: Router | None = None,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
-        self.router = router if router is not None else Router(0.0)
+        if router is None:
+            warnings.warn(
+                "RoutedBatchSampler was built without a `router`, so every batch stays on the CPU "
+                "route; build the DataLoader inside a `*_dataloader` hook (as FusionDataModule "
+                "does) so Lightning keeps the router when it injects a DistributedSampler",
+                stacklevel=2,
+            )
+            router = Router(0.0)
+        self.router = router
         self._iterations = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -154,6 +154,7 @@ class FusionAccelerate:
         self._eval_loaders: dict[str, Any] = {}
         self._prev_end: float | None = None
         self._steps_since_decision = 0
+        self._agreed_cap: float | None = None  # several processes: the smallest cap any rank hit
         self.last_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public
@@ -213,7 +214,7 @@ class FusionAccelerate:
         self._guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
         self._dm.memory_guard = self._guard
         self._device = dev
-        if self.warmup_steps is None and hasattr(self.controller, "warmup_steps"):
+        if self.controller.warmup_steps is None:
             # Batches already prefetched carry the old split: skip them after each change.
             dm = self._dm
             depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
@@ -399,7 +400,10 @@ class FusionAccelerate:
                     self.log_fn(self.last_metrics, step=self.global_step)
         self._prev_end = now
         cap = getattr(self._guard, "ratio_cap", None) if self._guard is not None else None
-        if cap is not None:
+        if self._agreed_cap is not None:
+            # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
+            cap = self._agreed_cap if cap is None else min(cap, self._agreed_cap)
+        if cap is not None and cap != self.controller.memory_cap:
             # Takes effect at once; the router reads the new ratio for the next batch it emits.
             self.controller.set_memory_cap(cap)
             dm.set_ratio(self.ratio)
@@ -440,6 +444,8 @@ class FusionAccelerate:
             [float(local)], dtype=torch.float64, device=torch.device(self.accelerator.device)
         )
         shared = float(self.accelerator.gather(t).min().item())
+        if shared < 1.0:
+            self._agreed_cap = shared
         if shared < local:
             self.controller.set_memory_cap(shared)
 
