@@ -26,6 +26,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ff_lightning.errors import ConfigError
+from ff_lightning.fusion.glue import (
+    FusionSession,
+    build_controller,
+    check_fusion_args,
+    step_metrics,
+)
 
 log = logging.getLogger("ff_lightning")
 
@@ -71,8 +77,6 @@ class FusionFlow(L.Callback):
         nvml_module: Any = None,
         controller_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        from ff_lightning.fusion.glue import build_controller, check_fusion_args
-
         mode = check_fusion_args(
             mode,
             ratio,
@@ -89,15 +93,16 @@ class FusionFlow(L.Callback):
         self.reserve_mb = float(reserve_mb)
         self.log_every_n_steps = log_every_n_steps
         self.warmup_steps = warmup_steps
-        self._probe = probe
-        self._nvml_module = nvml_module
         self.controller = build_controller(mode, ratio, warmup_steps, controller_kwargs)
-        self._dm: Any = None
-        self._guard: Any = None
-        self._prev_end: float | None = None
-        self._steps_since_decision = 0
+        self.session = FusionSession(
+            self.controller,
+            interval=interval,
+            every_n_steps=every_n_steps,
+            reserve_mb=self.reserve_mb,
+            probe=probe,
+            nvml_module=nvml_module,
+        )
         self._last_log: dict[str, float] = {}
-        self._agreed_cap: float | None = None  # DDP: the smallest cap any rank hit
 
     # ------------------------------------------------------------------ public
     @property
@@ -126,40 +131,26 @@ class FusionFlow(L.Callback):
                 "`dm = FusionDataModule(train_dataset, val_dataset, policy='randaugment')` and call "
                 "`trainer.fit(model, datamodule=dm)`"
             )
-        self._dm = dm
+        self.session.dm = dm
         if stage != "fit":
             return
-        from ff_lightning.fusion.memory import MemoryGuard
-        from ff_lightning.fusion.probes import make_probe
-
         device = pl_module.device if pl_module.device.type != "meta" else torch.device("cpu")
-        if self._probe is None:
-            probe, note = make_probe(device, nvml_module=self._nvml_module, logger=log)
-            if note:
-                rank_zero_info(f"FusionFlow: {note}")
-        else:
-            probe = self._probe
-        self._guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
-        dm.memory_guard = self._guard
-        if self.controller.warmup_steps is None:
-            # Batches already prefetched carry the old split: skip them after each change.
-            depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
-            self.controller.warmup_steps = depth + 1
-        dm.set_ratio(self.ratio)
+        note = self.session.attach(dm, device)
+        if note:
+            rank_zero_info(f"FusionFlow: {note}")
 
     # ------------------------------------------------------------------- steps
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._dm is not None:
-            self._dm.set_ratio(self.ratio)  # a restored checkpoint may have changed it
+        self.session.sync_ratio()  # a restored checkpoint may have changed it
         rank_zero_info(f"FusionFlow: mode={self.mode}, starting device share {self.ratio:.2f}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The gap across validation and epoch boundaries is not a training step.
-        self._prev_end = None
+        self.session.prev_end = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation inside an epoch (val_check_interval) must not count as data wait.
-        self._prev_end = None
+        self.session.prev_end = None
 
     def on_train_batch_end(
         self,
@@ -169,49 +160,10 @@ class FusionFlow(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        from ff_lightning.fusion.controller import StepStats
-
-        now = time.perf_counter()
-        dm = self._dm
-        stats = dm.stats
-        rec = stats.last
-        # Device augmentation regions that have finished (CUDA: polled, never synchronised).
-        finished = stats.device_timer.collect()
-        device_aug_s = sum(s for s, _ in finished)
-        if self._prev_end is not None and stats.t_before_transfer is not None:
-            wait = max(0.0, stats.t_before_transfer - self._prev_end)
-            step_s = now - self._prev_end
-            n_cpu = rec.batch_size - rec.n_device
-            self.controller.observe(
-                StepStats(
-                    batch_size=rec.batch_size,
-                    n_device=rec.n_device,
-                    data_wait_s=wait,
-                    step_s=step_s,
-                    device_aug_s=device_aug_s,
-                    cpu_aug_s=rec.cpu_aug_s,
-                    n_cpu=n_cpu,
-                    num_workers=dm.num_workers,
-                    h2d_s=rec.h2d_s,
-                    prep_s=rec.prep_s,
-                    ratio=rec.ratio,
-                )
-            )
-            self._maybe_log(trainer, pl_module, wait, step_s, device_aug_s, rec)
-        self._prev_end = now
-        guard = self._guard
-        cap = getattr(guard, "ratio_cap", None) if guard is not None else None
-        if self._agreed_cap is not None:
-            # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
-            cap = self._agreed_cap if cap is None else min(cap, self._agreed_cap)
-        if cap is not None and cap != self.controller.memory_cap:
-            self.controller.set_memory_cap(cap)
-            if self._dm is not None:
-                # Apply the cap to the next batch the sampler emits, not at the next decision:
-                # until then every device-routed batch would run out of memory again.
-                self._dm.set_ratio(self.ratio)
-        self._steps_since_decision += 1
-        if self.interval == "steps" and self._steps_since_decision >= self.every_n_steps:
+        measured = self.session.end_step(time.perf_counter())
+        if measured is not None:
+            self._maybe_log(trainer, pl_module, *measured)
+        if self.session.step_decision_due:
             self._decide(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -219,48 +171,31 @@ class FusionFlow(L.Callback):
             self._decide(trainer, pl_module)
 
     # ---------------------------------------------------------------- decision
-    def _reduce_fn(self, trainer: L.Trainer) -> Any:
+    @staticmethod
+    def _all_reduce(trainer: L.Trainer, op: str) -> Any:
         if trainer.world_size <= 1:
             return None
+        return lambda t: trainer.strategy.reduce(t, reduce_op=op)
 
-        def reduce(values: dict[str, float]) -> dict[str, float]:
-            # Every rank must take the same decision: average the statistics first.
-            keys = sorted(values)
-            t = torch.tensor(
-                [float(values[k]) for k in keys],
-                dtype=torch.float64,
-                device=trainer.strategy.root_device,
-            )
-            t = trainer.strategy.reduce(t, reduce_op="mean")
-            return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
-
-        return reduce
+    def _reduce_fn(self, trainer: L.Trainer) -> Any:
+        """The controller's reduce hook: statistics averaged over ranks (``None``: one rank)."""
+        device = trainer.strategy.root_device if trainer.world_size > 1 else "cpu"
+        return FusionSession.mean_reduce(self._all_reduce(trainer, "mean"), torch.device(device))
 
     def _agree_on_memory_cap(self, trainer: L.Trainer) -> None:
-        """Under DDP, every rank takes the smallest memory cap any rank hit.
-
-        Between decisions each rank applies its own cap at once (its memory is what ran
-        out); at a decision all ranks adopt the minimum so that they route alike again.
-        """
-        if trainer.world_size <= 1:
-            return
-        local = self.controller.memory_cap
-        t = torch.tensor([float(local)], dtype=torch.float64, device=trainer.strategy.root_device)
-        shared = float(trainer.strategy.reduce(t, reduce_op="min").item())
-        if shared < 1.0:
-            self._agreed_cap = shared
-        if shared < local:
-            self.controller.set_memory_cap(shared)
+        """Under DDP, every rank takes the smallest memory cap any rank hit."""
+        if trainer.world_size > 1:
+            self.session.agree_on_memory_cap(
+                self._all_reduce(trainer, "min"), trainer.strategy.root_device
+            )
 
     def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._steps_since_decision = 0
         old = self.ratio
-        self._agree_on_memory_cap(trainer)
-        decision = self.controller.decide(reduce=self._reduce_fn(trainer))
-        if self._dm is not None:
-            self._dm.set_ratio(self.ratio)
-        d = _as_dict(decision)
-        msg = f"FusionFlow: device share {old:.2f} -> {self.ratio:.2f} ({d.get('reason', '')})"
+        device = trainer.strategy.root_device if trainer.world_size > 1 else "cpu"
+        decision = self.session.decide(
+            self._all_reduce(trainer, "mean"), self._all_reduce(trainer, "min"), device
+        )
+        msg = f"FusionFlow: device share {old:.2f} -> {self.ratio:.2f} ({decision.reason})"
         rank_zero_info(msg)
         log.debug(msg)
         if trainer.logger is not None:
@@ -284,9 +219,7 @@ class FusionFlow(L.Callback):
     ) -> None:
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
-        from ff_lightning.fusion.glue import step_metrics
-
-        metrics = step_metrics(self.ratio, wait, step_s, aug_s, rec, self._guard)
+        metrics = step_metrics(self.ratio, wait, step_s, aug_s, rec, self.session.guard)
         self._last_log = metrics
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(rec.batch_size, 1))
 
@@ -301,5 +234,4 @@ class FusionFlow(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.controller.load_state_dict(state_dict["controller"])
-        if self._dm is not None:
-            self._dm.set_ratio(self.ratio)
+        self.session.sync_ratio()

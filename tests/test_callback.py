@@ -258,7 +258,7 @@ def test_ddp_ranks_agree_on_the_smallest_memory_cap() -> None:
     assert cb.ratio == 0.25 and Trainer.strategy.ops == ["min"]
     cb._agree_on_memory_cap(type("T", (), {"world_size": 1})())  # type: ignore[arg-type]
     assert cb.ratio == 0.25
-    assert cb._agreed_cap == 0.25  # later local caps can only lower it, never lift it
+    assert cb.session.agreed_cap == 0.25  # later local caps can only lower it, never lift it
 
 
 def test_validation_inside_an_epoch_is_not_counted_as_data_wait(tmp_path: Path) -> None:

@@ -1,13 +1,23 @@
-"""Pieces shared by the two front ends of the controller: the Lightning ``FusionFlow``
-callback and the ``FusionAccelerate`` adapter (argument checks, controller construction and
-the per-step ``fusionflow/*`` metrics), so both validate and log identically."""
+"""Pieces shared by the two front ends of the controller, the Lightning ``FusionFlow`` callback
+and the ``FusionAccelerate`` adapter: argument checks, controller construction, the per-step
+``fusionflow/*`` metrics and :class:`FusionSession`, which drives the controller. The front
+ends only tick the clock, log and talk to other ranks."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.controller import MODES, Controller
+from ff_lightning.fusion.controller import MODES, Controller, Decision, StepStats
+from ff_lightning.fusion.memory import MemoryGuard
+from ff_lightning.fusion.probes import make_probe
+
+log = logging.getLogger("ff_lightning")
 
 INTERVALS = ("epoch", "steps")
 
@@ -107,3 +117,162 @@ def step_metrics(
             getattr(guard, "cpu_fallback_samples", 0)
         )
     return metrics
+
+
+TensorFn = Callable[[Tensor], Tensor]
+
+
+class FusionSession:
+    """The front-end-independent driver of one controller over one ``FusionDataModule``.
+
+    The Lightning callback and the Accelerate adapter differ only in where their clock ticks
+    and how they talk to other ranks; the rest lives here: attaching the memory guard, turning
+    the DataModule's records into :class:`StepStats`, applying memory caps at once, and taking
+    decisions that every rank takes alike.
+
+    Cross-rank reductions are passed in as tensor functions (``all_mean``, ``all_min``) so the
+    session needs neither a Trainer nor an Accelerator; ``None`` means one process.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        interval: str,
+        every_n_steps: int,
+        reserve_mb: float,
+        probe: Any = None,
+        nvml_module: Any = None,
+    ) -> None:
+        self.controller = controller
+        self.interval = interval
+        self.every_n_steps = every_n_steps
+        self.reserve_mb = reserve_mb
+        self._probe = probe
+        self._nvml_module = nvml_module
+        self.dm: Any = None
+        self.guard: MemoryGuard | None = None
+        self.prev_end: float | None = None
+        self.steps_since_decision = 0
+        self.agreed_cap: float | None = None  # several ranks: the smallest cap any rank hit
+
+    @property
+    def ratio(self) -> float:
+        return float(self.controller.ratio)
+
+    def attach(self, dm: Any, device: torch.device) -> str | None:
+        """Give ``dm`` a memory guard for ``device`` and route with the current ratio.
+
+        Returns the probe's note (which probe, or why NVML fell back) for the caller to log.
+        """
+        note = None
+        probe = self._probe
+        if probe is None:
+            probe, note = make_probe(device, nvml_module=self._nvml_module, logger=log)
+        self.dm = dm
+        self.guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
+        dm.memory_guard = self.guard
+        if self.controller.warmup_steps is None:
+            # Batches already prefetched carry the old split: skip them after each change.
+            depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
+            self.controller.warmup_steps = depth + 1
+        self.sync_ratio()
+        return note
+
+    def sync_ratio(self) -> None:
+        """Route the next batch the sampler emits with the controller's ratio."""
+        if self.dm is not None:
+            self.dm.set_ratio(self.ratio)
+
+    def end_step(self, now: float) -> tuple[float, float, float, Any] | None:
+        """Close the step that ended at ``now``.
+
+        Feeds the controller, applies a memory cap at once and counts towards the next
+        decision. Returns ``(wait_s, step_s, device_aug_s, record)`` when the step was measured,
+        ``None`` for the first step after a clock reset (its wait includes worker start-up or
+        validation).
+        """
+        dm = self.dm
+        stats = dm.stats
+        rec = stats.last
+        # Device augmentation regions that have finished (CUDA: polled, never synchronised).
+        device_aug_s = sum(s for s, _ in stats.device_timer.collect())
+        measured = None
+        if self.prev_end is not None and stats.t_before_transfer is not None:
+            wait = max(0.0, stats.t_before_transfer - self.prev_end)
+            step_s = now - self.prev_end
+            self.controller.observe(
+                StepStats(
+                    batch_size=rec.batch_size,
+                    n_device=rec.n_device,
+                    data_wait_s=wait,
+                    step_s=step_s,
+                    device_aug_s=device_aug_s,
+                    cpu_aug_s=rec.cpu_aug_s,
+                    n_cpu=rec.batch_size - rec.n_device,
+                    num_workers=dm.num_workers,
+                    h2d_s=rec.h2d_s,
+                    prep_s=rec.prep_s,
+                    ratio=rec.ratio,
+                )
+            )
+            measured = (wait, step_s, device_aug_s, rec)
+        self.prev_end = now
+        cap = self.guard.ratio_cap if self.guard is not None else None
+        if self.agreed_cap is not None:
+            # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
+            cap = self.agreed_cap if cap is None else min(cap, self.agreed_cap)
+        if cap is not None and cap != self.controller.memory_cap:
+            # Takes effect for the next batch the sampler emits, not at the next decision:
+            # until then every device-routed batch would run out of memory again.
+            self.controller.set_memory_cap(cap)
+            self.sync_ratio()
+        self.steps_since_decision += 1
+        return measured
+
+    @property
+    def step_decision_due(self) -> bool:
+        return self.interval == "steps" and self.steps_since_decision >= self.every_n_steps
+
+    def agree_on_memory_cap(self, all_min: TensorFn | None, device: torch.device) -> None:
+        """Every rank takes the smallest memory cap any rank hit.
+
+        Between decisions each rank applies its own cap at once (its memory is what ran out);
+        at a decision all ranks adopt the minimum so that they route alike again.
+        """
+        if all_min is None:
+            return
+        local = self.controller.memory_cap
+        shared = float(
+            all_min(torch.tensor([float(local)], dtype=torch.float64, device=device)).item()
+        )
+        if shared < 1.0:
+            self.agreed_cap = shared
+        if shared < local:
+            self.controller.set_memory_cap(shared)
+
+    @staticmethod
+    def mean_reduce(
+        all_mean: TensorFn | None, device: torch.device
+    ) -> Callable[[dict[str, float]], dict[str, float]] | None:
+        """The controller's ``reduce`` hook: average a dict of statistics across ranks."""
+        if all_mean is None:
+            return None
+
+        def reduce(values: dict[str, float]) -> dict[str, float]:
+            keys = sorted(values)
+            t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+            return {k: float(v) for k, v in zip(keys, all_mean(t).tolist(), strict=True)}
+
+        return reduce
+
+    def decide(
+        self, all_mean: TensorFn | None = None, all_min: TensorFn | None = None, device: Any = "cpu"
+    ) -> Decision:
+        """Take a decision every rank takes alike and route the next batches with it."""
+        device = torch.device(device)
+        self.steps_since_decision = 0
+        self.agree_on_memory_cap(all_min, device)
+        decision = self.controller.decide(reduce=self.mean_reduce(all_mean, device))
+        self.sync_ratio()
+        return decision

@@ -50,10 +50,15 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from ff_lightning.data.datamodule import FusionDataModule
 from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.controller import Decision, StepStats
-from ff_lightning.fusion.glue import _check_int, build_controller, check_fusion_args, step_metrics
+from ff_lightning.fusion.controller import Decision
+from ff_lightning.fusion.glue import (
+    FusionSession,
+    _check_int,
+    build_controller,
+    check_fusion_args,
+    step_metrics,
+)
 from ff_lightning.fusion.memory import MemoryGuard
-from ff_lightning.fusion.probes import make_probe
 
 __all__ = ["FusionAccelerate"]
 
@@ -146,15 +151,17 @@ class FusionAccelerate:
         self.warmup_steps = warmup_steps
         self.global_step = 0  # training steps run through this adapter, all epochs
         self._dm = datamodule
-        self._probe = probe
-        self._nvml_module = nvml_module
+        self.session = FusionSession(
+            self.controller,
+            interval=interval,
+            every_n_steps=every_n_steps,
+            reserve_mb=self.reserve_mb,
+            probe=probe,
+            nvml_module=nvml_module,
+        )
         self._device: torch.device | None = None
-        self._guard: MemoryGuard | None = None
         self._train_loader: Any = None
         self._eval_loaders: dict[str, Any] = {}
-        self._prev_end: float | None = None
-        self._steps_since_decision = 0
-        self._agreed_cap: float | None = None  # several processes: the smallest cap any rank hit
         self.last_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public
@@ -175,7 +182,7 @@ class FusionAccelerate:
     @property
     def memory_guard(self) -> MemoryGuard | None:
         """The guard the DataModule augments through (``None`` before :meth:`setup`)."""
-        return self._guard
+        return self.session.guard
 
     @property
     def train_loader(self) -> Any:
@@ -203,23 +210,12 @@ class FusionAccelerate:
         """Attach a memory guard for ``device`` to the DataModule; run once, lazily, by
         :meth:`train_epoch` (call it yourself to pick the device up front)."""
         dev = self._resolve_device(device)
-        if self._guard is not None and dev == self._device:
+        if self.session.guard is not None and dev == self._device:
             return
-        if self._probe is None:
-            probe, note = make_probe(dev, nvml_module=self._nvml_module, logger=log)
-            if note and self._is_main():
-                log.info("FusionAccelerate: %s", note)
-        else:
-            probe = self._probe
-        self._guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
-        self._dm.memory_guard = self._guard
+        note = self.session.attach(self._dm, dev)
         self._device = dev
-        if self.controller.warmup_steps is None:
-            # Batches already prefetched carry the old split: skip them after each change.
-            dm = self._dm
-            depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
-            self.controller.warmup_steps = depth + 1
-        self._dm.set_ratio(self.ratio)
+        if note and self._is_main():
+            log.info("FusionAccelerate: %s", note)
         if self._is_main():
             log.info(
                 "FusionAccelerate: mode=%s on %s, starting device share %.2f",
@@ -259,7 +255,7 @@ class FusionAccelerate:
         loader = self.train_loader
         loader.batch_sampler.set_epoch(epoch)
         # A restored checkpoint or a memory cap may have changed the ratio since the last epoch.
-        self._dm.set_ratio(self.ratio)
+        self.session.sync_ratio()
         return self._train_iter(loader, self._device, max_steps, with_indices)
 
     def eval_batches(
@@ -294,11 +290,8 @@ class FusionAccelerate:
         :meth:`train_epoch` calls it at the end of each epoch (``interval="epoch"``) or every
         ``every_n_steps`` steps (``interval="steps"``).
         """
-        self._steps_since_decision = 0
         old = self.ratio
-        self._agree_on_memory_cap()
-        decision = self.controller.decide(reduce=self._reduce_fn())
-        self._dm.set_ratio(self.ratio)
+        decision = self.session.decide(self._all_mean(), self._all_min(), self._reduce_device())
         msg = f"FusionAccelerate: device share {old:.2f} -> {self.ratio:.2f} ({decision.reason})"
         if self._is_main():
             log.info(msg)
@@ -326,7 +319,7 @@ class FusionAccelerate:
             self._dm.load_state_dict(state_dict["datamodule"])
         self.controller.load_state_dict(state_dict["controller"])
         self.global_step = int(state_dict.get("global_step", self.global_step))
-        self._steps_since_decision = 0
+        self.session.steps_since_decision = 0
         self._dm.set_ratio(self.ratio)
 
     # ------------------------------------------------------------------ iteration
@@ -335,7 +328,7 @@ class FusionAccelerate:
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         dm = self._dm
         # The gap across validation and epoch boundaries is not a training step.
-        self._prev_end = None
+        self.session.prev_end = None
         steps = 0
         for batch in loader:
             # Stamps the moment the batch is in hand (the end of the data wait) and keeps the
@@ -364,51 +357,15 @@ class FusionAccelerate:
             yield dm.on_after_batch_transfer(batch, 0)
 
     def _end_step(self) -> None:
-        """The loop body has handed control back: the step is over. Mirrors the callback's
-        ``on_train_batch_end``."""
-        now = time.perf_counter()
-        dm = self._dm
-        stats = dm.stats
-        rec = stats.last
-        # Device augmentation regions that have finished (CUDA: polled, never synchronised).
-        device_aug_s = sum(s for s, _ in stats.device_timer.collect())
+        """The loop body has handed control back: the step is over (the callback's
+        ``on_train_batch_end``)."""
+        measured = self.session.end_step(time.perf_counter())
         self.global_step += 1
-        # The first step of an epoch is skipped: its wait includes starting the workers.
-        if self._prev_end is not None and stats.t_before_transfer is not None:
-            wait = max(0.0, stats.t_before_transfer - self._prev_end)
-            step_s = now - self._prev_end
-            self.controller.observe(
-                StepStats(
-                    batch_size=rec.batch_size,
-                    n_device=rec.n_device,
-                    data_wait_s=wait,
-                    step_s=step_s,
-                    device_aug_s=device_aug_s,
-                    cpu_aug_s=rec.cpu_aug_s,
-                    n_cpu=rec.batch_size - rec.n_device,
-                    num_workers=dm.num_workers,
-                    h2d_s=rec.h2d_s,
-                    prep_s=rec.prep_s,
-                    ratio=rec.ratio,
-                )
-            )
-            if self.global_step % self.log_every_n_steps == 0:
-                self.last_metrics = step_metrics(
-                    self.ratio, wait, step_s, device_aug_s, rec, self._guard
-                )
-                if self.log_fn is not None and self._is_main():
-                    self.log_fn(self.last_metrics, step=self.global_step)
-        self._prev_end = now
-        cap = getattr(self._guard, "ratio_cap", None) if self._guard is not None else None
-        if self._agreed_cap is not None:
-            # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
-            cap = self._agreed_cap if cap is None else min(cap, self._agreed_cap)
-        if cap is not None and cap != self.controller.memory_cap:
-            # Takes effect at once; the router reads the new ratio for the next batch it emits.
-            self.controller.set_memory_cap(cap)
-            dm.set_ratio(self.ratio)
-        self._steps_since_decision += 1
-        if self.interval == "steps" and self._steps_since_decision >= self.every_n_steps:
+        if measured is not None and self.global_step % self.log_every_n_steps == 0:
+            self.last_metrics = step_metrics(self.ratio, *measured, self.session.guard)
+            if self.log_fn is not None and self._is_main():
+                self.log_fn(self.last_metrics, step=self.global_step)
+        if self.session.step_decision_due:
             self.decide()
 
     # ------------------------------------------------------------------ helpers
@@ -434,35 +391,17 @@ class FusionAccelerate:
             return torch.device(self.accelerator.device)
         return torch.device("cpu")
 
-    def _agree_on_memory_cap(self) -> None:
-        """With several processes, every rank takes the smallest memory cap any rank hit
-        (gathered; Accelerate's ``reduce`` has no minimum), so that all ranks route alike."""
-        if self._world_size() <= 1 or not hasattr(self.accelerator, "gather"):
-            return
-        local = self.controller.memory_cap
-        t = torch.tensor(
-            [float(local)], dtype=torch.float64, device=torch.device(self.accelerator.device)
-        )
-        shared = float(self.accelerator.gather(t).min().item())
-        if shared < 1.0:
-            self._agreed_cap = shared
-        if shared < local:
-            self.controller.set_memory_cap(shared)
+    def _reduce_device(self) -> torch.device:
+        acc = self.accelerator
+        return torch.device(acc.device) if acc is not None else torch.device("cpu")
 
-    def _reduce_fn(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
+    def _all_mean(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if self._world_size() <= 1:
             return None
-        accelerator = self.accelerator
+        return lambda t: self.accelerator.reduce(t, reduction="mean")
 
-        def reduce(values: dict[str, float]) -> dict[str, float]:
-            # Every rank must take the same decision: average the statistics first.
-            keys = sorted(values)
-            t = torch.tensor(
-                [float(values[k]) for k in keys],
-                dtype=torch.float64,
-                device=torch.device(accelerator.device),
-            )
-            t = accelerator.reduce(t, reduction="mean")
-            return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
-
-        return reduce
+    def _all_min(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        # Accelerate's reduce has no minimum: gather every rank's value instead.
+        if self._world_size() <= 1 or not hasattr(self.accelerator, "gather"):
+            return None
+        return lambda t: self.accelerator.gather(t).min()
