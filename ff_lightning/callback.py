@@ -102,7 +102,6 @@ class FusionFlow(L.Callback):
             probe=probe,
             nvml_module=nvml_module,
         )
-        self._last_log: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public
     @property
@@ -220,7 +219,6 @@ class FusionFlow(L.Callback):
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
         metrics = step_metrics(self.ratio, wait, step_s, aug_s, rec, self.session.guard)
-        self._last_log = metrics
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(rec.batch_size, 1))
 
     # -------------------------------------------------------------------- state

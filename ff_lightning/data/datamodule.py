@@ -354,7 +354,6 @@ class FusionDataModule(L.LightningDataModule):
         self._batch_ops: Any = None
         self._host: Any = None
         self._norm_cache: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
-        self._step = 0
 
     # ------------------------------------------------------------------ ratio
     @property
@@ -478,14 +477,12 @@ class FusionDataModule(L.LightningDataModule):
         else:
             params, idx_host = self._host
         rec.n_device = int(idx_host.numel())
-        rec.fallback_samples = 0
         if rec.n_device == 0:
             return images
         sub_params = params[idx_host]
         timer = self.stats.device_timer
         timer.start(images.device)
         guard = self.memory_guard
-        before = getattr(guard, "cpu_fallback_samples", 0)
         out = guard.run(
             self.policy.apply_batch,
             images.index_select(0, idx_dev),
@@ -493,8 +490,7 @@ class FusionDataModule(L.LightningDataModule):
             self._cpu_fallback,
             total=rec.batch_size,
         )
-        timer.stop(rec.n_device)
-        rec.fallback_samples = getattr(guard, "cpu_fallback_samples", 0) - before
+        timer.stop()
         return images.index_copy(0, idx_dev, out)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -543,7 +539,7 @@ class FusionDataModule(L.LightningDataModule):
             trainer = getattr(self, "trainer", None)
             rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
             # Each rank draws its own boxes and mixing weights (same per step across routes).
-            g.manual_seed((self.seed * 7_919 + self._step) * 1_000_003 + rank)
+            g.manual_seed((self.seed * 7_919 + self.stats.train_batches) * 1_000_003 + rank)
             for kind, op in self._batch_ops:
                 if kind == "erase":
                     x = op(x, generator=g)
@@ -556,14 +552,12 @@ class FusionDataModule(L.LightningDataModule):
             train = "device_index" in batch
             if train:
                 now = time.perf_counter()
-                self.stats.t_after_transfer = now
                 if self.stats.t_before_transfer is not None:
                     # Wall time of Lightning's transfer hook: the whole copy when it is
                     # synchronous, the enqueue time for pinned non-blocking copies on CUDA.
                     self.stats.last.h2d_s = now - self.stats.t_before_transfer
                 images = self.augment_on_device(batch)
                 self.stats.train_batches += 1
-                self._step += 1
             else:
                 images = batch["images"]
             batch = self._batch_level_ops(images, batch["targets"], train)
@@ -574,8 +568,8 @@ class FusionDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"ratio": self.router.ratio, "step": self._step}
+        return {"ratio": self.router.ratio, "step": self.stats.train_batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.router.ratio = float(state_dict.get("ratio", self.router.ratio))
-        self._step = int(state_dict.get("step", 0))
+        self.stats.train_batches = int(state_dict.get("step", 0))

@@ -24,9 +24,8 @@ class DeviceTimer:
     """
 
     def __init__(self) -> None:
-        self._pending: deque[tuple[object, object, int]] = deque()
+        self._pending: deque[tuple[object, object]] = deque()
         self._open: tuple[object, torch.device] | None = None
-        self._tag = 0
 
     def start(self, device: torch.device) -> None:
         if device.type == "cuda":
@@ -36,7 +35,7 @@ class DeviceTimer:
         else:
             self._open = (time.perf_counter(), device)
 
-    def stop(self, tag: int = 0) -> None:
+    def stop(self) -> None:
         if self._open is None:
             return
         begin, device = self._open
@@ -44,21 +43,21 @@ class DeviceTimer:
         if device.type == "cuda":
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            self._pending.append((begin, end, tag))
+            self._pending.append((begin, end))
         else:
-            self._pending.append((begin, time.perf_counter(), tag))
+            self._pending.append((begin, time.perf_counter()))
 
-    def collect(self) -> list[tuple[float, int]]:
-        """(seconds, tag) of the finished regions, oldest first; unfinished ones stay queued."""
-        done: list[tuple[float, int]] = []
+    def collect(self) -> list[float]:
+        """Seconds of the finished regions, oldest first; unfinished ones stay queued."""
+        done: list[float] = []
         while self._pending:
-            begin, end, tag = self._pending[0]
+            begin, end = self._pending[0]
             if isinstance(end, float):
-                done.append((end - float(begin), tag))  # type: ignore[arg-type]
+                done.append(end - float(begin))  # type: ignore[arg-type]
             else:
                 if not end.query():  # type: ignore[attr-defined]
                     break  # still running on the stream; read it at a later step
-                done.append((begin.elapsed_time(end) / 1000.0, tag))  # type: ignore[attr-defined]
+                done.append(begin.elapsed_time(end) / 1000.0)  # type: ignore[attr-defined]
             self._pending.popleft()
         return done
 
@@ -73,7 +72,6 @@ class BatchRecord:
     prep_s: float = 0.0  # worker CPU seconds spent decoding/cropping the whole batch
     h2d_s: float = 0.0  # wall time of the host-to-device transfer hook (enqueue time on CUDA)
     ratio: float = 0.0  # the router's ratio when this batch was emitted
-    fallback_samples: int = 0  # device-routed samples the memory guard pushed back to the CPU
 
 
 @dataclass
@@ -81,7 +79,6 @@ class PipelineStats:
     """Shared between the DataModule (writer) and the FusionFlow callback (reader)."""
 
     t_before_transfer: float | None = None
-    t_after_transfer: float | None = None
     last: BatchRecord = field(default_factory=BatchRecord)
     device_timer: DeviceTimer = field(default_factory=DeviceTimer)
     train_batches: int = 0

@@ -196,7 +196,7 @@ class FusionSession:
         stats = dm.stats
         rec = stats.last
         # Device augmentation regions that have finished (CUDA: polled, never synchronised).
-        device_aug_s = sum(s for s, _ in stats.device_timer.collect())
+        device_aug_s = sum(stats.device_timer.collect())
         measured = None
         if self.prev_end is not None and stats.t_before_transfer is not None:
             wait = max(0.0, stats.t_before_transfer - self.prev_end)
