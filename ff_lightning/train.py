@@ -33,7 +33,7 @@ def _require(cfg: DictConfig, key: str, hint: str) -> Any:
 
 def build_datamodule(cfg: DictConfig) -> Any:
     """Instantiate the train/val sources and wrap them in a ``FusionDataModule``."""
-    from ff_lightning.data.datamodule import FusionDataModule
+    from ff_lightning.frontends.datamodule import FusionDataModule
 
     data = cfg.data
     if "root" in data.keys():  # `in` alone is False for a missing (???) value

@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("error: this recipe needs Accelerate: pip install ff-lightning[accelerate]")
         sys.exit(2)
     from ff_lightning import FusionDataModule
-    from ff_lightning.data.sources import build_source
     from ff_lightning.errors import FFLightningError
-    from ff_lightning.integrations.accelerate import FusionAccelerate
+    from ff_lightning.frontends.accelerate import FusionAccelerate
     from ff_lightning.models import build_backbone
+    from ff_lightning.sources.datasets import build_source
     from ff_lightning.throughput import ThroughputMeter
 
     t_start = time.perf_counter()

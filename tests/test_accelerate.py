@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ff_lightning import FusionDataModule
+from ff_lightning.control.controller import StepStats
 from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.controller import StepStats
-from ff_lightning.fusion.probes import FakeProbe
-from ff_lightning.integrations.accelerate import FusionAccelerate
+from ff_lightning.frontends.accelerate import FusionAccelerate
+from ff_lightning.testing.probes import FakeProbe
 
 from .test_datamodule import TensorImages
 
@@ -293,7 +293,7 @@ def test_not_a_datamodule_says_what_to_do() -> None:
 
 def test_importing_the_adapter_does_not_import_accelerate() -> None:
     code = (
-        "import sys; import ff_lightning.integrations.accelerate; "
+        "import sys; import ff_lightning.frontends.accelerate; "
         "assert 'accelerate' not in sys.modules, 'accelerate was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

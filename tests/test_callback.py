@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ff_lightning import FusionDataModule, FusionFlow
 from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.probes import FakeProbe
+from ff_lightning.testing.probes import FakeProbe
 
 from .test_datamodule import TensorImages, TinyNet
 
@@ -264,7 +264,7 @@ def test_ddp_ranks_agree_on_the_smallest_memory_cap() -> None:
 def test_validation_inside_an_epoch_is_not_counted_as_data_wait(tmp_path: Path) -> None:
     import time
 
-    from ff_lightning.fusion.controller import StepStats
+    from ff_lightning.control.controller import StepStats
 
     class SlowVal(TinyNet):
         def validation_step(self, batch: Any, batch_idx: int) -> None:

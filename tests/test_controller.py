@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
-from ff_lightning.fusion.controller import KINDS, Controller, CostModel, Decision, StepStats
-from ff_lightning.fusion.simulator import SimulatedPipeline, run_controller
+from ff_lightning.control.controller import KINDS, Controller, CostModel, Decision, StepStats
+from ff_lightning.testing.simulator import SimulatedPipeline, run_controller
 
 B, W, STEPS = 64, 4, 60  # batch size, workers, steps per decision window
 

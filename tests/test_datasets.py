@@ -15,26 +15,27 @@ import pytest
 import torch
 from PIL import Image
 
-from ff_lightning.data import sources, synthetic
-from ff_lightning.data.sources import (
+from ff_lightning.errors import (
+    ConfigError,
+    CorruptImageError,
+    DatasetNotFoundError,
+    FFLightningError,
+)
+from ff_lightning.sources import datasets as sources
+from ff_lightning.sources import synthetic
+from ff_lightning.sources.datasets import (
     Cifar10Source,
     ImageFolderSource,
     SyntheticSource,
     build_source,
     to_rgb,
 )
-from ff_lightning.data.synthetic import (
+from ff_lightning.sources.synthetic import (
     CLASS_NAMES,
     MANIFEST_NAME,
     dataset_dirname,
     ensure_synthetic_dataset,
     render_sample,
-)
-from ff_lightning.errors import (
-    ConfigError,
-    CorruptImageError,
-    DatasetNotFoundError,
-    FFLightningError,
 )
 
 SMALL = {"num_classes": 10, "image_size": 48, "train_per_class": 6, "val_per_class": 2}
@@ -304,7 +305,7 @@ def test_corrupt_image_is_skipped_with_one_warning(odd_tree: Path, caplog):
     bad = odd_tree / "train/cat/b_grey.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     src = ImageFolderSource(odd_tree, "train")
-    with caplog.at_level(logging.WARNING, logger="ff_lightning.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="ff_lightning.sources.datasets"):
         img, target = src[1]
         assert img.size == src[2][0].size and target == 0  # the next sample, index 2
         src[1]

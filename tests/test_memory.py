@@ -8,15 +8,15 @@ import types
 import pytest
 import torch
 
-from ff_lightning.fusion.memory import MemoryGuard
-from ff_lightning.fusion.probes import (
-    FakeProbe,
+from ff_lightning.device.memory import MemoryGuard
+from ff_lightning.device.probes import (
     MemoryProbe,
     NullProbe,
     NvmlProbe,
     TorchCudaProbe,
     make_probe,
 )
+from ff_lightning.testing.probes import FakeProbe
 
 MB = 1 << 20
 

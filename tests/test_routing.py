@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from ff_lightning.data.routing import EpochSampler, RoutedBatchSampler, RoutedIndex, Router
-from ff_lightning.data.transforms import random_resized_crop_box, sample_uniforms
+from ff_lightning.routing.sampler import EpochSampler, RoutedBatchSampler, RoutedIndex, Router
+from ff_lightning.worker.geometry import random_resized_crop_box, sample_uniforms
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8, 33])

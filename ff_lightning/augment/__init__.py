@@ -16,7 +16,6 @@ from ff_lightning.augment.batch_ops import (
     RandomErasing,
     normalize,
 )
-from ff_lightning.augment.config import BatchOpsConfig, build_from_config
 from ff_lightning.augment.params import Params
 from ff_lightning.augment.policies import (
     POLICIES,
@@ -35,7 +34,6 @@ __all__ = [
     "POLICIES",
     "AugMix",
     "AutoAugment",
-    "BatchOpsConfig",
     "MixUpCutMix",
     "NoAugment",
     "Params",
@@ -43,7 +41,6 @@ __all__ = [
     "RandAugment",
     "RandomErasing",
     "TrivialAugmentWide",
-    "build_from_config",
     "build_policy",
     "normalize",
     "rng",

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ff_lightning.data.synthetic import ensure_synthetic_dataset
 from ff_lightning.errors import (
     ConfigError,
     CorruptImageError,
     DatasetNotFoundError,
     FFLightningError,
 )
+from ff_lightning.sources.synthetic import ensure_synthetic_dataset
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -288,10 +288,10 @@ def _mtime_ns(path: Path) -> int:
 
 
 class SyntheticSource(ImageFolderSource):
-    """The embedded shapes dataset (see :mod:`ff_lightning.data.synthetic`), generated on first use.
+    """The embedded shapes dataset (see :mod:`ff_lightning.sources.synthetic`), generated on first use.
 
     ``root`` is the cache root (default ``$FF_LIGHTNING_CACHE`` or ``~/.cache/ff_lightning``);
-    ``gen_kwargs`` go to :func:`~ff_lightning.data.synthetic.ensure_synthetic_dataset`
+    ``gen_kwargs`` go to :func:`~ff_lightning.sources.synthetic.ensure_synthetic_dataset`
     (``num_classes``, ``image_size``, ``train_per_class``, ``val_per_class``, ``seed``, ...).
     """
 

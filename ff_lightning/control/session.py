@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ff_lightning.control.controller import MODES, Controller, Decision, StepStats
+from ff_lightning.device.memory import MemoryGuard
+from ff_lightning.device.probes import make_probe
 from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.controller import MODES, Controller, Decision, StepStats
-from ff_lightning.fusion.memory import MemoryGuard
-from ff_lightning.fusion.probes import make_probe
 
 log = logging.getLogger("ff_lightning")
 

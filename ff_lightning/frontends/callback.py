@@ -1,7 +1,7 @@
 """``FusionFlow``: the Lightning callback that times the pipeline and moves the device share.
 
-The callback only times hooks, calls the pure :class:`~ff_lightning.fusion.controller.Controller`
-and logs; the decision rule, the memory guard and the probes live in ``ff_lightning.fusion``.
+The callback only times hooks, calls the pure :class:`~ff_lightning.control.controller.Controller`
+and logs; the decision rule, the memory guard and the probes live in ``ff_lightning.control`` and ``ff_lightning.device``.
 
 Signals per training step (no CUDA synchronisation is added):
 
@@ -25,13 +25,13 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.glue import (
+from ff_lightning.control.session import (
     FusionSession,
     build_controller,
     check_fusion_args,
     step_metrics,
 )
+from ff_lightning.errors import ConfigError
 
 log = logging.getLogger("ff_lightning")
 
@@ -58,7 +58,7 @@ class FusionFlow(L.Callback):
         warmup_steps: steps ignored after each change of ratio (``None``: the loader's
             prefetch depth plus one, since batches already in flight carry the old split).
         probe: a memory probe to use instead of NVML/allocator detection (tests, custom
-            devices); see :mod:`ff_lightning.fusion.probes`.
+            devices); see :mod:`ff_lightning.device.probes`.
         controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
             ``hysteresis``, ...).
     """
@@ -120,7 +120,7 @@ class FusionFlow(L.Callback):
 
     # ------------------------------------------------------------------- setup
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from ff_lightning.data.datamodule import FusionDataModule
+        from ff_lightning.frontends.datamodule import FusionDataModule
 
         dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, FusionDataModule):

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ff_lightning.data.routing import RoutedIndex
-from ff_lightning.data.transforms import eval_geometry, to_uint8_chw, train_geometry
+from ff_lightning.routing.sampler import RoutedIndex
+from ff_lightning.worker.geometry import eval_geometry, to_uint8_chw, train_geometry
 
 
 class AugmentingDataset(Dataset):

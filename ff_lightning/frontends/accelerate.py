@@ -5,11 +5,11 @@ controller. This adapter does the same for a plain PyTorch or Hugging Face Accel
 owns the iteration, so it can time what the hooks time, and it reuses the
 :class:`~ff_lightning.FusionDataModule` for everything else (the routed DataLoader, the
 batch-transfer hooks that augment the device share, normalise and run the batch ops, the timing
-records and the memory guard) and ``ff_lightning.fusion`` for the decisions::
+records and the memory guard) and ``ff_lightning.control`` for the decisions::
 
     from accelerate import Accelerator
     from ff_lightning import FusionDataModule
-    from ff_lightning.integrations.accelerate import FusionAccelerate
+    from ff_lightning.frontends.accelerate import FusionAccelerate
 
     accelerator = Accelerator()
     dm = FusionDataModule(train_ds, val_ds, policy="randaugment", image_size=224, batch_size=64)
@@ -48,17 +48,17 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from ff_lightning.data.datamodule import FusionDataModule
-from ff_lightning.errors import ConfigError
-from ff_lightning.fusion.controller import Decision
-from ff_lightning.fusion.glue import (
+from ff_lightning.control.controller import Decision
+from ff_lightning.control.session import (
     FusionSession,
     _check_int,
     build_controller,
     check_fusion_args,
     step_metrics,
 )
-from ff_lightning.fusion.memory import MemoryGuard
+from ff_lightning.device.memory import MemoryGuard
+from ff_lightning.errors import ConfigError
+from ff_lightning.frontends.datamodule import FusionDataModule
 
 __all__ = ["FusionAccelerate"]
 
@@ -89,7 +89,7 @@ class FusionAccelerate:
         warmup_steps: steps ignored after each change of ratio (``None``: the loader's
             prefetch depth plus one, since batches already in flight carry the old split).
         probe: a memory probe to use instead of NVML/allocator detection (tests, custom
-            devices); see :mod:`ff_lightning.fusion.probes`.
+            devices); see :mod:`ff_lightning.device.probes`.
         nvml_module: a ``pynvml``-like module for the NVML probe (tests).
         controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
             ``hysteresis``, ...).

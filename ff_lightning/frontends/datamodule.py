@@ -32,10 +32,10 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset
 
-from ff_lightning.data.routing import EpochSampler, RoutedBatchSampler, Router
-from ff_lightning.data.stats import PipelineStats
-from ff_lightning.data.worker import AugmentingDataset, fusion_collate, worker_init
+from ff_lightning.device.timer import PipelineStats
 from ff_lightning.errors import ConfigError
+from ff_lightning.routing.sampler import EpochSampler, RoutedBatchSampler, Router
+from ff_lightning.worker.dataset import AugmentingDataset, fusion_collate, worker_init
 
 log = logging.getLogger("ff_lightning")
 
@@ -308,8 +308,8 @@ class FusionDataModule(L.LightningDataModule):
     @property
     def memory_guard(self) -> Any:
         if self._guard is None:
-            from ff_lightning.fusion.memory import MemoryGuard
-            from ff_lightning.fusion.probes import NullProbe
+            from ff_lightning.device.memory import MemoryGuard
+            from ff_lightning.device.probes import NullProbe
 
             self._guard = MemoryGuard(NullProbe(), reserve_mb=self.reserve_mb)
         return self._guard

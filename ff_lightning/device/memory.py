@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ff_lightning.fusion.probes import MemoryProbe
+from ff_lightning.device.probes import MemoryProbe
 
 __all__ = ["MemoryGuard"]
 
@@ -34,7 +34,7 @@ class MemoryGuard:
     """Chunks device augmentation to the memory budget, with OOM recovery and CPU fallback.
 
     Args:
-        probe: a :class:`~ff_lightning.fusion.probes.MemoryProbe`.
+        probe: a :class:`~ff_lightning.device.probes.MemoryProbe`.
         reserve_mb: memory left untouched for training, MiB.
         min_chunk: smallest chunk tried on the device; below it samples go to the CPU.
         max_chunk: largest chunk (``None``: the batch, when the budget allows).

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from ff_lightning.fusion.controller import Controller, Decision, StepStats
+from ff_lightning.control.controller import Controller, Decision, StepStats
 
 __all__ = ["PipelineCosts", "SimulatedPipeline", "TraceEntry", "run_controller"]
 

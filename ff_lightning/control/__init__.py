@@ -1,0 +1,1 @@
+"""The controller: decides the device share from measured step statistics (no Trainer)."""
