@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from ff_lightning.control.controller import KINDS, Controller, CostModel, Decision, StepStats
+from ff_lightning.control.controller import KINDS, Controller, Decision, StepStats
 from ff_lightning.testing.simulator import SimulatedPipeline, run_controller
 
 B, W, STEPS = 64, 4, 60  # batch size, workers, steps per decision window
@@ -413,25 +413,17 @@ def test_argument_validation(args, kwargs, message):
 def test_memory_cap_and_step_stats_validation():
     with pytest.raises(ValueError, match=re.escape("`cap` must be None or in [0, 1], got 1.5")):
         Controller().set_memory_cap(1.5)
+    # The controller checks every record it observes (records are built stage by stage).
     with pytest.raises(ValueError, match=re.escape("`n_device` must be in [0, batch_size=4]")):
-        StepStats(batch_size=4, n_device=5, data_wait_s=0.0, step_s=0.1)
+        Controller().observe(StepStats(batch_size=4, n_device=5, data_wait_s=0.0, step_s=0.1))
     with pytest.raises(ValueError, match="`batch_size` must be positive"):
-        StepStats(batch_size=0, n_device=0, data_wait_s=0.0, step_s=0.1)
-    assert StepStats(batch_size=4, n_device=1, data_wait_s=0.0, step_s=0.1).n_cpu == 3
+        Controller().observe(StepStats(batch_size=0, n_device=0, data_wait_s=0.0, step_s=0.1))
+    record = StepStats(batch_size=4, n_device=1, data_wait_s=0.0, step_s=0.1)
+    Controller().observe(record)
+    assert record.n_cpu == 3
 
 
-# ---------------------------------------------------------------------- model and simulator
-def test_cost_model_crossing_point():
-    m = CostModel(batch_size=64, num_workers=4, cpu_cost=8e-3, device_cost=0.4e-3, compute_s=0.025)
-    r = m.crossing()
-    assert r == pytest.approx((0.128 - 0.025) / (0.128 + 0.0256))
-    assert m.loader_s(r) == pytest.approx(m.device_s(r))
-    assert m.throughput(r) > m.throughput(r - 0.05) and m.throughput(r) > m.throughput(r + 0.05)
-    assert m.crossing(hi=0.5) == 0.5
-    heavy = CostModel(64, 4, 2e-3, 1e-3, compute_s=0.06)
-    assert heavy.crossing() == 0.0
-
-
+# ---------------------------------------------------------------------- simulator
 def test_simulator_matches_its_analytic_throughput():
     for r in (0.0, 0.3, 0.7, 1.0):
         pipe = pipeline(**REGIMES["cpu_bound"])

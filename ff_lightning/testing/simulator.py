@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from ff_lightning.control.controller import Controller, Decision, StepStats
+from ff_lightning.control.controller import Controller
+from ff_lightning.control.records import Decision, StepStats
 
 __all__ = ["PipelineCosts", "SimulatedPipeline", "TraceEntry", "run_controller"]
 
