@@ -240,6 +240,69 @@ def test_state_dict_round_trip_continues_from_saved_ratio_and_best():
     assert pipe.throughput(settled_ratio(trace)) >= 0.95 * pipe.best_fixed()[1]
 
 
+# Saved by version 1 (search state flat, "estimates" only the keys estimated so far) after
+# four decisions on the cpu_bound regime, seed 0; history left out.
+V1_STATE = {
+    "version": 1,
+    "mode": "auto",
+    "ratio": 0.671875,
+    "memory_cap": 1.0,
+    "decisions": 4,
+    "phase": "climb",
+    "best": [0.671875, 1516.5876777251185, 0.0],
+    "baseline": 500.00000000000034,
+    "baseline_fresh": True,
+    "steps": [0.1, 0.025],
+    "done": [-1],
+    "direction": -1,
+    "next_direction": 1,
+    "last_move": "revert",
+    "model_jumps": 2,
+    "hold_ref": None,
+    "estimates": {
+        "batch_size": 64.0,
+        "num_workers": 4.0,
+        "compute_s": 0.025000000000000005,
+        "loader_q": 0.9999999999999993,
+        "cpu_cost": 0.008,
+        "prep_s": 0.0,
+        "device_cost": 0.0004,
+        "device_cost_assumed": False,
+    },
+}
+
+
+def test_state_dict_version_2_nests_the_search_state_with_its_phase_by_value():
+    ctl = Controller()
+    run_controller(ctl, pipeline(**REGIMES["cpu_bound"]), STEPS, 4)
+    state = ctl.state_dict()
+    assert state["version"] == 2
+    assert state["search"]["phase"] in {"baseline", "climb", "model", "hold", "floor", "recheck"}
+    assert set(state["estimates"]) >= {"batch_size", "cpu_cost", "device_cost", "loader_q"}
+    assert state["estimates"]["batch_size"] == B
+
+
+def test_version_1_state_loads_and_continues_as_version_1_did():
+    ctl = Controller()
+    ctl.load_state_dict(json.loads(json.dumps(V1_STATE)))
+    assert ctl.ratio == 0.671875 and ctl.history == []
+    state = ctl.state_dict()
+    assert state["search"]["phase"] == "climb" and state["search"]["done"] == [-1]
+    assert state["estimates"]["loader_fixed_s"] is None  # never estimated
+    pipe = pipeline(5, noise=0.05, **REGIMES["cpu_bound"])
+    trace = run_controller(ctl, pipe, STEPS, 6)
+    # What version 1 decided from this state on this pipeline.
+    assert [(e.decision.kind, e.decision.ratio) for e in trace] == [
+        ("explore", 0.771875),
+        ("revert", 0.671875),
+        ("hold", 0.671875),
+        ("hold", 0.671875),
+        ("hold", 0.671875),
+        ("hold", 0.671875),
+    ]
+    assert trace[1].decision.reason == "revert: r=0.77 lost 4.9% throughput vs best r=0.67"
+
+
 def test_state_from_another_mode_restores_history_only():
     ctl = Controller()
     run_controller(ctl, pipeline(**REGIMES["cpu_bound"]), STEPS, 3)
