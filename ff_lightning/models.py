@@ -106,15 +106,20 @@ class ImageClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         hard = y.argmax(dim=1) if y.ndim == 2 else y
         acc = (logits.argmax(dim=1) == hard).float().mean()
-        on_step = stage == "train"
+        # The progress bar turns its metrics into Python numbers at every refresh, a CUDA sync
+        # per step for a per-step value; the epoch mean is accumulated on the device and read
+        # once per epoch. The per-step curve goes to the logger only, which reads it every
+        # `log_every_n_steps` steps.
         self.log(
             f"{stage}_loss",
             loss,
             prog_bar=True,
-            on_step=on_step,
+            on_step=False,
             on_epoch=True,
             batch_size=x.shape[0],
         )
+        if stage == "train":
+            self.log("train_loss_step", loss, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log(
             f"{stage}_acc",
             acc,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import time
@@ -81,6 +82,23 @@ def build_datamodule(cfg: DictConfig) -> Any:
     )
 
 
+def build_logger(cfg: DictConfig) -> Any:
+    """The Trainer's logger from the ``logger`` group (``False``: ``logger=none``)."""
+    node = cfg.get("logger")
+    if node is None or node.get("_target_") is None:
+        return False
+    target = str(node._target_)
+    if target.endswith("TensorBoardLogger") and not (
+        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    ):
+        raise ConfigError(
+            "`logger=tensorboard` needs the tensorboard package: pip install tensorboard "
+            "(or use logger=csv)"
+        )
+    with _setup_errors():
+        return instantiate(node)
+
+
 def _progress_bar(kind: str) -> list[L.Callback]:
     if kind not in PROGRESS_BARS:
         raise ConfigError(f"`progress_bar` must be one of {PROGRESS_BARS}, got {kind!r}")
@@ -132,12 +150,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks: list[L.Callback] = [tracker, *_progress_bar(cfg.progress_bar)]
     if fusion is not None:
         callbacks.insert(0, fusion)
-    from lightning.pytorch.loggers import CSVLogger
-
+    logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(out_dir), name="logs"),
+        logger=logger,
         default_root_dir=str(out_dir),
         enable_progress_bar=cfg.progress_bar != "none",
     )

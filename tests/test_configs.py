@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_groups_have_the_documented_options() -> None:
     assert _options("augment") == ["augmix", "autoaugment", "none", "randaugment", "trivialaugment"]
     assert _options("fusionflow") == ["auto", "fixed", "gpu", "off"]
     assert _options("trainer") == ["cpu", "gpu"]
+    assert _options("logger") == ["csv", "none", "tensorboard"]
 
 
 @pytest.mark.parametrize("model", ["simple_cnn", "resnet18", "resnet50", "vit_b_16"])
@@ -83,6 +85,31 @@ def test_trainer_configs_compose(trainer: str) -> None:
     if trainer == "cpu":
         t = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
         assert isinstance(t, L.Trainer) and t.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "none"])
+def test_every_logger_config_instantiates(logger: str, tmp_path: Path) -> None:
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ff_lightning.train import build_logger
+
+    cfg = _compose([f"logger={logger}", f"output_dir={tmp_path}"])
+    if logger == "none":
+        assert build_logger(cfg) is False
+    elif logger == "csv":
+        built = build_logger(cfg)
+        assert isinstance(built, CSVLogger) and built.log_dir.startswith(str(tmp_path / "logs"))
+    elif importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        assert isinstance(build_logger(cfg), TensorBoardLogger)
+    else:
+        with pytest.raises(
+            ConfigError, match=r"^`logger=tensorboard` needs the tensorboard package: pip install"
+        ):
+            build_logger(cfg)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +164,9 @@ def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
 def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
     from ff_lightning.train import train
 
-    cfg = _compose(_small(tmp_path, "fusionflow=fixed", "fusionflow.ratio=0.5"))
+    cfg = _compose(
+        _small(tmp_path, "fusionflow=fixed", "fusionflow.ratio=0.5", "trainer.log_every_n_steps=1")
+    )
     metrics = train(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("val_acc", "train_samples_per_sec", "offload_ratio", "epochs"):
@@ -147,7 +176,18 @@ def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
     assert written["offload_ratio"] == 0.5
     assert written["epochs"] == 1
     assert written["train_samples"] == 3 * 16
+    assert math.isfinite(written["train_loss"])  # the epoch mean (no per-step sync for the bar)
+    header = next((tmp_path / "run" / "logs").rglob("metrics.csv")).read_text().splitlines()[0]
+    assert "train_loss_step" in header.split(",")
     assert metrics["val_acc"] == written["val_acc"]
+
+
+def test_short_fit_without_a_logger(tmp_path: Path) -> None:
+    from ff_lightning.train import train
+
+    metrics = train(_compose(_small(tmp_path, "logger=none", "fusionflow=off")))
+    assert metrics["train_samples"] == 3 * 16
+    assert not (tmp_path / "run" / "logs").exists()
 
 
 def test_recipe_cli_reports_missing_root_without_traceback(tmp_path: Path) -> None:
