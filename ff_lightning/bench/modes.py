@@ -1,0 +1,144 @@
+"""The benchmark's modes and the DataModule each one trains from.
+
+- ``torchvision``: the stock pipeline (:class:`~ff_lightning.stock.StockDataModule`) on the
+  same source, the yardstick users already run;
+- ``off``, ``gpu``, a fixed ratio, ``auto``: :class:`~ff_lightning.FusionDataModule` driven by
+  :class:`~ff_lightning.FusionFlow` in that mode;
+- ``ceiling``: batches augmented and normalised beforehand, already on the device (compute
+  alone: no mode can beat it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ff_lightning.errors import ConfigError
+
+#: Named modes of ``benchmark.modes`` (a number in [0, 1] is a fixed ratio).
+MODES = ("torchvision", "off", "gpu", "auto", "ceiling")
+
+
+def parse_mode(mode: Any) -> tuple[str, float | None]:
+    """``(mode, ratio)`` of one ``benchmark.modes`` entry; the ratio only for a fixed one."""
+    if mode is False:
+        return "off", None  # YAML 1.1 reads an unquoted `off` as false
+    if isinstance(mode, (int, float)) and not isinstance(mode, bool):
+        if not 0.0 <= float(mode) <= 1.0:
+            raise ConfigError(f"a fixed ratio in `benchmark.modes` must be in [0, 1], got {mode!r}")
+        return "fixed", float(mode)
+    if mode in MODES:
+        return str(mode), None
+    raise ConfigError(
+        f"`benchmark.modes` entries must be one of {MODES} or a ratio in [0, 1], got {mode!r}"
+    )
+
+
+def label(mode: str, ratio: float | None) -> str:
+    """The name a mode carries in ``benchmark.json``: ``fixed:0.25`` for a fixed ratio."""
+    return f"fixed:{ratio:g}" if mode == "fixed" else mode
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def stock_datamodule(cfg: DictConfig) -> Any:
+    """The stock pipeline on the configured job: same source, sizes, policy, loader settings."""
+    from ff_lightning.stock import StockDataModule
+    from ff_lightning.train import build_datamodule
+
+    # Our DataModule is built first for its source (checked as `recipes/train.py` checks it)
+    # and its loader settings, so both pipelines read the same data the same way.
+    ours = build_datamodule(cfg)
+    aug = cfg.augment
+    policy_kwargs = None
+    if aug.name != "none":
+        policy_kwargs = {
+            **OmegaConf.to_container(aug.kwargs, resolve=True),
+            "interpolation": aug.interpolation,
+            "fill": aug.fill,
+        }
+    return StockDataModule(
+        ours.train_dataset,
+        image_size=cfg.data.image_size,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        crop_scale=tuple(cfg.data.crop_scale),
+        crop_ratio=tuple(getattr(ours, "crop_ratio", (3 / 4, 4 / 3))),
+        hflip=aug.hflip,
+        policy=aug.name,
+        policy_kwargs=policy_kwargs,
+        mean=tuple(aug.mean),
+        std=tuple(aug.std),
+        pin_memory=getattr(ours, "pin_memory", None),
+        persistent_workers=getattr(ours, "persistent_workers", True),
+        prefetch_factor=getattr(ours, "prefetch_factor", 2),
+        drop_last=getattr(ours, "drop_last", False),
+    )
+
+
+# --------------------------------------------------------------------------- ceiling
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch.to(device) if hasattr(batch, "to") else batch
+
+
+def device_stage(dm: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our DataModule's device stage on one loader batch: ``(float images, targets)`` on ``device``."""
+    stage = getattr(dm, "device_stage", None)
+    if stage is None:  # a DataModule without a device-stage object: its Lightning hook
+        return dm.on_after_batch_transfer(_to(batch, device), 0)
+    return stage.finish(_to(stage.prepare(batch), device))
+
+
+def ceiling_batches(
+    cfg: DictConfig, n: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` training batches of our pipeline, augmented and normalised, resident on ``device``."""
+    from ff_lightning.train import build_datamodule
+
+    dm = build_datamodule(cfg)
+    dm.num_workers = 0
+    batches = []
+    for i, batch in enumerate(dm.train_dataloader()):
+        if i >= n:
+            break
+        x, y = device_stage(dm, batch, device)
+        batches.append((x.contiguous(), y))
+    return batches
+
+
+class CeilingDataModule(L.LightningDataModule):
+    """Replays batches that were augmented and normalised beforehand, already on the device."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
+        super().__init__()
+        self.batches = batches
+        self.steps = steps
+
+    def train_dataloader(self) -> Any:
+        batches, steps = self.batches, self.steps
+
+        class _Replay:
+            def __len__(self) -> int:
+                return steps
+
+            def __iter__(self):  # noqa: ANN204
+                for i in range(steps):
+                    yield batches[i % len(batches)]
+
+        return _Replay()
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        return batch  # already resident: the ceiling pays no transfer

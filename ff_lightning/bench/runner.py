@@ -1,0 +1,203 @@
+"""The interleaved rounds: every mode trains the same job, and ``benchmark.json`` is written.
+
+Every mode's throughput is taken over the same steps: the first ``warmup_steps`` of each run
+(worker start-up, allocator warm-up) are excluded; ``auto`` pays for its own exploration
+inside the measured steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ff_lightning.bench.clock import StepClock
+from ff_lightning.bench.modes import (
+    CeilingDataModule,
+    ceiling_batches,
+    label,
+    parse_mode,
+    stock_datamodule,
+)
+from ff_lightning.bench.progress import BenchProgress
+from ff_lightning.bench.report import (
+    device_name,
+    environment,
+    load_average,
+    print_table,
+    summarise,
+    write_chart,
+)
+from ff_lightning.errors import ConfigError
+
+log = logging.getLogger("ff_lightning")
+
+
+def _trainer(cfg: DictConfig, callbacks: list[L.Callback], steps: int, out_dir: Path) -> L.Trainer:
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=-1,
+        max_steps=steps,
+        limit_train_batches=None,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out_dir),
+    )
+
+
+def run_one(
+    cfg: DictConfig,
+    mode: str,
+    ratio: float | None,
+    out_dir: Path,
+    callbacks: list[L.Callback] | None = None,
+) -> dict[str, Any]:
+    """Train ``benchmark.steps`` steps in one mode and return its measured throughput."""
+    from ff_lightning import FusionFlow
+    from ff_lightning.train import build_datamodule
+
+    b = cfg.benchmark
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = instantiate(cfg.model)
+    clock = StepClock(b.warmup_steps)
+    extra = list(callbacks or [])
+    fusion = None
+    t0 = time.perf_counter()
+    if mode == "ceiling":
+        # Build the batches where the model will run, so Lightning's transfer is a no-op.
+        wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
+        device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+        dm: Any = CeilingDataModule(ceiling_batches(cfg, b.ceiling_batches, device), b.steps)
+    elif mode == "torchvision":
+        dm = stock_datamodule(cfg)
+    else:
+        dm = build_datamodule(cfg)
+        kwargs: dict[str, Any] = {"mode": mode, "reserve_mb": cfg.fusionflow.reserve_mb}
+        if mode == "fixed":
+            kwargs["ratio"] = ratio
+        if mode == "auto":
+            kwargs.update(interval="steps", every_n_steps=b.auto_every_n_steps)
+        fusion = FusionFlow(**kwargs)
+        extra.insert(0, fusion)
+    trainer = _trainer(cfg, [*extra, clock], b.steps, out_dir)
+    trainer.fit(model, datamodule=dm)
+    result: dict[str, Any] = {
+        "mode": label(mode, ratio),
+        "ratio": fusion.ratio if fusion is not None else (1.0 if mode == "ceiling" else None),
+        "samples_per_sec": clock.samples_per_sec(),
+        "steps": clock.steps,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    if fusion is not None and mode == "auto":
+        result["decisions"] = [
+            {k: d.get(k) for k in ("ratio", "kind", "reason", "throughput")}
+            for d in (x.to_dict() if hasattr(x, "to_dict") else x for x in fusion.history)
+        ]
+    return result
+
+
+def _merge_rounds(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One result per mode: the last round's record with the mean samples/s over rounds."""
+    results = []
+    for name, rs in runs.items():
+        merged = dict(rs[-1])
+        merged["samples_per_sec"] = sum(x["samples_per_sec"] for x in rs) / len(rs)
+        merged["rounds"] = [x["samples_per_sec"] for x in rs]
+        if name == "auto":
+            merged["final_ratios"] = [x["ratio"] for x in rs]
+        results.append(merged)
+    return results
+
+
+def check_policy(cfg: DictConfig) -> None:
+    """Fail early, with the fix, when ``augment.kwargs`` do not fit the configured policy."""
+    from ff_lightning.augment import build_policy
+
+    aug = cfg.augment
+    if aug.name == "none":
+        return
+    kwargs = OmegaConf.to_container(aug.kwargs, resolve=True)
+    try:
+        build_policy(aug.name, **kwargs)
+    except (TypeError, ValueError) as err:
+        hint = ""
+        if "num_ops" in kwargs and aug.name != "randaugment":
+            hint = (
+                "; the benchmark's regimes set `augment.kwargs.num_ops` for RandAugment: "
+                "add `~augment.kwargs.num_ops` to the command line to drop it"
+            )
+        raise ConfigError(f"`augment.kwargs` do not fit policy {aug.name!r}: {err}{hint}") from None
+
+
+def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
+    """Run every configured mode side by side; write ``benchmark.json`` (and ``benchmark.png``)."""
+    t_start = time.perf_counter()
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    b = cfg.benchmark
+    if int(b.steps) <= int(b.warmup_steps) + 1:
+        raise ConfigError(
+            f"`benchmark.steps` must exceed `benchmark.warmup_steps` + 1, got steps={b.steps}, warmup={b.warmup_steps}"
+        )
+    modes = [parse_mode(m) for m in b.modes]
+    check_policy(cfg)
+    repeats = int(b.get("repeats", 1))
+    if repeats < 1:
+        raise ConfigError(f"`benchmark.repeats` must be an integer >= 1, got {repeats}")
+    threads = b.get("torch_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    env = environment(cfg)
+    env["load_average_start"] = load_average()
+    # Rounds interleave the modes (off, gpu, ..., off, gpu, ...) so that slow drifts of a shared
+    # machine's speed hit every mode alike; each mode reports the mean over its rounds.
+    runs: dict[str, list[dict[str, Any]]] = {}
+    total = repeats * len(modes)
+    with BenchProgress(total, enabled=bool(b.get("progress", True))) as progress:
+        k = 0
+        for rnd in range(repeats):
+            for mode, ratio in modes:
+                k += 1
+                name = label(mode, ratio)
+                log.info("benchmark %d/%d (round %d): %s", k, total, rnd + 1, name)
+                bar = progress.start_run(f"{k}/{total} {name}", int(b.steps))
+                r = run_one(cfg, mode, ratio, out_dir, callbacks=bar)
+                log.info(
+                    "  %s: %.1f samples/s (final ratio %s)", name, r["samples_per_sec"], r["ratio"]
+                )
+                progress.end_run(f"{name}: {r['samples_per_sec']:.0f} samples/s")
+                runs.setdefault(r["mode"], []).append(r)
+    summary = summarise(_merge_rounds(runs), device_name(cfg))
+    env["load_average_end"] = load_average()
+    summary["environment"] = env
+    summary["wall_seconds"] = time.perf_counter() - t_start
+    summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+    summary["torch"] = torch.__version__
+    with open(out_dir / "benchmark.json", "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print_table(summary)
+    if b.get("plot", True):
+        arch = OmegaConf.select(cfg, "model.arch", default="model")
+        subtitle = (
+            f"{arch}, {cfg.augment.name}, {env['image_size']} px, batch {env['batch_size']}, "
+            f"{env['num_workers']} worker(s), {b.steps} steps x {repeats} round(s)"
+        )
+        chart = write_chart(summary, out_dir / "benchmark.png", subtitle)
+        if chart is not None:
+            log.info("chart written to %s", chart)
+    log.info(
+        "benchmark written to %s (%.0f s)", out_dir / "benchmark.json", summary["wall_seconds"]
+    )
+    return summary
