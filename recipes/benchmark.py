@@ -1,11 +1,15 @@
 """Benchmark the FusionFlow modes side by side on one training job.
 
-    python recipes/benchmark.py                          # light model on the embedded dataset
+    python recipes/benchmark.py                          # quick light regime, a few minutes on 2 cores
+    python recipes/benchmark.py experiment=bench_light   # the same job, all modes, 2 x 300 steps
     python recipes/benchmark.py experiment=bench_heavy   # heavy model
-    python recipes/benchmark.py benchmark.modes=[off,auto] benchmark.steps=100
+    python recipes/benchmark.py experiment=bench_224     # 224 px images, RandAugment with 2 ops
+    python recipes/benchmark.py benchmark.modes=[torchvision,off,auto] benchmark.steps=100
+    python recipes/benchmark.py -m data.num_workers=1,2 data.batch_size=32,64   # a sweep
 
-Writes benchmark.json (per-mode samples/s, auto_vs_best_fixed, auto_vs_off, auto_vs_ceiling)
-into the Hydra run directory.
+Writes benchmark.json (per-mode samples/s; auto_vs_best_fixed, auto_vs_off, auto_vs_ceiling,
+auto_vs_torchvision, off_vs_torchvision; the environment) and benchmark.png (samples/s per
+mode, when matplotlib is installed) into the Hydra run directory.
 """
 
 from __future__ import annotations
