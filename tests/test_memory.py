@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import logging
-import types
 
 import pytest
 import torch
 
+from ff_lightning.device import memory as memory_module
 from ff_lightning.device.memory import MemoryGuard
-from ff_lightning.device.probes import (
-    MemoryProbe,
-    NullProbe,
-    NvmlProbe,
-    TorchCudaProbe,
-    make_probe,
-)
+from ff_lightning.device.probes import NullProbe, NvmlProbe, make_probe
 from ff_lightning.testing.probes import FakeProbe
 
 MB = 1 << 20
@@ -105,33 +99,205 @@ def test_per_sample_memory_is_measured_from_the_peak():
 
     def fn(images, params):
         chunks.append(len(images))
-        probe.peak = probe.allocated + len(images) * 2 * MB  # 2 MiB per sample at peak
+        probe.touch(len(images) * 2 * MB)  # 2 MiB per sample at peak
         return augment(images, params)
 
     images, params = batch(40)
     out = guard.run(fn, images, params, never_called, sample_bytes_hint=1 * MB)
     assert torch.equal(out, augment(images, params))
-    assert guard.per_sample_bytes == 2 * MB
+    assert guard.per_sample_bytes == 2 * MB and guard.per_sample_exact
     # First chunk from the estimate (50 MiB / 8 MiB), then from the measurement (50 / 2).
     assert chunks == [6, 25, 9] and guard.last_chunk == 9
-    assert probe.resets >= 2
+    assert probe.resets == 0  # the user's peak statistics are never reset
+    assert probe.peak == 5 * MB + 25 * 2 * MB  # the highest peak stays, as the user would see it
+
+
+def test_a_higher_user_peak_falls_back_to_the_estimate():
+    # Training already peaked at 3 GiB: augmentation's own peak is hidden below it.
+    probe = FakeProbe(free=1024 * MB + 80 * MB, allocated=1024 * MB, peak=3072 * MB)
+    guard = MemoryGuard(probe, reserve_mb=1024)
+
+    def fn(images, params):
+        probe.touch(len(images) * 2 * MB)
+        return augment(images, params)
+
+    images, params = batch(40)
+    guard.run(fn, images, params, never_called, sample_bytes_hint=1 * MB)
+    # The bound (3072 - 1024) MiB / 10 samples is far above the 8 MiB estimate: keep the
+    # estimate, which is conservative; nothing is reset to find the real figure.
+    assert guard.per_sample_bytes == 8 * MB and not guard.per_sample_exact
+    assert probe.resets == 0 and probe.peak == 3072 * MB
+
+
+def test_a_tight_bound_beats_the_estimate_and_an_exact_reading_replaces_it():
+    probe = FakeProbe(free=1 << 40, allocated=100 * MB, peak=110 * MB)
+    guard = MemoryGuard(probe, reserve_mb=0, max_chunk=10)
+    seen = []
+
+    def fn(images, params):
+        probe.touch(len(images) * 3 * MB)
+        seen.append(guard.per_sample_bytes)
+        return augment(images, params)
+
+    images, params = batch(20)
+    guard.run(fn, images, params, never_called, sample_bytes_hint=1 * MB)
+    # Chunk 1: the peak rose (100 + 30 > 110) -> exact 3 MiB; chunk 2 reaches the same peak
+    # (no rise): its bound is ignored once an exact reading exists.
+    assert guard.per_sample_bytes == 3 * MB and guard.per_sample_exact
+    guard2 = MemoryGuard(FakeProbe(free=1 << 40, allocated=100 * MB, peak=110 * MB))
+    guard2.run(augment, *batch(5), never_called, sample_bytes_hint=1 * MB)
+    assert guard2.per_sample_bytes == 2 * MB  # the bound (10 MiB / 5) is below the estimate
+
+
+def test_only_the_first_chunks_are_measured():
+    class CountingProbe(FakeProbe):
+        reads = 0
+
+        def peak_allocated_bytes(self) -> int:
+            CountingProbe.reads += 1
+            return super().peak_allocated_bytes()
+
+    probe = CountingProbe(free=1 << 40)
+    guard = MemoryGuard(probe, max_chunk=2, measure_chunks=3)
+    images, params = batch(12)
+    for _ in range(3):
+        guard.run(augment, images, params, never_called)
+    assert guard.measured_chunks == 3 and CountingProbe.reads == 6  # before and after, 3 chunks
 
 
 # ---------------------------------------------------------------------- OOM handling
 def test_oom_halves_the_chunk_until_it_fits_and_keeps_order(caplog):
     images, params = batch(24)
     calls: list[int] = []
-    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,))
+    probe = FakeProbe(free=1 << 40)
+    guard = MemoryGuard(probe, oom_errors=(FakeOOM,), empty_cache=lambda: None)
     with caplog.at_level(logging.WARNING, logger="ff_lightning"):
         out = guard.run(failing_above(5, calls), images, params, never_called)
     assert torch.equal(out, augment(images, params))  # same as unchunked, same order
     assert calls[:3] == [24, 12, 6] and max(calls[3:]) <= 5
     assert guard.oom_events == 3 and guard.last_chunk == 3 and guard.cpu_fallback_samples == 0
+    assert guard.cache_flushes == 2 and probe.resets == 0
     assert guard.ratio_cap is None
     assert sum(1 for r in caplog.records if "out of memory" in r.getMessage()) == 3
     # The size that fitted is remembered for the next batch: no OOM this time.
     out = guard.run(failing_above(5), images, params, never_called)
     assert torch.equal(out, augment(images, params)) and guard.oom_events == 3
+
+
+def test_empty_cache_only_when_the_halved_retry_also_fails():
+    images, params = batch(24)
+    calls: list[int] = []
+    flushed_after: list[list[int]] = []  # the chunk sizes tried before each empty_cache
+
+    guard = MemoryGuard(
+        FakeProbe(free=1 << 40),
+        oom_errors=(FakeOOM,),
+        empty_cache=lambda: flushed_after.append(list(calls)),
+    )
+    guard.run(failing_above(12, calls), images, params, never_called)
+    assert calls == [24, 12, 12] and flushed_after == []  # one OOM: training's cache kept
+    calls.clear()
+    guard = MemoryGuard(
+        FakeProbe(free=1 << 40),
+        oom_errors=(FakeOOM,),
+        empty_cache=lambda: flushed_after.append(list(calls)),
+    )
+    guard.run(failing_above(5, calls), images, params, never_called)
+    # 24 fails: retry at 12 with the cache intact; 12 fails too: flush; 6 fails: flush again.
+    assert flushed_after == [[24, 12], [24, 12, 6]] and guard.cache_flushes == 2
+    calls.clear()
+    guard.run(failing_above(5, calls), images, params, never_called)
+    assert len(flushed_after) == 2  # the next call starts at the ceiling: no OOM, no flush
+
+
+def test_the_default_empty_cache_is_torchs_and_waits_for_the_second_failure(monkeypatch):
+    flushes: list[int] = []
+    monkeypatch.setattr(memory_module, "_cuda_empty_cache", lambda: flushes.append(1))
+    images, params = batch(8)
+    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,))
+    guard.run(failing_above(4), images, params, never_called)
+    assert flushes == []
+    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,))
+    guard.run(failing_above(2), images, params, never_called)
+    assert flushes == [1]
+
+
+def first_chunks(guard: MemoryGuard, fn, calls: int, n: int = 24) -> list[int]:
+    """The first chunk size the guard tries in each of ``calls`` calls."""
+    images, params = batch(n)
+    firsts = []
+    for _ in range(calls):
+        sizes: list[int] = []
+
+        def recording(imgs, prm, sizes=sizes):
+            sizes.append(len(imgs))
+            return fn(imgs, prm)
+
+        out = guard.run(recording, images, params, never_called)
+        assert torch.equal(out, augment(images, params))
+        firsts.append(sizes[0])
+    return firsts
+
+
+def test_the_ceiling_recovers_after_calls_without_oom(caplog):
+    transient = {"left": 1}  # one OOM burst on the first call, then memory is back
+
+    def fn(imgs, prm):
+        if transient["left"] and len(imgs) > 5:
+            raise FakeOOM("out of memory")
+        return augment(imgs, prm)
+
+    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,), recover_after=3)
+    with caplog.at_level(logging.INFO, logger="ff_lightning"):
+        assert first_chunks(guard, fn, 1) == [24]
+        transient["left"] = 0
+        assert guard.ceiling == 3
+        # 3 clean calls at each ceiling, doubling: 3 -> 6 -> 12 -> no ceiling (the batch).
+        assert first_chunks(guard, fn, 10) == [3, 3, 3, 6, 6, 6, 12, 12, 12, 24]
+    assert guard.ceiling is None and guard.oom_events == 3
+    assert [e["kind"] for e in guard.events].count("grow") == 3
+    assert any("raising the chunk ceiling from 3 to 6" in r.getMessage() for r in caplog.records)
+
+
+def test_the_ceiling_also_recovers_under_max_chunk():
+    transient = {"left": 1}
+
+    def fn(imgs, prm):
+        if transient["left"] and len(imgs) > 2:
+            raise FakeOOM("out of memory")
+        return augment(imgs, prm)
+
+    guard = MemoryGuard(
+        FakeProbe(free=1 << 40), max_chunk=8, oom_errors=(FakeOOM,), recover_after=1
+    )
+    assert first_chunks(guard, fn, 1) == [8]
+    transient["left"] = 0
+    assert first_chunks(guard, fn, 4) == [2, 4, 8, 8] and guard.ceiling is None
+
+
+def test_a_regrown_ceiling_that_fails_again_waits_twice_as_long():
+    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,), recover_after=2)
+    # Memory for 5 samples only, always: 24 -> 12 -> 6 -> 3 on the first call.
+    firsts = first_chunks(guard, failing_above(5), 13)
+    # Grows to 6 after 2 clean calls and fails; then after 4; then after 8.
+    assert firsts == [24, 3, 3, 6, 3, 3, 3, 3, 6, 3, 3, 3, 3]
+    assert guard.cpu_fallback_samples == 0 and guard.ceiling == 3
+
+
+def test_an_output_that_does_not_fit_is_written_over_the_input(monkeypatch, caplog):
+    images, params = batch(6)
+    expected = augment(images, params)
+
+    def no_memory(*args, **kwargs):
+        raise FakeOOM("out of memory")
+
+    monkeypatch.setattr(memory_module.torch, "empty_like", no_memory)
+    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,))
+    with caplog.at_level(logging.WARNING, logger="ff_lightning"):
+        out = guard.run(augment, images, params, never_called)
+    assert out is images and torch.equal(out, expected)
+    assert guard.oom_events == 1 and guard.events[0]["kind"] == "oom_output"
+    assert any("writing the result over" in r.getMessage() for r in caplog.records)
 
 
 def test_real_oom_error_class_is_caught_by_default():
@@ -164,6 +330,9 @@ def test_when_nothing_fits_everything_goes_to_the_cpu(caplog):
     assert guard.events[-1]["kind"] == "cpu_fallback"
     msgs = [r.getMessage() for r in caplog.records if r.name == "ff_lightning"]
     assert any("augmented 10 of 10 samples on the CPU" in m for m in msgs)
+    # The guard keeps working: once memory is back, the next call runs on the device.
+    out = guard.run(augment, images, params, never_called, total=40)
+    assert torch.equal(out, augment(images, params)) and guard.cpu_fallback_samples == 10
 
 
 def test_partial_fallback_caps_the_ratio_by_what_fitted():
@@ -219,88 +388,13 @@ def test_null_probe_runs_one_chunk_on_cpu():
         ({"min_chunk": 0}, "`min_chunk` must be a positive int, got 0"),
         ({"min_chunk": 4, "max_chunk": 2}, "`max_chunk` must be None or an int >= min_chunk=4"),
         ({"oom_errors": ()}, "`oom_errors` must name at least one exception class"),
+        ({"measure_chunks": -1}, "`measure_chunks` must be a non-negative int, got -1"),
+        ({"recover_after": 0}, "`recover_after` must be a positive int, got 0"),
     ],
 )
 def test_guard_argument_validation(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         MemoryGuard(NullProbe(), **kwargs)
-
-
-# ---------------------------------------------------------------------- probes
-class _MemInfo:
-    def __init__(self, total: int, free: int) -> None:
-        self.total, self.free, self.used = total, free, total - free
-
-
-def fake_nvml(*, fail: bool = False) -> types.SimpleNamespace:
-    class NVMLError(Exception):
-        pass
-
-    calls: dict[str, list] = {"handle": []}
-
-    def init():
-        if fail:
-            raise NVMLError("Driver Not Loaded")
-
-    def handle(index):
-        calls["handle"].append(index)
-        return f"gpu{index}"
-
-    return types.SimpleNamespace(
-        NVMLError=NVMLError,
-        nvmlInit=init,
-        nvmlDeviceGetHandleByIndex=handle,
-        nvmlDeviceGetMemoryInfo=lambda h: _MemInfo(80 << 30, 30 << 30),
-        calls=calls,
-    )
-
-
-def test_make_probe_on_cpu_is_a_null_probe():
-    probe, note = make_probe("cpu")
-    assert isinstance(probe, NullProbe) and not probe.available
-    assert probe.free_bytes() is None and probe.peak_allocated_bytes() == 0
-    assert "cpu" in note
-
-
-def test_make_probe_uses_a_working_nvml(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    nvml = fake_nvml()
-    probe, note = make_probe("cuda:1", nvml_module=nvml)
-    assert isinstance(probe, NvmlProbe) and probe.available and probe.name == "nvml"
-    assert nvml.calls["handle"] == [5]  # NVML numbers GPUs ignoring CUDA_VISIBLE_DEVICES
-    assert probe.total_bytes() == 80 << 30 and probe.free_bytes() == 30 << 30
-    assert "NVML" in note
-    guard = MemoryGuard(probe, reserve_mb=1024)
-    assert guard.budget_bytes() == (30 << 30) + probe.reserved_bytes() - probe.allocated_bytes() - (
-        1 << 30
-    )
-
-
-def test_make_probe_falls_back_when_nvml_fails(caplog):
-    with caplog.at_level(logging.WARNING, logger="ff_lightning"):
-        probe, note = make_probe(torch.device("cuda", 0), nvml_module=fake_nvml(fail=True))
-    assert isinstance(probe, TorchCudaProbe)
-    assert "NVML unavailable" in note and "Driver Not Loaded" in note
-    assert "falling back to torch.cuda.mem_get_info" in note
-    assert any(
-        r.levelno == logging.WARNING and "NVML unavailable" in r.getMessage()
-        for r in caplog.records
-    )
-    if not torch.cuda.is_available():
-        assert probe.free_bytes() is None and MemoryGuard(probe).budget_bytes() is None
-
-
-def test_make_probe_without_injection_never_raises():
-    probe, note = make_probe("cuda")  # real pynvml: works on a GPU box, falls back here
-    assert isinstance(probe, NvmlProbe | TorchCudaProbe) and note
-
-
-def test_probes_satisfy_the_protocol():
-    for probe in (NullProbe(), FakeProbe(), TorchCudaProbe(0)):
-        assert isinstance(probe, MemoryProbe)
-    fake = FakeProbe(allocated=7, peak=100)
-    fake.reset_peak()
-    assert fake.peak_allocated_bytes() == 7
 
 
 @pytest.mark.cuda
