@@ -400,7 +400,7 @@ def test_guard_argument_validation(kwargs, message):
 @pytest.mark.cuda
 def test_nvml_probe_and_guard_on_a_real_gpu():
     probe, note = make_probe("cuda:0")
-    assert isinstance(probe, NvmlProbe), note
+    assert isinstance(probe, NvmlProbe) or "MIG" in note, note
     total, free = probe.total_bytes(), probe.free_bytes()
     assert total is not None and free is not None and 0 < free <= total
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
