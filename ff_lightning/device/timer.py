@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,20 +19,46 @@ import torch
 class DeviceTimer:
     """Times regions of device work without synchronising.
 
-    ``start()``/``stop()`` bracket a region. ``collect()`` returns the seconds of every finished
-    region not yet collected. On CPU the regions finish at ``stop()``; on CUDA a region counts as
-    finished when its end event has been reached by the stream (``Event.query()``), which is a
-    non-blocking poll.
+    ``start(device)``/``stop()`` bracket a region. ``collect()`` returns the seconds of every
+    finished region not yet collected. On CPU the regions finish at ``stop()`` (wall clock). On
+    CUDA each region is a pair of timing events; it counts as finished when its end event has
+    been reached by the stream (``Event.query()``, a non-blocking poll), and once its elapsed
+    time has been read both events go back to a small pool, so that steady training creates no
+    new events (about two in flight per step of lag, not two per step).
+
+    Args:
+        event_factory: makes one timing event (default:
+            ``torch.cuda.Event(enable_timing=True)``); tests inject their own.
+        pool_size: most idle events kept for reuse; more are dropped.
     """
 
-    def __init__(self) -> None:
-        self._pending: deque[tuple[object, object]] = deque()
-        self._open: tuple[object, torch.device] | None = None
+    def __init__(self, event_factory: Callable[[], Any] | None = None, pool_size: int = 8) -> None:
+        if not isinstance(pool_size, int) or pool_size < 0:
+            raise ValueError(f"`pool_size` must be a non-negative int, got {pool_size!r}")
+        self._factory = event_factory or _timing_event
+        self._pool_size = pool_size
+        self._pool: list[Any] = []  # idle events whose last reading has been collected
+        self._pending: deque[tuple[Any, Any]] = deque()
+        self._open: tuple[Any, torch.device] | None = None
+        self.events_created = 0
+
+    def _event(self) -> Any:
+        if self._pool:
+            return self._pool.pop()
+        self.events_created += 1
+        return self._factory()
+
+    def _recycle(self, *events: Any) -> None:
+        for ev in events:
+            if len(self._pool) < self._pool_size:
+                self._pool.append(ev)
 
     def start(self, device: torch.device) -> None:
+        # A region started twice drops its first start; that event may still be pending on
+        # the stream, so it is not pooled.
         if device.type == "cuda":
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev = self._event()
+            ev.record()  # enqueued on the current stream: no synchronisation
             self._open = (ev, device)
         else:
             self._open = (time.perf_counter(), device)
@@ -41,7 +69,7 @@ class DeviceTimer:
         begin, device = self._open
         self._open = None
         if device.type == "cuda":
-            end = torch.cuda.Event(enable_timing=True)
+            end = self._event()
             end.record()
             self._pending.append((begin, end))
         else:
@@ -53,13 +81,20 @@ class DeviceTimer:
         while self._pending:
             begin, end = self._pending[0]
             if isinstance(end, float):
-                done.append(end - float(begin))  # type: ignore[arg-type]
+                done.append(end - float(begin))
             else:
-                if not end.query():  # type: ignore[attr-defined]
-                    break  # still running on the stream; read it at a later step
-                done.append(begin.elapsed_time(end) / 1000.0)  # type: ignore[attr-defined]
+                # query() polls without waiting: an unfinished region (the stream has not
+                # reached its end event) is read at a later step instead of synchronising.
+                if not end.query():
+                    break
+                done.append(begin.elapsed_time(end) / 1000.0)
+                self._recycle(begin, end)  # completed and read: safe to record again
             self._pending.popleft()
         return done
+
+
+def _timing_event() -> Any:
+    return torch.cuda.Event(enable_timing=True)
 
 
 @dataclass
