@@ -2,7 +2,8 @@
 
 Every kernel takes contiguous uint8 ``images`` ``[B, C, H, W]``, per-sample parameters with
 a leading batch dimension already on the images' device, and a contiguous uint8 ``out`` of
-the same shape that it fills (so chunked callers need no extra copy). The float arithmetic
+the same shape that it fills (so chunked callers need no extra copy); ``out`` may be
+``images`` itself (every kernel reads what it needs before it writes). The float arithmetic
 follows torchvision operation by operation: float32, the same rounding, ``a * r + b * (1 - r)``
 as one fused multiply-add like its ``add_(..., alpha=)``, truncation on the way back to uint8.
 """
@@ -105,18 +106,16 @@ def sharpness(images: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
     return out
 
 
-def posterize(images: Tensor, bits: Tensor, out: Tensor) -> Tensor:
-    """Keep the ``bits`` (int64 ``[B]``, in ``[0, 8]``) most significant bits."""
-    mask = ((255 << (8 - bits)) & 255).to(torch.uint8)
+def posterize(images: Tensor, out: Tensor, mask: Tensor) -> Tensor:
+    """Keep the most significant bits: ``images & mask`` (uint8 ``[B]``, ``(255 << (8 - bits)) & 255``)."""
     return torch.bitwise_and(images, _per_sample(mask), out=out)
 
 
-def solarize(images: Tensor, threshold: Tensor, active: Tensor, out: Tensor) -> Tensor:
-    """Invert pixels ``>= threshold`` (uint8 ``[B]``) in samples where ``active`` (bool ``[B]``)."""
-    flip = _per_sample(active.to(torch.uint8).mul_(255))
+def solarize(images: Tensor, out: Tensor, threshold: Tensor, flip: Tensor) -> Tensor:
+    """Invert pixels ``>= threshold`` (uint8 ``[B]``) where ``flip`` (uint8 ``[B]``) is 255."""
     # x >= t  <=>  max(x, t) == x; uint8 maximum/eq are vectorised on CPU, ge is not.
     hit = torch.maximum(images, _per_sample(threshold)).eq_(images)
-    return torch.bitwise_xor(images, hit.mul_(flip), out=out)
+    return torch.bitwise_xor(images, hit.mul_(_per_sample(flip)), out=out)
 
 
 def invert(images: Tensor, out: Tensor) -> Tensor:

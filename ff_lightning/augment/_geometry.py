@@ -2,45 +2,64 @@
 
 torchvision's ``affine_image``/``rotate_image`` build the inverse affine matrix in float64
 Python arithmetic, cast it to float32, turn it into a sampling grid (pixel centres, image
-centre at the origin, ``align_corners=False``) and call ``grid_sample``. Here the matrix is
-built for ``B`` samples at once with the same float64 formula, the grids of all samples are
-computed together with the same float32 rounding, and:
+centre at the origin, ``align_corners=False``) and call ``grid_sample``. Here the matrices
+of all samples are built on the host with the same float64 formula (:func:`inverse_affine`),
+rescaled on the host in float32 (:func:`grid_factors`), and the grid is evaluated
+elementwise in float32 as ``(x * t0 + y * t1) + t2``, the operation order of torchvision's
+CPU ``bmm`` (bit-identical on CPU). The grid is never a matrix product, so neither TF32
+matmuls nor an enclosing ``torch.autocast`` can change it: every warp runs with autocast
+disabled and in explicit float32, identically on every device.
 
-- ``nearest``: ``grid_sample`` runs once on a one-channel image of pixel indices, which
-  yields exactly the source pixel torchvision's ``grid_sample`` would pick (same kernel, same
-  rounding, on every device); the uint8 pixels are then gathered with that index. No float
-  copy of the image is made.
+- ``nearest``: the source pixel of every output pixel is found once per distinct matrix.
+  On CPU ``grid_sample`` runs on a one-channel image of pixel indices (torchvision's own
+  kernel picks the pixel); elsewhere the same pick is computed elementwise with CPU
+  ``grid_sample``'s float32 arithmetic (``round((g + 1) * size / 2 - 0.5)``), so every
+  device picks the pixel the CPU picks. The uint8 pixels are then gathered from a copy of
+  the image with the fill colour in front (index 0), so no mask pass is needed.
 - ``bilinear``: ``grid_sample`` runs on the float image, with torchvision's fill handling.
 - integer translations are a pure shift for both modes (torchvision's grid lands on pixel
-  centres up to float error far below the rounding step), done with a gather.
+  centres up to float error far below the rounding step): slice copies on CPU, a gather
+  elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 from torch.nn.functional import grid_sample
 
-from ff_lightning.augment._device import h2d
+__all__ = [
+    "atan",
+    "axes",
+    "degrees",
+    "grid",
+    "grid_factors",
+    "inverse_affine",
+    "shift_rows",
+    "shift_batch",
+    "source_index",
+    "warp_bilinear",
+    "warp_nearest_batch",
+    "warp_nearest_rows",
+]
 
-__all__ = ["atan", "degrees", "inverse_affine", "shift", "warp"]
-
-# Integers up to this are exact in float32; see `_nearest_index`.
+# Integers up to this are exact in float32; see `source_index`.
 _FLOAT32_EXACT_INT = 1 << 24
 
 
 def _libm(name: str, values: Tensor) -> Tensor:
-    """``math.<name>`` of each value: libm's result, as torchvision's Python floats get.
+    """``math.<name>`` of each (host, float64) value: libm's result, as torchvision's floats get.
 
     torch's vectorised float64 ``atan``/``tan`` can differ from libm by one ulp; scaled by
     half the image size, that can flip a float32 rounding tie in the matrix's translation
-    entry and so one bilinear output level. On CPU the few per-sample values are computed
-    with :mod:`math` (parameters only, about 0.1 us each); elsewhere with torch.
+    entry and so one bilinear output level. The few per-sample values are computed with
+    :mod:`math` (parameters only, about 0.1 us each).
     """
-    if values.device.type != "cpu":
-        return getattr(torch, name)(values)
     fn = getattr(math, name)
     return torch.tensor([fn(v) for v in values.tolist()], dtype=torch.float64)
 
@@ -64,9 +83,9 @@ def inverse_affine(
 ) -> Tensor:
     """Inverse affine matrices ``[B, 6]`` (float64), as torchvision's ``_get_inverse_affine_matrix``.
 
-    ``angle``, ``shear_x``, ``shear_y`` are float64 ``[B]`` in degrees; the centre is in
-    torchvision's centred pixel coordinates; scale is 1 and translation 0 (translations
-    use :func:`shift`).
+    ``angle``, ``shear_x``, ``shear_y`` are float64 ``[B]`` host tensors in degrees; the
+    centre is in torchvision's centred pixel coordinates; scale is 1 and translation 0
+    (translations are shifts).
     """
     to_rad = math.pi / 180.0  # math.radians' constant
     rot = angle * to_rad
@@ -86,71 +105,80 @@ def inverse_affine(
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1)
 
 
-def _grid(matrix: Tensor, height: int, width: int, device: torch.device) -> Tensor:
-    """Sampling grids ``[B, H, W, 2]`` (float32), bit-identical to torchvision's ``_affine_grid``."""
-    bsz = matrix.shape[0]
-    theta = h2d(matrix.to(torch.float32), device).view(bsz, 2, 3)
-    scale = h2d(torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32), device)
-    rescaled = theta.transpose(1, 2).div(scale)  # [B, 3, 2]
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
-    if device.type != "cpu":
-        # torchvision multiplies the [x, y, 1] base grid by theta with bmm; do the same so
-        # that the device's GEMM rounding (fused or not) is reproduced too.
-        base = torch.empty(height, width, 3, dtype=torch.float32, device=device)
-        base[..., 0].copy_(xs)
-        base[..., 1].copy_(ys.unsqueeze(-1))
-        base[..., 2].fill_(1.0)
-        grid = base.view(1, height * width, 3).expand(bsz, -1, -1).bmm(rescaled)
-        return grid.view(bsz, height, width, 2)
-    # On CPU that bmm evaluates (x * t0 + y * t1) + t2 without fused multiply-adds; the
-    # same expression on separable planes is bit-identical and several times faster.
-    xs = xs.view(1, 1, width)
-    ys = ys.view(1, height, 1)
-    planes = []
-    for k in range(2):
-        t0, t1, t2 = (rescaled[:, j, k].view(bsz, 1, 1) for j in range(3))
-        planes.append((xs * t0 + ys * t1) + t2)
-    return torch.stack(planes, dim=-1)
+def grid_factors(matrix: Tensor, height: int, width: int) -> Tensor:
+    """float32 ``[B, 3, 2]`` host factors ``t[j, k]`` of the grid: ``g_k = (x t0k + y t1k) + t2k``.
 
-
-def _gather(
-    images: Tensor, index: Tensor, valid: Tensor, fill: list[float] | None, out: Tensor
-) -> Tensor:
-    """``out[b, c, p] = images[b, c, index[b, p]]`` where ``valid[b, p]`` (uint8 0/1), else fill."""
-    bsz, ch, height, width = images.shape
-    npix = height * width
-    flat_out = out.view(bsz, ch, npix)
-    index = index.reshape(bsz, 1, npix).expand(bsz, ch, npix)
-    torch.gather(images.view(bsz, ch, npix), 2, index, out=flat_out)
-    # uint8 arithmetic instead of torch.where, which is not vectorised for uint8 on CPU.
-    valid = valid.reshape(bsz, 1, npix)
-    flat_out.mul_(valid)
-    fill_u8 = _fill_u8(fill, ch)
-    if any(fill_u8):
-        fill_t = h2d(torch.tensor(fill_u8, dtype=torch.uint8), images.device)
-        flat_out.add_((1 - valid) * fill_t.view(1, ch, 1))
-    return out
-
-
-def _fill_u8(fill: list[float] | None, channels: int) -> list[int]:
-    """The fill colour as torchvision lands it in uint8 for ``nearest`` (clamped, rounded)."""
-    values = [0.0] if fill is None else fill
-    t = torch.tensor(values, dtype=torch.float32).clamp_(0, 255).round_()
-    return t.to(torch.uint8).expand(channels).tolist()
-
-
-def _nearest_index(grid: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """The source pixel (int64 ``[B, H*W]``) and inside flag (uint8 0/1) nearest-mode
-    ``grid_sample`` picks for every output pixel.
-
-    ``grid_sample`` runs on an image whose pixels hold ``1 + their index`` (0 marks
-    "outside"), so the pick is exactly torchvision's, with the device's own kernel. Indices
-    must be exact in float32; beyond 2**24 pixels the row and column are sampled apart.
+    torchvision's ``_affine_grid`` computes ``theta.transpose(1, 2) / [0.5 w, 0.5 h]`` in
+    float32; so is this, on the host.
     """
-    bsz = grid.shape[0]
-    device = grid.device
-    flat_grid = grid.view(1, bsz * height, width, 2)  # one source image serves every sample
+    theta = matrix.to(torch.float32).view(-1, 2, 3)
+    scale = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32)
+    return theta.transpose(1, 2).div(scale).contiguous()
+
+
+@lru_cache(maxsize=64)
+def _axes(height: int, width: int) -> tuple[Tensor, Tensor]:
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width)
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height)
+    return xs, ys
+
+
+def axes(height: int, width: int) -> tuple[Tensor, Tensor]:
+    """torchvision's centred pixel coordinates ``xs [W]``, ``ys [H]`` (host float32, cached).
+
+    Computed on the host with CPU ``linspace`` and copied to other devices, so every device
+    starts from the same values.
+    """
+    return _axes(height, width)
+
+
+@contextlib.contextmanager
+def float32_math(device: torch.device) -> Iterator[None]:
+    """Disable an enclosing ``torch.autocast`` for ``device`` (warps are float32 by design)."""
+    if torch.amp.is_autocast_available(device.type):
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def grid(factors: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Sampling grids ``[B, H, W, 2]`` (float32), bit-identical to torchvision's CPU ``_affine_grid``.
+
+    ``factors`` from :func:`grid_factors`, ``xs``/``ys`` from :func:`axes`, all on the
+    images' device. The result is a view of planar ``[2, B, H, W]`` storage: both planes
+    are written contiguously (no interleaving copy) and ``grid_sample`` reads strided grids.
+    """
+    bsz, height, width = factors.shape[0], ys.shape[0], xs.shape[0]
+    planes = torch.empty(2, bsz, height, width, dtype=torch.float32, device=xs.device)
+    x = xs.view(1, 1, width)
+    y = ys.view(1, height, 1)
+    for k in range(2):
+        t0, t1, t2 = (factors[:, j, k].view(bsz, 1, 1) for j in range(3))
+        torch.add(x * t0, y * t1, out=planes[k])
+        planes[k].add_(t2)
+    return planes.permute(1, 2, 3, 0)
+
+
+def source_index(grid_: Tensor, height: int, width: int) -> Tensor:
+    """The source pixel nearest-mode ``grid_sample`` picks, as int64 ``[B, H*W]``:
+    ``1 + its flat index``, or 0 where the pick falls outside the image.
+
+    CPU: ``grid_sample`` runs on an image whose pixels hold ``1 + their index`` (padding 0).
+    Indices must be exact in float32; beyond 2**24 pixels rows and columns are sampled
+    apart. Other devices: the same pick with CPU ``grid_sample``'s float32 arithmetic,
+    elementwise (the device's own ``grid_sample`` may fuse multiply-adds).
+    """
+    bsz = grid_.shape[0]
+    device = grid_.device
+    if device.type != "cpu":
+        gx, gy = grid_.unbind(-1)
+        ix = gx.add(1.0).mul_(0.5 * width).sub_(0.5).round_()
+        iy = gy.add(1.0).mul_(0.5 * height).sub_(0.5).round_()
+        inside = (ix >= 0) & (ix <= width - 1) & (iy >= 0) & (iy <= height - 1)
+        index = iy.to(torch.int64).mul_(width).add_(ix.to(torch.int64)).add_(1)
+        return index.mul_(inside).view(bsz, height * width)
+    flat_grid = grid_.reshape(1, bsz * height, width, 2)  # one source image serves every sample
     if height * width < _FLOAT32_EXACT_INT:
         iota = torch.arange(1, height * width + 1, dtype=torch.float32, device=device)
         src = grid_sample(
@@ -159,9 +187,8 @@ def _nearest_index(grid: Tensor, height: int, width: int) -> tuple[Tensor, Tenso
             mode="nearest",
             padding_mode="zeros",
             align_corners=False,
-        ).view(bsz, height * width)
-        valid = src.clamp(max=1.0).to(torch.uint8)
-        return src.sub_(1.0).clamp_(min=0.0).to(torch.int64), valid
+        )
+        return src.view(bsz, height * width).to(torch.int64)
     rows = torch.arange(1, height + 1, dtype=torch.float32, device=device)
     cols = torch.arange(1, width + 1, dtype=torch.float32, device=device)
     coords = torch.stack(
@@ -170,48 +197,138 @@ def _nearest_index(grid: Tensor, height: int, width: int) -> tuple[Tensor, Tenso
     src = grid_sample(
         coords.unsqueeze(0), flat_grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
-    src = src.view(2, bsz, height * width)
-    valid = src[0].clamp(max=1.0).to(torch.uint8)
-    row, col = src.sub_(1.0).clamp_(min=0.0).to(torch.int64).unbind(0)
-    return row.mul_(width).add_(col), valid
+    row, col = src.view(2, bsz, height * width).to(torch.int64).unbind(0)
+    # Outside: row == col == 0. Inside: (row - 1) * W + (col - 1) + 1.
+    return row.sub(1).mul_(width).add_(col).mul_(row > 0)
 
 
-def warp(
-    images: Tensor, matrix: Tensor, interpolation: str, fill: list[float] | None, out: Tensor
+def _padded(images: Tensor, fill_u8: Tensor) -> Tensor:
+    """``[B, C, 1 + H*W]`` uint8: the fill colour (index 0), then the pixels."""
+    bsz, ch = images.shape[:2]
+    pad = torch.empty(bsz, ch, 1 + images[0, 0].numel(), dtype=torch.uint8, device=images.device)
+    pad[:, :, 0].copy_(fill_u8.view(1, ch).expand(bsz, ch))
+    pad[:, :, 1:].copy_(images.view(bsz, ch, -1))
+    return pad
+
+
+def warp_nearest_rows(
+    src: Tensor, dst: Tensor, rows: Sequence[int], factors: Tensor, fill_u8: Tensor
+) -> None:
+    """CPU: ``dst[b] = warp(src[b])`` for ``b`` in ``rows`` (``factors[j]`` for ``rows[j]``).
+
+    The source index is computed once per distinct matrix (RandAugment's fixed magnitude
+    gives two per op) and each image is gathered in cache with it. ``dst`` may be ``src``.
+    """
+    _, ch, height, width = src.shape
+    xs, ys = axes(height, width)
+    uniq, inverse = torch.unique(
+        factors.view(len(rows), 6).view(torch.int32), dim=0, return_inverse=True
+    )
+    pad = torch.empty(ch, 1 + height * width, dtype=torch.uint8)
+    pad[:, 0].copy_(fill_u8)
+    body = pad[:, 1:]
+    members: list[list[int]] = [[] for _ in range(len(uniq))]
+    for j, u in enumerate(inverse.tolist()):
+        members[u].append(rows[j])
+    for u, batch_rows in enumerate(members):
+        t = uniq[u].view(torch.float32).view(1, 3, 2)
+        index = source_index(grid(t, xs, ys), height, width).expand(ch, height * width)
+        for b in batch_rows:
+            body.copy_(src[b].view(ch, -1))
+            torch.gather(pad, 1, index, out=dst[b].view(ch, -1))
+
+
+def warp_nearest_batch(
+    src: Tensor,
+    dst: Tensor,
+    idx: Tensor | None,
+    factors: Tensor,
+    xs: Tensor,
+    ys: Tensor,
+    fill_u8: Tensor,
+) -> None:
+    """Any device: ``dst[idx] = warp(src[idx])`` in a few batched calls (``idx`` None: all)."""
+    _, ch, height, width = src.shape
+    part = src if idx is None else src.index_select(0, idx)
+    bsz = part.shape[0]
+    pad = _padded(part, fill_u8)
+    index = source_index(grid(factors, xs, ys), height, width)
+    index = index.view(bsz, 1, height * width).expand(bsz, ch, height * width)
+    if idx is None:
+        torch.gather(pad, 2, index, out=dst.view(bsz, ch, -1))
+    else:
+        dst.index_copy_(0, idx, torch.gather(pad, 2, index).view(bsz, ch, height, width))
+
+
+def warp_bilinear(
+    images: Tensor, out: Tensor, factors: Tensor, xs: Tensor, ys: Tensor, fill: Tensor | None
 ) -> Tensor:
-    """Warp uint8 ``images`` ``[B, C, H, W]`` by per-sample inverse matrices ``[B, 6]`` into ``out``."""
+    """Bilinear warp of uint8 ``images`` into ``out`` (may be ``images``); ``fill`` float32
+    ``[C]`` clamped to ``[0, 255]``, or None for torchvision's ``fill=None``."""
     bsz, ch, height, width = images.shape
-    device = images.device
-    grid = _grid(matrix, height, width, device)
-    if interpolation == "nearest":
-        index, valid = _nearest_index(grid, height, width)
-        return _gather(images, index, valid, fill, out)
-
     img = images.to(torch.float32)
     if fill is not None:
         # torchvision appends a ones-channel to know how much of each output pixel came
         # from inside the image, then blends the fill colour in by that amount.
-        ones = torch.ones(bsz, 1, height, width, dtype=torch.float32, device=device)
+        ones = torch.ones(bsz, 1, height, width, dtype=torch.float32, device=images.device)
         img = torch.cat((img, ones), dim=1)
-    res = grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    res = grid_sample(
+        img, grid(factors, xs, ys), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     if fill is not None:
         res, mask = res[:, :ch], res[:, ch:]
-        fill_t = h2d(torch.tensor(fill, dtype=torch.float32).clamp_(0, 255), device)
-        fill_t = fill_t.expand(ch).view(1, ch, 1, 1)
+        fill_t = fill.view(1, ch, 1, 1)
         res = res.sub(fill_t).mul_(mask).add_(fill_t)
     # Values are in [0, 255]: float -> int16 -> uint8 rounds like torchvision's float -> uint8
     # after round_(), and is several times faster on CPU.
     return out.copy_(res.round_().to(torch.int16))
 
 
-def shift(images: Tensor, tx: Tensor, ty: Tensor, fill: list[float] | None, out: Tensor) -> Tensor:
-    """Translate each image by integer ``(tx[b], ty[b])`` pixels (int64 ``[B]``) into ``out``."""
-    bsz, ch, height, width = images.shape
-    device = images.device
-    tx = h2d(tx, device).view(bsz, 1, 1)
-    ty = h2d(ty, device).view(bsz, 1, 1)
+def shift_rows(
+    src: Tensor,
+    dst: Tensor,
+    rows: Sequence[int],
+    shifts: Sequence[tuple[int, int]],
+    fill: list[int],
+) -> None:
+    """CPU: translate ``src[b]`` by integer ``(tx, ty)`` into ``dst[b]`` with slice copies."""
+    _, ch, height, width = src.shape
+    same_fill = all(v == fill[0] for v in fill)
+    for b, (tx, ty) in zip(rows, shifts, strict=True):
+        s, d = src[b], dst[b]
+        w, h = width - abs(tx), height - abs(ty)
+        if w <= 0 or h <= 0:
+            w = h = 0
+        elif d.data_ptr() == s.data_ptr():
+            s = s.clone()  # the copy below would overlap itself
+        if w < width or h < height:
+            if same_fill:
+                d.fill_(fill[0])
+            else:
+                for c in range(ch):
+                    d[c].fill_(fill[c])
+        if w and h:
+            dy, dx = max(ty, 0), max(tx, 0)
+            sy, sx = max(-ty, 0), max(-tx, 0)
+            d[:, dy : dy + h, dx : dx + w].copy_(s[:, sy : sy + h, sx : sx + w])
+
+
+def shift_batch(
+    src: Tensor, dst: Tensor, idx: Tensor | None, shifts: Tensor, fill_u8: Tensor
+) -> None:
+    """Any device: translate by integer ``shifts`` (int64 ``[B, 2]``, ``(tx, ty)``) with a gather."""
+    _, ch, height, width = src.shape
+    device = src.device
+    part = src if idx is None else src.index_select(0, idx)
+    bsz = part.shape[0]
+    tx, ty = shifts[:, 0].view(bsz, 1, 1), shifts[:, 1].view(bsz, 1, 1)
     sx = torch.arange(width, device=device).view(1, 1, width) - tx  # [B, 1, W]
     sy = torch.arange(height, device=device).view(1, height, 1) - ty  # [B, H, 1]
-    valid = ((sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)).to(torch.uint8)
-    index = sy.clamp_(0, height - 1) * width + sx.clamp_(0, width - 1)
-    return _gather(images, index, valid, fill, out)
+    inside = (sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)
+    index = (sy * width + sx + 1).mul_(inside).view(bsz, 1, height * width)
+    pad = _padded(part, fill_u8)
+    index = index.expand(bsz, ch, height * width)
+    if idx is None:
+        torch.gather(pad, 2, index, out=dst.view(bsz, ch, -1))
+    else:
+        dst.index_copy_(0, idx, torch.gather(pad, 2, index).view(bsz, ch, height, width))

@@ -23,11 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.augment import rng
 from ff_lightning.augment._device import h2d
-from ff_lightning.augment.functional import apply_op, apply_ops_grouped
+from ff_lightning.augment.functional import REGISTRY, apply_op, apply_ops_grouped
 from ff_lightning.augment.params import Params
 from ff_lightning.augment.spaces import (
     AUGMIX_PARTIAL_SPACE,
@@ -174,11 +173,29 @@ class Policy:
                 f"{self.name} expects {self.num_slots} and {self.num_weights}"
             )
 
-    def _grouped(self, images: Tensor, op_ids: Tensor, applied: Tensor, mags: Tensor) -> Tensor:
+    def _grouped(
+        self, images: Tensor, op_ids: Tensor, applied: Tensor, mags: Tensor, out: Tensor | None
+    ) -> Tensor:
         ops = torch.where(applied, op_ids, self._identity_id)
         return apply_ops_grouped(
-            images, ops, mags, self._apply_names, interpolation=self.interpolation, fill=self.fill
+            images,
+            ops,
+            mags,
+            self._apply_names,
+            interpolation=self.interpolation,
+            fill=self.fill,
+            out=out,
         )
+
+    def _chain(self, images: Tensor, p: Params, mags: Tensor, slots: range) -> Tensor | None:
+        """Apply ``slots`` in order; the first applied slot writes a new tensor, the later
+        ones transform it in place (no copy per slot). ``None``: no slot applied."""
+        out = None
+        for k in slots:
+            if bool(p.applied[:, k].any()):
+                src = images if out is None else out
+                out = self._grouped(src, p.op_ids[:, k], p.applied[:, k], mags[:, k], out)
+        return out
 
     def apply_batch(self, images: Tensor, params: Params) -> Tensor:
         """Augment uint8 ``[B, 3, H, W]`` on its device, each sample with its own record."""
@@ -189,9 +206,8 @@ class Policy:
         # the kernels then skip identity samples without a device synchronisation.
         p = params.to("cpu")
         mags = self.magnitudes(p, images.shape[-2], images.shape[-1])
-        for k in range(self.num_slots):
-            images = self._grouped(images, p.op_ids[:, k], p.applied[:, k], mags[:, k])
-        return images
+        out = self._chain(images, p, mags, range(self.num_slots))
+        return images.clone() if out is None else out
 
     def apply_one(self, image: Tensor, params: Params) -> Tensor:
         """Augment one uint8 ``[3, H, W]`` CPU image with a record of length 1 (worker route)."""
@@ -226,10 +242,10 @@ class Policy:
         """Relative CPU cost float32 ``[B]`` of each record (sum of applied ops' costs).
 
         Useful to route the costliest samples to the device; costs are rough single-thread
-        timings at 224 px relative to Brightness (see :data:`OP_COST`); AugMix's mixing
+        timings at 224 px relative to Brightness (``OpDef.cost`` in the op registry); AugMix's mixing
         is not counted.
         """
-        cost = torch.tensor([OP_COST.get(n, 1.0) for n in self.op_names], dtype=torch.float32)
+        cost = torch.tensor([REGISTRY[n].cost for n in self.op_names], dtype=torch.float32)
         per_slot = cost[params.op_ids.cpu()] * params.applied.cpu()
         return per_slot.sum(1) if self.num_slots else torch.zeros(len(params))
 
@@ -243,68 +259,18 @@ class Policy:
         return f"{type(self).__name__}({extra}{sep}interpolation={self.interpolation!r}, fill={self.fill!r})"
 
 
-# Rough single-thread CPU time per op per 224 px image relative to Brightness (about
-# 45 us), from ``recipes/benchmark_augment.py --ops`` with the batched kernels.
-OP_COST: dict[str, float] = {
-    "Identity": 0.0,
-    "ShearX": 6.7,
-    "ShearY": 6.7,
-    "TranslateX": 3.2,
-    "TranslateY": 3.2,
-    "Rotate": 9.3,
-    "Brightness": 1.0,
-    "Color": 1.8,
-    "Contrast": 2.0,
-    "Sharpness": 3.6,
-    "Posterize": 0.2,
-    "Solarize": 0.6,
-    "AutoContrast": 1.8,
-    "Equalize": 4.1,
-    "Invert": 0.15,
-}
-
-
 def tv_apply(
     image: Tensor, op: str, magnitude: float, interpolation: str, fill: FillType
 ) -> Tensor:
     """One op on one uint8 ``[3, H, W]`` image with torchvision v2's kernels.
 
-    Mirrors ``_AutoAugmentBase._apply_image_or_video_transform`` of torchvision v2.
+    Mirrors ``_AutoAugmentBase._apply_image_or_video_transform`` of torchvision v2 (the
+    registry's ``reference`` of each op).
     """
-    interp = InterpolationMode(interpolation)
-    if op == "Identity":
-        return image
-    if op == "ShearX":
-        shear = [math.degrees(math.atan(magnitude)), 0.0]
-        return TF.affine_image(image, 0.0, [0, 0], 1.0, shear, interp, fill, [0, 0])
-    if op == "ShearY":
-        shear = [0.0, math.degrees(math.atan(magnitude))]
-        return TF.affine_image(image, 0.0, [0, 0], 1.0, shear, interp, fill, [0, 0])
-    if op == "TranslateX":
-        return TF.affine_image(image, 0.0, [int(magnitude), 0], 1.0, [0.0, 0.0], interp, fill)
-    if op == "TranslateY":
-        return TF.affine_image(image, 0.0, [0, int(magnitude)], 1.0, [0.0, 0.0], interp, fill)
-    if op == "Rotate":
-        return TF.rotate_image(image, magnitude, interp, fill=fill)
-    if op == "Brightness":
-        return TF.adjust_brightness_image(image, 1.0 + magnitude)
-    if op == "Color":
-        return TF.adjust_saturation_image(image, 1.0 + magnitude)
-    if op == "Contrast":
-        return TF.adjust_contrast_image(image, 1.0 + magnitude)
-    if op == "Sharpness":
-        return TF.adjust_sharpness_image(image, 1.0 + magnitude)
-    if op == "Posterize":
-        return TF.posterize_image(image, int(magnitude))
-    if op == "Solarize":
-        return TF.solarize_image(image, 255.0 * magnitude)
-    if op == "AutoContrast":
-        return TF.autocontrast_image(image)
-    if op == "Equalize":
-        return TF.equalize_image(image)
-    if op == "Invert":
-        return TF.invert_image(image)
-    raise ValueError(f"`op` {op!r} is not an auto-augment op")
+    entry = REGISTRY.get(op)
+    if entry is None:
+        raise ValueError(f"`op` {op!r} is not an auto-augment op")
+    return entry.reference(image, magnitude, interpolation, fill)
 
 
 # ==================================================================== policies
@@ -531,12 +497,9 @@ class AugMix(Policy):
         wts = h2d(p.weights, images.device)[:, :, None, None, None]
         mix = wts[:, 0] * images  # float32, as torchvision's `m[:, 0] * batch`
         for c in range(self.mixture_width):
-            aug = images
-            for j in range(self.max_depth):
-                s = c * self.max_depth + j
-                if bool(p.applied[:, s].any()):
-                    aug = self._grouped(aug, p.op_ids[:, s], p.applied[:, s], mags[:, s])
-            mix.add_(wts[:, c + 1] * aug)
+            first = c * self.max_depth
+            aug = self._chain(images, p, mags, range(first, first + self.max_depth))
+            mix.add_(wts[:, c + 1] * (images if aug is None else aug))
         return mix.to(torch.uint8)
 
     def _apply_one(self, image: Tensor, p: Params, mags: Tensor) -> Tensor:
