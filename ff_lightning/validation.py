@@ -85,7 +85,10 @@ def check_float(
 
 def check_probability(name: str, value: Any, *, fix: str | None = None) -> float:
     """A probability in ``[0, 1]``."""
-    return check_float(name, value, 0.0, 1.0, fix=fix)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"`{name}` must be a probability in [0, 1], got {value!r}{_hint(fix)}")
+    return float(value)
 
 
 def check_bool(name: str, value: Any, *, fix: str | None = None) -> bool:

@@ -54,7 +54,7 @@ def test_modes_route_the_expected_share(mode: str, ratio: float | None, expected
     n_device, seen = [], 0
     for epoch in range(2):
         for images, targets in fusion.train_epoch(epoch, device="cpu"):
-            n_device.append(dm.stats.last.n_device)
+            n_device.append(dm.device_stage.last.n_device)
             assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
             assert targets.dtype == torch.long and targets.shape == (8,)
             assert images.min() < 0  # normalised, not raw [0, 255]
@@ -85,7 +85,7 @@ def test_eval_batches_are_normalised_and_not_routed() -> None:
     dm = _dm()
     fusion = FusionAccelerate(dm, mode="gpu")
     batches = list(fusion.eval_batches())
-    assert sum(x.shape[0] for x, _ in batches) == 8 and dm.stats.train_batches == 0
+    assert sum(x.shape[0] for x, _ in batches) == 8 and dm.device_stage.steps == 0
     x, y = batches[0]
     assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32) and x.min() < 0
     with pytest.raises(ConfigError, match="no test dataset"):
@@ -168,14 +168,15 @@ def test_state_dict_round_trip_restores_the_ratio() -> None:
     for _ in fusion.train_epoch(0):
         pass
     state = fusion.state_dict()
-    assert state["ratio"] == fusion.ratio and len(state["history"]) == len(fusion.history)
+    assert state["controller"]["ratio"] == fusion.ratio
+    assert len(state["controller"]["history"]) == len(fusion.history)
     state["controller"]["ratio"] = 0.375  # pretend the controller had moved there
     dm2 = _dm()
     restored = FusionAccelerate(dm2, mode="auto")
     restored.load_state_dict(state)
     assert restored.ratio == dm2.ratio == 0.375
     assert restored.global_step == 4 and len(restored.history) == len(fusion.history)
-    n_device = [dm2.stats.last.n_device for _ in restored.train_epoch(1)]
+    n_device = [dm2.device_stage.last.n_device for _ in restored.train_epoch(1)]
     assert n_device == [3] * 4  # round(0.375 * 8)
 
 
@@ -242,12 +243,12 @@ def test_out_of_memory_falls_back_caps_and_skips_nothing() -> None:
     def always_oom(images: torch.Tensor, params: Any) -> torch.Tensor:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (forced by the test)")
 
-    dm.policy.apply_batch = always_oom  # type: ignore[method-assign]
-    dm._cpu_fallback = lambda x, p: original(x, p)  # type: ignore[method-assign]
+    dm.device_stage._apply_device = always_oom  # type: ignore[method-assign]
+    dm.device_stage._cpu = lambda x, p: original(x, p)  # type: ignore[method-assign]
     fusion = FusionAccelerate(dm, mode="gpu", probe=FakeProbe(), reserve_mb=0)
     got, n_device = {}, []
     for images, _, indices in fusion.train_epoch(0, with_indices=True):
-        n_device.append(dm.stats.last.n_device)
+        n_device.append(dm.device_stage.last.n_device)
         got.update({int(i): x for i, x in zip(indices, images, strict=True)})
     guard = fusion.memory_guard
     assert guard is not None and guard.oom_events >= 1 and guard.cpu_fallback_samples == 8

@@ -52,7 +52,7 @@ class RatioSpy(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.n_device.append(self.dm.stats.last.n_device)
+        self.n_device.append(self.dm.device_stage.last.n_device)
 
 
 @pytest.mark.parametrize(
@@ -157,8 +157,8 @@ def test_out_of_memory_in_augmentation_falls_back_and_caps(tmp_path: Path) -> No
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (forced by the test)")
         return original(images, params)
 
-    dm.policy.apply_batch = device_apply  # type: ignore[method-assign]
-    dm._cpu_fallback = lambda x, p: original(x, p)  # type: ignore[method-assign]
+    dm.device_stage._apply_device = device_apply  # type: ignore[method-assign]
+    dm.device_stage._cpu = lambda x, p: original(x, p)  # type: ignore[method-assign]
     probe = FakeProbe(free=8 << 30, total=16 << 30)
     cb = FusionFlow(mode="gpu", probe=probe, reserve_mb=0)
     expected_dm = _dm()
@@ -172,8 +172,8 @@ def test_out_of_memory_in_augmentation_falls_back_and_caps(tmp_path: Path) -> No
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (forced by the test)")
 
     dm2 = _dm()
-    dm2.policy.apply_batch = always_oom  # type: ignore[method-assign]
-    dm2._cpu_fallback = lambda x, p: original(x, p)  # type: ignore[method-assign]
+    dm2.device_stage._apply_device = always_oom  # type: ignore[method-assign]
+    dm2.device_stage._cpu = lambda x, p: original(x, p)  # type: ignore[method-assign]
     cb2 = FusionFlow(mode="gpu", probe=FakeProbe(free=8 << 30, total=16 << 30), reserve_mb=0)
     spy = RatioSpy(dm2)
     _trainer(cb2, tmp_path, max_epochs=1, extra_callbacks=[spy]).fit(TinyNet(), datamodule=dm2)
@@ -190,7 +190,10 @@ def test_out_of_memory_in_augmentation_falls_back_and_caps(tmp_path: Path) -> No
     batch = next(iter(dm2.train_dataloader()))
     ref = next(iter(expected_dm.train_dataloader()))
     torch.testing.assert_close(
-        dm2.augment_on_device(batch), expected_dm.augment_on_device(ref), rtol=0, atol=0
+        dm2.device_stage.augment(batch["images"], batch["route"]),
+        expected_dm.device_stage.augment(ref["images"], ref["route"]),
+        rtol=0,
+        atol=0,
     )
 
 
@@ -205,7 +208,10 @@ def test_checkpoint_restores_ratio_and_history(tmp_path: Path) -> None:
     key = cb.state_key
     assert key in state["callbacks"]
     saved = state["callbacks"][key]
-    assert saved["ratio"] == cb.ratio and len(saved["history"]) == len(cb.history)
+    # Each value is saved once, in the controller's state.
+    assert set(saved) == {"controller"}
+    assert saved["controller"]["ratio"] == cb.ratio
+    assert len(saved["controller"]["history"]) == len(cb.history)
     # Pretend the controller had moved to 0.375 before the checkpoint.
     saved["controller"]["ratio"] = 0.375
     torch.save(state, ckpt)
@@ -217,7 +223,7 @@ def test_checkpoint_restores_ratio_and_history(tmp_path: Path) -> None:
         TinyNet(), datamodule=dm2, ckpt_path=ckpt
     )
     assert spy.n_device and spy.n_device[0] == 3  # round(0.375 * 8): the resumed run kept the share
-    assert len(cb2.history) >= len(saved["history"])
+    assert len(cb2.history) >= len(saved["controller"]["history"])
 
 
 def test_ddp_reduce_averages_statistics_across_ranks() -> None:
@@ -268,7 +274,7 @@ def test_validation_inside_an_epoch_is_not_counted_as_data_wait(tmp_path: Path) 
 
     class SlowVal(TinyNet):
         def validation_step(self, batch: Any, batch_idx: int) -> None:
-            time.sleep(0.1)
+            time.sleep(1.0)
 
     seen: list[StepStats] = []
     cb = FusionFlow(mode="fixed", ratio=0.5)
@@ -277,4 +283,5 @@ def test_validation_inside_an_epoch_is_not_counted_as_data_wait(tmp_path: Path) 
     trainer = _trainer(cb, tmp_path, max_epochs=1, limit_val_batches=1, val_check_interval=2)
     trainer.fit(SlowVal(), datamodule=_dm())
     assert len(seen) == 2  # 4 steps: the first of the epoch and the first after validation skipped
-    assert max(s.data_wait_s for s in seen) < 0.05
+    # Loading a batch in the main process takes far less than the 1 s validation step.
+    assert max(s.data_wait_s for s in seen) < 0.5

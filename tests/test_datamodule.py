@@ -55,9 +55,10 @@ def _augmented_by_index(
     loader.batch_sampler.set_epoch(epoch)
     out = {}
     for batch in loader:
-        assert batch["device_mask"].sum().item() == round(ratio * len(batch["targets"]))
-        images = dm.augment_on_device(batch)
-        for i, idx in enumerate(batch["indices"].tolist()):
+        route = batch["route"]
+        assert route.device_mask.sum().item() == round(ratio * len(batch["targets"]))
+        images = dm.device_stage.augment(batch["images"], route)
+        for i, idx in enumerate(route.indices.tolist()):
             out[idx] = images[i]
     return out
 
@@ -86,13 +87,16 @@ def test_training_batch_reaches_the_model_normalised() -> None:
     dm.set_ratio(0.5)
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (8, 3, 32, 32)
-    assert batch["params"].op_ids.shape[0] == 8 and float(batch["cpu_aug_s"]) >= 0
-    raw = dm.augment_on_device(dict(batch))
-    x, y = dm.on_after_batch_transfer(batch, 0)
+    route = batch["route"]
+    # One batched record for the device share only; the CPU share was augmented in the worker.
+    assert route.params.op_ids.shape[0] == 4 and route.stats.cpu_aug_s >= 0
+    raw = dm.device_stage.augment(batch["images"].clone(), route)
+    x, y = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
     assert x.dtype == torch.float32 and x.shape == (8, 3, 32, 32)
     torch.testing.assert_close(x, (raw.float() / 255 - 0.5) / 0.25)
     assert y.dtype == torch.long and y.shape == (8,)
-    assert dm.stats.last.n_device == 4 and dm.stats.last.batch_size == 8
+    last = dm.device_stage.last
+    assert last is route.stats and last.n_device == 4 and last.batch_size == 8
 
 
 def test_validation_batches_are_only_resized_and_normalised() -> None:
@@ -118,13 +122,13 @@ def test_worker_processes_and_ratio_changes_between_batches() -> None:
     loader = dm.train_dataloader()
     counts = []
     for i, batch in enumerate(loader):
-        counts.append(int(batch["device_mask"].sum()))
+        counts.append(batch["route"].n_device)
         if i == 0:
             dm.set_ratio(1.0)  # no IPC: the sampler in this process reads it
     # Batches already requested from the worker keep the old split; later ones use the new one.
     assert counts[0] == 0 and counts[-1] == 8
     # Persistent workers: a second epoch works with the same worker and the new ratio.
-    assert all(int(b["device_mask"].sum()) == 8 for b in loader)
+    assert all(b["route"].n_device == 8 for b in loader)
 
 
 class TinyNet(L.LightningModule):
@@ -181,7 +185,7 @@ def test_user_module_hooks_run_in_the_documented_order() -> None:
         ({"random_erasing": 2.0}, r"`random_erasing` must be a probability"),
         ({"mixup_alpha": 0.2}, r"`num_classes` is required"),
         ({"std": (0.1, 0.0, 0.1)}, r"`mean` and `std` must be 3 numbers"),
-        ({"route_strategy": "fastest"}, r"`strategy` must be one of"),
+        ({"route_strategy": "fastest"}, r"`route_strategy` must be one of"),
         ({"policy": "randaugmnt"}, r"`name` must be one of"),
     ],
 )

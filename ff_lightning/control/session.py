@@ -89,18 +89,16 @@ def build_controller(
         raise ConfigError(f"`controller_kwargs`: {err}") from None
 
 
-def step_metrics(
-    ratio: float, wait: float, step_s: float, aug_s: float, rec: Any, guard: Any
-) -> dict[str, float]:
-    """The per-step ``fusionflow/*`` metrics (times in ms, memory in MiB)."""
+def step_metrics(ratio: float, stats: StepStats, guard: Any) -> dict[str, float]:
+    """The per-step ``fusionflow/*`` metrics (times in ms, memory in MiB) of one measured step."""
     metrics = {
         "fusionflow/ratio": ratio,
-        "fusionflow/data_wait_ms": wait * 1e3,
-        "fusionflow/step_ms": step_s * 1e3,
-        "fusionflow/aug_ms": aug_s * 1e3,
-        "fusionflow/worker_aug_ms": rec.cpu_aug_s * 1e3,
-        "fusionflow/device_samples": float(rec.n_device),
-        "fusionflow/h2d_ms": rec.h2d_s * 1e3,
+        "fusionflow/data_wait_ms": stats.data_wait_s * 1e3,
+        "fusionflow/step_ms": stats.step_s * 1e3,
+        "fusionflow/aug_ms": stats.device_aug_s * 1e3,
+        "fusionflow/worker_aug_ms": (stats.cpu_aug_s or 0.0) * 1e3,
+        "fusionflow/device_samples": float(stats.n_device),
+        "fusionflow/h2d_ms": (stats.h2d_s or 0.0) * 1e3,
     }
     if guard is not None:
         probe = guard.probe
@@ -161,8 +159,9 @@ class FusionSession:
         return float(self.controller.ratio)
 
     def attach(self, dm: Any, device: torch.device) -> str | None:
-        """Give ``dm`` a memory guard for ``device`` and route with the current ratio.
+        """Give ``dm``'s device stage a memory guard for ``device``; route with the controller.
 
+        From here on the DataModule's router reads the share from the controller, its owner.
         Returns the probe's note (which probe, or why NVML fell back) for the caller to log.
         """
         note = None
@@ -171,62 +170,44 @@ class FusionSession:
             probe, note = make_probe(device, nvml_module=self._nvml_module, logger=log)
         self.dm = dm
         self.guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
-        dm.memory_guard = self.guard
+        dm.device_stage.guard = self.guard
+        dm.router.bind(self.controller)
         if self.controller.warmup_steps is None:
             # Batches already prefetched carry the old split: skip them after each change.
             depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
             self.controller.warmup_steps = depth + 1
-        self.sync_ratio()
         return note
 
-    def sync_ratio(self) -> None:
-        """Route the next batch the sampler emits with the controller's ratio."""
-        if self.dm is not None:
-            self.dm.set_ratio(self.ratio)
-
-    def end_step(self, now: float) -> tuple[float, float, float, Any] | None:
+    def end_step(self, now: float) -> StepStats | None:
         """Close the step that ended at ``now``.
 
-        Feeds the controller, applies a memory cap at once and counts towards the next
-        decision. Returns ``(wait_s, step_s, device_aug_s, record)`` when the step was measured,
-        ``None`` for the first step after a clock reset (its wait includes worker start-up or
-        validation).
+        Completes the batch's record (data wait, step time, device time), feeds it to the
+        controller, applies a memory cap at once and counts towards the next decision. Returns
+        the record when the step was measured, ``None`` for the first step after a clock reset
+        (its wait includes worker start-up or validation).
         """
-        dm = self.dm
-        stats = dm.stats
-        rec = stats.last
+        stage = self.dm.device_stage
+        stats = stage.last
         # Device augmentation regions that have finished (CUDA: polled, never synchronised).
-        device_aug_s = sum(stats.device_timer.collect())
+        device_aug_s = sum(stage.timer.collect())
         measured = None
-        if self.prev_end is not None and stats.t_before_transfer is not None:
-            wait = max(0.0, stats.t_before_transfer - self.prev_end)
-            step_s = now - self.prev_end
-            self.controller.observe(
-                StepStats(
-                    batch_size=rec.batch_size,
-                    n_device=rec.n_device,
-                    data_wait_s=wait,
-                    step_s=step_s,
-                    device_aug_s=device_aug_s,
-                    cpu_aug_s=rec.cpu_aug_s,
-                    n_cpu=rec.batch_size - rec.n_device,
-                    num_workers=dm.num_workers,
-                    h2d_s=rec.h2d_s,
-                    prep_s=rec.prep_s,
-                    ratio=rec.ratio,
-                )
-            )
-            measured = (wait, step_s, device_aug_s, rec)
+        if self.prev_end is not None and stats is not None and stage.ready_at is not None:
+            stats.data_wait_s = max(0.0, stage.ready_at - self.prev_end)
+            stats.step_s = now - self.prev_end
+            stats.device_aug_s = device_aug_s
+            stats.num_workers = self.dm.num_workers
+            self.controller.observe(stats)
+            measured = stats
         self.prev_end = now
         cap = self.guard.ratio_cap if self.guard is not None else None
         if self.agreed_cap is not None:
             # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
             cap = self.agreed_cap if cap is None else min(cap, self.agreed_cap)
         if cap is not None and cap != self.controller.memory_cap:
-            # Takes effect for the next batch the sampler emits, not at the next decision:
-            # until then every device-routed batch would run out of memory again.
+            # Takes effect for the next batch the sampler emits (the router reads the
+            # controller's capped share), not at the next decision: until then every
+            # device-routed batch would run out of memory again.
             self.controller.set_memory_cap(cap)
-            self.sync_ratio()
         self.steps_since_decision += 1
         return measured
 
@@ -273,6 +254,4 @@ class FusionSession:
         device = torch.device(device)
         self.steps_since_decision = 0
         self.agree_on_memory_cap(all_min, device)
-        decision = self.controller.decide(reduce=self.mean_reduce(all_mean, device))
-        self.sync_ratio()
-        return decision
+        return self.controller.decide(reduce=self.mean_reduce(all_mean, device))

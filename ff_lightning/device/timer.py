@@ -1,4 +1,4 @@
-"""Timing records the DataModule hooks write and the FusionFlow callback reads.
+"""Device timing without synchronisation, for the device stage.
 
 No CUDA synchronisation is added anywhere here: on CUDA the device augmentation is timed with
 events whose elapsed time is read once the end event has completed (normally one step later);
@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -95,25 +94,3 @@ class DeviceTimer:
 
 def _timing_event() -> Any:
     return torch.cuda.Event(enable_timing=True)
-
-
-@dataclass
-class BatchRecord:
-    """What the hooks learnt about the most recent training batch."""
-
-    batch_size: int = 0
-    n_device: int = 0
-    cpu_aug_s: float = 0.0  # worker CPU seconds spent augmenting this batch's cpu-routed share
-    prep_s: float = 0.0  # worker CPU seconds spent decoding/cropping the whole batch
-    h2d_s: float = 0.0  # wall time of the host-to-device transfer hook (enqueue time on CUDA)
-    ratio: float = 0.0  # the router's ratio when this batch was emitted
-
-
-@dataclass
-class PipelineStats:
-    """Shared between the DataModule (writer) and the FusionFlow callback (reader)."""
-
-    t_before_transfer: float | None = None
-    last: BatchRecord = field(default_factory=BatchRecord)
-    device_timer: DeviceTimer = field(default_factory=DeviceTimer)
-    train_batches: int = 0

@@ -28,7 +28,7 @@ records and the memory guard) and ``ff_lightning.control`` for the decisions::
 Signals per step, as the callback measures them (no CUDA synchronisation is added):
 
 - data wait: from the moment the loop body hands control back (the generator resumes) to the
-  moment the next batch is in hand (the DataModule's ``on_before_batch_transfer``);
+  moment the next batch is in hand (the device stage's ``prepare``);
 - step time: from one resume to the next;
 - device augmentation time of the routed share (CUDA events polled, a wall clock on CPU);
 - the workers' CPU seconds stamped on each batch and the memory guard's ratio cap.
@@ -151,6 +151,8 @@ class FusionAccelerate:
         self.warmup_steps = warmup_steps
         self.global_step = 0  # training steps run through this adapter, all epochs
         self._dm = datamodule
+        # The controller owns the share from now on; the DataModule's router reads it.
+        datamodule.router.bind(self.controller)
         self.session = FusionSession(
             self.controller,
             interval=interval,
@@ -254,8 +256,6 @@ class FusionAccelerate:
         self.setup(device)
         loader = self.train_loader
         loader.batch_sampler.set_epoch(epoch)
-        # A restored checkpoint or a memory cap may have changed the ratio since the last epoch.
-        self.session.sync_ratio()
         return self._train_iter(loader, self._device, max_steps, with_indices)
 
     def eval_batches(
@@ -306,9 +306,6 @@ class FusionAccelerate:
         """Plain-Python state (ratio, history, controller, the DataModule's counters); register
         the adapter with ``accelerator.register_for_checkpointing`` to save it with the run."""
         return {
-            "mode": self.mode,
-            "ratio": self.ratio,
-            "history": [d.to_dict() for d in self.controller.history],
             "controller": self.controller.state_dict(),
             "global_step": self.global_step,
             "datamodule": self._dm.state_dict(),
@@ -320,25 +317,26 @@ class FusionAccelerate:
         self.controller.load_state_dict(state_dict["controller"])
         self.global_step = int(state_dict.get("global_step", self.global_step))
         self.session.steps_since_decision = 0
-        self._dm.set_ratio(self.ratio)
 
     # ------------------------------------------------------------------ iteration
     def _train_iter(
         self, loader: Any, device: torch.device, max_steps: int | None, with_indices: bool
     ) -> Iterator[tuple[torch.Tensor, ...]]:
-        dm = self._dm
+        stage = self._dm.device_stage
+        dtype = self._dm.resolved_output_dtype()
         # The gap across validation and epoch boundaries is not a training step.
         self.session.prev_end = None
         steps = 0
         for batch in loader:
-            # Stamps the moment the batch is in hand (the end of the data wait) and keeps the
-            # policy parameters and device positions on the host, so no transfer syncs.
-            batch = dm.on_before_batch_transfer(batch, 0)
-            indices = batch.get("indices")
+            # Stamps the moment the batch is in hand (the end of the data wait); the route
+            # record stays on the host, so no transfer syncs.
+            batch = stage.prepare(batch)
+            indices = batch["route"].indices
             # Tensors only, non_blocking from pinned memory on CUDA (as Lightning moves them).
             batch = move_data_to_device(batch, device)
             # Augments the device share (chunked by the memory guard), normalises, batch ops.
-            images, targets = dm.on_after_batch_transfer(batch, 0)
+            stage.rank = self._rank()
+            images, targets = stage.finish(batch, dtype=dtype)
             yield (images, targets, indices) if with_indices else (images, targets)
             self._end_step()
             steps += 1
@@ -350,11 +348,11 @@ class FusionAccelerate:
     def _eval_iter(
         self, loader: Any, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        dm = self._dm
+        stage = self._dm.device_stage
+        dtype = self._dm.resolved_output_dtype()
         for batch in loader:
-            batch = dm.on_before_batch_transfer(batch, 0)
-            batch = move_data_to_device(batch, device)
-            yield dm.on_after_batch_transfer(batch, 0)
+            batch = move_data_to_device(stage.prepare(batch), device)
+            yield stage.finish(batch, dtype=dtype)
 
     def _end_step(self) -> None:
         """The loop body has handed control back: the step is over (the callback's
@@ -362,7 +360,7 @@ class FusionAccelerate:
         measured = self.session.end_step(time.perf_counter())
         self.global_step += 1
         if measured is not None and self.global_step % self.log_every_n_steps == 0:
-            self.last_metrics = step_metrics(self.ratio, *measured, self.session.guard)
+            self.last_metrics = step_metrics(self.ratio, measured, self.session.guard)
             if self.log_fn is not None and self._is_main():
                 self.log_fn(self.last_metrics, step=self.global_step)
         if self.session.step_decision_due:
@@ -372,6 +370,10 @@ class FusionAccelerate:
     def _world_size(self) -> int:
         acc = self.accelerator
         return int(getattr(acc, "num_processes", 1)) if acc is not None else 1
+
+    def _rank(self) -> int:
+        acc = self.accelerator
+        return int(getattr(acc, "process_index", 0) or 0) if acc is not None else 0
 
     def _is_main(self) -> bool:
         acc = self.accelerator

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import lightning as L
@@ -32,16 +31,9 @@ from ff_lightning.control.session import (
     step_metrics,
 )
 from ff_lightning.errors import ConfigError
+from ff_lightning.report import FitRecorder, probe_sample
 
 log = logging.getLogger("ff_lightning")
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if is_dataclass(obj):
-        return asdict(obj)  # type: ignore[arg-type]
-    if isinstance(obj, dict):
-        return dict(obj)
-    return {"value": obj}
 
 
 class FusionFlow(L.Callback):
@@ -61,6 +53,9 @@ class FusionFlow(L.Callback):
             devices); see :mod:`ff_lightning.device.probes`.
         controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
             ``hysteresis``, ...).
+        report: at the end of the fit, print the FusionFlow report on rank 0 and write
+            ``fusionflow_report.json`` and ``fusionflow.png`` (see :mod:`ff_lightning.report`).
+        report_dir: where they go (default: the trainer's ``log_dir``, else ``default_root_dir``).
     """
 
     def __init__(
@@ -76,6 +71,8 @@ class FusionFlow(L.Callback):
         probe: Any = None,
         nvml_module: Any = None,
         controller_kwargs: dict[str, Any] | None = None,
+        report: bool = False,
+        report_dir: str | None = None,
     ) -> None:
         mode = check_fusion_args(
             mode,
@@ -102,6 +99,8 @@ class FusionFlow(L.Callback):
             probe=probe,
             nvml_module=nvml_module,
         )
+        self.report, self.report_dir = bool(report), report_dir
+        self._recorder: FitRecorder | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -137,10 +136,14 @@ class FusionFlow(L.Callback):
         note = self.session.attach(dm, device)
         if note:
             rank_zero_info(f"FusionFlow: {note}")
+        if self.report:
+            probe = self.session.guard.probe if self.session.guard is not None else None
+            self._recorder = FitRecorder(
+                mode=self.mode, device=device, num_workers=dm.num_workers, probe=probe
+            )
 
     # ------------------------------------------------------------------- steps
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.session.sync_ratio()  # a restored checkpoint may have changed it
         rank_zero_info(f"FusionFlow: mode={self.mode}, starting device share {self.ratio:.2f}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -160,14 +163,21 @@ class FusionFlow(L.Callback):
         batch_idx: int,
     ) -> None:
         measured = self.session.end_step(time.perf_counter())
+        if self._recorder is not None:
+            self._recorder.step(measured)
         if measured is not None:
-            self._maybe_log(trainer, pl_module, *measured)
+            self._maybe_log(trainer, pl_module, measured)
         if self.session.step_decision_due:
             self._decide(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.interval == "epoch":
             self._decide(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._recorder is not None and trainer.is_global_zero:
+            directory = self.report_dir or trainer.log_dir or trainer.default_root_dir
+            self._recorder.finish(directory, self.controller.history, self.ratio)
 
     # ---------------------------------------------------------------- decision
     @staticmethod
@@ -207,29 +217,21 @@ class FusionFlow(L.Callback):
             )
 
     # ------------------------------------------------------------------ logging
-    def _maybe_log(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        wait: float,
-        step_s: float,
-        aug_s: float,
-        rec: Any,
-    ) -> None:
+    def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stats: Any) -> None:
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
-        metrics = step_metrics(self.ratio, wait, step_s, aug_s, rec, self.session.guard)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=max(rec.batch_size, 1))
+        metrics = step_metrics(self.ratio, stats, self.session.guard)
+        util = probe_sample(self.session.guard.probe if self.session.guard else None)["gpu_util"]
+        if util is not None:
+            metrics["fusionflow/gpu_util"] = util  # NVML, percent; no CUDA sync
+        pl_module.log_dict(
+            metrics, on_step=True, on_epoch=False, batch_size=max(stats.batch_size, 1)
+        )
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "ratio": self.ratio,
-            "history": [_as_dict(d) for d in self.controller.history],
-            "controller": self.controller.state_dict(),
-        }
+        # Each value once: the controller's state holds the share, the search and the history.
+        return {"controller": self.controller.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.controller.load_state_dict(state_dict["controller"])
-        self.session.sync_ratio()

@@ -1,85 +1,104 @@
 """Intra-batch routing in the main process.
 
-The batch sampler tags every index of a batch ``cpu`` or ``device``: ``round(r * B)`` samples of
-each batch take the device route. The ratio lives in a :class:`Router` shared by reference with
-the callback, so a new ratio takes effect for the next batch the sampler emits, with no IPC to
-the workers (the tags travel to the workers with the indices).
+The batch sampler emits one :class:`RoutedBatch` per batch: the dataset indices, the epoch,
+the device share ``r`` in force when the batch was emitted and ``n_device = round(r * B)``.
+The share has one owner, the controller; the :class:`Router` only reads it (from any object
+with a ``ratio`` attribute), so a new share takes effect for the next batch the sampler emits,
+with no IPC to the workers and no copy to keep in sync.
+
+Which samples of the batch take the device route is decided in the worker, which draws the
+batch's augmentation parameters anyway: ``"costliest"`` sends the ``n_device`` samples whose
+parameters are the most expensive on the CPU (as the FusionFlow paper does), ``"random"`` the
+first ``n_device`` of the (already shuffled) batch. Neither changes what any sample looks like
+(the parameters depend on ``(seed, epoch, index)`` alone), and neither draws anything twice.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sized
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sized
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, Sampler
 
+from ff_lightning.validation import check_choice, check_float
+
 STRATEGIES = ("costliest", "random")
 
 
-class RoutedIndex(NamedTuple):
-    """What a worker receives per sample: dataset index, route and epoch."""
+class ShareOwner(Protocol):
+    """Anything that owns the device share: the controller, or a :class:`FixedShare`."""
 
-    index: int
-    on_device: bool
+    @property
+    def ratio(self) -> float: ...
+
+
+class FixedShare:
+    """A constant device share (a DataModule used without the FusionFlow callback)."""
+
+    def __init__(self, ratio: float = 0.0) -> None:
+        self.ratio = check_float("ratio", ratio, 0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"FixedShare({self.ratio:g})"
+
+
+@dataclass(frozen=True)
+class RoutedBatch:
+    """What the sampler hands the worker for one batch (picklable, a few dozen bytes)."""
+
+    indices: tuple[int, ...]
     epoch: int
-    ratio: float = 0.0  # the router's ratio when the batch was emitted
+    ratio: float  # the owner's share when the batch was emitted
+    n_device: int  # round(ratio * len(indices)) samples take the device route
+    strategy: str = "costliest"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def device_positions(self, cost: torch.Tensor | None) -> torch.Tensor:
+        """Sorted batch positions (int64) of the device-routed samples.
+
+        ``cost``: per-sample CPU cost (float ``[B]``) for ``"costliest"``; ties keep batch
+        order so the choice is deterministic. ``None`` (or ``"random"``): the first
+        ``n_device`` positions.
+        """
+        b, k = len(self.indices), self.n_device
+        if k <= 0:
+            return torch.zeros(0, dtype=torch.long)
+        if k >= b or self.strategy == "random" or cost is None:
+            return torch.arange(min(k, b))
+        order = torch.sort(cost, descending=True, stable=True).indices[:k]
+        return order.sort().values
 
 
 class Router:
-    """Holds the current device share and picks which samples of a batch go to the device.
+    """Reads the device share from its owner and stamps it on each batch.
 
-    ``strategy="costliest"`` gives the device the samples whose augmentation is the most
-    expensive on the CPU (as the FusionFlow paper does), using ``cost_fn(indices, epoch)``
-    when one is set; ``"random"`` takes the first ``k`` of the (already shuffled) batch.
+    ``owner``: any object with a ``ratio`` attribute in ``[0, 1]`` (the controller once the
+    FusionFlow callback attaches, a :class:`FixedShare` before). ``strategy``: which samples
+    of a batch the worker sends to the device (see :data:`STRATEGIES`).
     """
 
-    def __init__(
-        self,
-        ratio: float = 0.0,
-        *,
-        strategy: str = "costliest",
-        cost_fn: Callable[[list[int], int], torch.Tensor] | None = None,
-    ) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {strategy!r}")
-        self.strategy = strategy
-        self.cost_fn = cost_fn
-        self._ratio = 0.0
-        self.ratio = ratio
+    def __init__(self, owner: ShareOwner | None = None, *, strategy: str = "costliest") -> None:
+        self.strategy = check_choice("route_strategy", strategy, STRATEGIES)
+        self.owner: ShareOwner = owner if owner is not None else FixedShare(0.0)
+
+    def bind(self, owner: ShareOwner) -> None:
+        """Read the share from ``owner`` from the next emitted batch on."""
+        self.owner = owner
 
     @property
     def ratio(self) -> float:
-        return self._ratio
+        return float(self.owner.ratio)
 
-    @ratio.setter
-    def ratio(self, value: float) -> None:
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"`ratio` must be in [0, 1], got {value}")
-        self._ratio = value
-
-    def n_device(self, batch_size: int) -> int:
-        return int(round(self._ratio * batch_size))
-
-    def assign(self, indices: list[int], epoch: int) -> list[bool]:
-        """Route flags for one batch: ``True`` means the device augments that sample."""
-        b = len(indices)
-        k = self.n_device(b)
-        if k <= 0:
-            return [False] * b
-        if k >= b:
-            return [True] * b
-        if self.strategy == "costliest" and self.cost_fn is not None:
-            cost = self.cost_fn(indices, epoch)
-            # Stable sort so ties keep batch order and the choice is deterministic.
-            order = torch.sort(cost, descending=True, stable=True).indices[:k].tolist()
-            flags = [False] * b
-            for i in order:
-                flags[i] = True
-            return flags
-        return [True] * k + [False] * (b - k)
+    def route(self, indices: list[int], epoch: int) -> RoutedBatch:
+        r = self.ratio
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"the device share must be in [0, 1], got {r!r} from {self.owner!r}")
+        return RoutedBatch(tuple(indices), epoch, r, int(round(r * len(indices))), self.strategy)
 
 
 class EpochSampler(RandomSampler):
@@ -112,7 +131,7 @@ class EpochSampler(RandomSampler):
 
 
 class RoutedBatchSampler(BatchSampler):
-    """A ``BatchSampler`` that yields :class:`RoutedIndex` tuples instead of plain indices.
+    """A ``BatchSampler`` that yields one :class:`RoutedBatch` per batch.
 
     It subclasses ``BatchSampler`` and keeps ``sampler`` as its first argument so Lightning can
     inject a ``DistributedSampler`` under DDP; the router is passed by keyword and shared.
@@ -133,7 +152,7 @@ class RoutedBatchSampler(BatchSampler):
                 "does) so Lightning keeps the router when it injects a DistributedSampler",
                 stacklevel=2,
             )
-            router = Router(0.0)
+            router = Router()
         self.router = router
         self._iterations = 0
 
@@ -145,10 +164,8 @@ class RoutedBatchSampler(BatchSampler):
         epoch = getattr(self.sampler, "epoch", None)
         return int(epoch) if epoch is not None else self._iterations
 
-    def __iter__(self) -> Iterator[list[Any]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         epoch = self._epoch()
         self._iterations += 1
         for batch in super().__iter__():
-            ratio = self.router.ratio
-            flags = self.router.assign(batch, epoch)
-            yield [RoutedIndex(i, f, epoch, ratio) for i, f in zip(batch, flags, strict=True)]
+            yield self.router.route(batch, epoch)

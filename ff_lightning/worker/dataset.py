@@ -1,9 +1,14 @@
 """The worker half of the pipeline: what runs in each DataLoader worker process.
 
-For every sample: decode, random-resized-crop + flip to a fixed size, draw the policy
-parameters from ``(seed, epoch, index)``, and apply them on the CPU when the sample is routed
-``cpu``; then collate uint8 images, targets, the device mask and positions, the parameters and
-the CPU seconds spent. Validation samples are only resized and centre-cropped.
+For a training batch (a :class:`~ff_lightning.routing.sampler.RoutedBatch` from the sampler):
+decode every sample, crop/resize and flip them to a fixed size, draw the whole batch's policy
+parameters in one call from ``(seed, epoch, index)``, choose the device share (the costliest
+samples, from those parameters), augment the CPU share with ONE batched ``apply_batch`` call,
+and return the collated batch with its :class:`~ff_lightning.worker.record.BatchRoute`.
+Per-sample Python work is what made a CPU route slower than torchvision's PIL path; here the
+only per-sample steps are the decode and one PIL resize.
+
+Validation samples are only resized and centre-cropped.
 """
 
 from __future__ import annotations
@@ -14,15 +19,21 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ff_lightning.routing.sampler import RoutedIndex
-from ff_lightning.worker.geometry import eval_geometry, to_uint8_chw, train_geometry
+from ff_lightning.control.controller import StepStats
+from ff_lightning.routing.sampler import RoutedBatch
+from ff_lightning.worker.geometry import eval_geometry, to_uint8_chw, train_geometry_batch
+from ff_lightning.worker.record import BatchRoute
+
+__all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
 
 
 class AugmentingDataset(Dataset):
-    """Wraps a map-style dataset; runs the worker half of the pipeline.
+    """Wraps a map-style dataset; runs the worker half of the pipeline one batch at a time.
 
-    Items are ``(image, target)`` with the image a PIL image or a uint8 ``[C, H, W]`` tensor.
-    In ``train`` mode indices are :class:`RoutedIndex` tuples from the routed batch sampler.
+    Items of ``source`` are ``(image, target)`` with the image a PIL image or a uint8
+    ``[C, H, W]`` tensor. The DataLoader hands :meth:`__getitems__` a whole batch of keys (a
+    :class:`RoutedBatch` in ``train`` mode, a list of indices otherwise), and it returns the
+    collated batch, so the DataLoader's ``collate_fn`` is :func:`collate_batch` (a pass-through).
     """
 
     def __init__(
@@ -62,70 +73,81 @@ class AugmentingDataset(Dataset):
             target = int(target.item())
         return to_uint8_chw(image), int(target)
 
-    def __getitem__(self, key: RoutedIndex | int) -> dict[str, Any]:
-        return self.__getitems__([key])[0]
+    def __getitem__(self, key: RoutedBatch | int) -> dict[str, Any]:
+        if isinstance(key, RoutedBatch):
+            return self._train_batch(key)
+        return self.__getitems__([key])
 
-    def __getitems__(self, keys: list[RoutedIndex | int]) -> list[dict[str, Any]]:
-        if not self.train:
-            out = []
-            for key in keys:
-                index = key.index if isinstance(key, RoutedIndex) else int(key)
-                image, target = self._load(index)
-                out.append(
-                    {
-                        "images": eval_geometry(
-                            image, size=self.image_size, crop_fraction=self.val_crop_fraction
-                        ),
-                        "targets": target,
-                    }
-                )
-            return out
+    def __getitems__(self, keys: RoutedBatch | list[int]) -> dict[str, Any]:
+        if isinstance(keys, RoutedBatch):
+            return self._train_batch(keys)
+        if self.train:
+            # A plain batch of indices (e.g. a user's own sampler): all on the CPU route, epoch 0.
+            keys = RoutedBatch(tuple(int(k) for k in keys), 0, 0.0, 0)
+            return self._train_batch(keys)
+        return self._eval_batch([int(k) for k in keys])
 
-        routed = [k if isinstance(k, RoutedIndex) else RoutedIndex(int(k), False, 0) for k in keys]
-        # Parameters depend on (seed, epoch, index) only; draw the whole batch's at once.
-        indices = torch.tensor([k.index for k in routed], dtype=torch.long)
-        epoch = routed[0].epoch
-        same_epoch = all(k.epoch == epoch for k in routed)
-        out = []
-        if same_epoch:
-            params = self.policy.sample(indices, epoch, self.seed)
-        for j, key in enumerate(routed):
-            # thread_time: CPU seconds of this thread only, right in a worker process and with
-            # num_workers=0 alike (the main process has other threads).
-            t0 = time.thread_time()
-            image, target = self._load(key.index)
-            image = train_geometry(
-                image,
-                size=self.image_size,
-                seed=self.seed,
-                epoch=key.epoch,
-                index=key.index,
-                scale=self.crop_scale,
-                ratio=self.crop_ratio,
-                hflip=self.hflip,
+    def _eval_batch(self, indices: list[int]) -> dict[str, Any]:
+        images, targets = [], []
+        for index in indices:
+            image, target = self._load(index)
+            images.append(
+                eval_geometry(image, size=self.image_size, crop_fraction=self.val_crop_fraction)
             )
-            p = (
-                params[j]
-                if same_epoch
-                else self.policy.sample(indices[j : j + 1], key.epoch, self.seed)
-            )
-            t1 = time.thread_time()
-            if not key.on_device:
-                image = self.policy.apply_one(image, p)
-            t2 = time.thread_time()
-            out.append(
-                {
-                    "images": image,
-                    "targets": target,
-                    "on_device": key.on_device,
-                    "params": p,
-                    "index": key.index,
-                    "prep_s": t1 - t0,
-                    "cpu_aug_s": t2 - t1,
-                    "ratio": key.ratio,
-                }
-            )
-        return out
+            targets.append(target)
+        return {"images": torch.stack(images), "targets": torch.tensor(targets, dtype=torch.long)}
+
+    def _train_batch(self, rb: RoutedBatch) -> dict[str, Any]:
+        # thread_time: CPU seconds of this thread only, right in a worker process and with
+        # num_workers=0 alike (the main process has other threads).
+        t0 = time.thread_time()
+        loaded = [self._load(i) for i in rb.indices]
+        indices = torch.tensor(rb.indices, dtype=torch.long)
+        images = train_geometry_batch(
+            [im for im, _ in loaded],
+            size=self.image_size,
+            seed=self.seed,
+            epoch=rb.epoch,
+            indices=indices,
+            scale=self.crop_scale,
+            ratio=self.crop_ratio,
+            hflip=self.hflip,
+        )
+        targets = torch.tensor([t for _, t in loaded], dtype=torch.long)
+        t1 = time.thread_time()
+        # Parameters depend on (seed, epoch, index) only: one draw for the whole batch, before
+        # the route is known, so the route cannot change them.
+        params = self.policy.sample(indices, rb.epoch, self.seed)
+        cost = self.policy.estimate_cost(params) if rb.strategy == "costliest" else None
+        device_index = rb.device_positions(cost)
+        b, k = len(rb), int(device_index.numel())
+        if k < b:
+            if k == 0:
+                images = self.policy.apply_batch(images, params)
+            else:
+                keep = torch.ones(b, dtype=torch.bool)
+                keep[device_index] = False
+                cpu_index = keep.nonzero().squeeze(1)
+                images[cpu_index] = self.policy.apply_batch(images[cpu_index], params[cpu_index])
+        t2 = time.thread_time()
+        stats = StepStats(
+            batch_size=b,
+            n_device=k,
+            data_wait_s=0.0,
+            step_s=0.0,
+            cpu_aug_s=t2 - t1,
+            n_cpu=b - k,
+            prep_s=t1 - t0,
+            ratio=rb.ratio,
+        )
+        dev_params = params[device_index] if k else None
+        route = BatchRoute(indices, rb.epoch, device_index, dev_params, stats)
+        return {"images": images, "targets": targets, "route": route}
+
+
+def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The DataLoader's ``collate_fn``: the dataset already returns whole batches."""
+    return batch
 
 
 def worker_init(worker_id: int) -> None:
@@ -134,27 +156,3 @@ def worker_init(worker_id: int) -> None:
     # several times slower per image). One large allocation at start-up settles it.
     buf = torch.empty(16 << 20, dtype=torch.uint8)
     del buf
-
-
-def fusion_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate worker samples into one batch dict (uint8 images, targets, mask, params, times)."""
-    batch: dict[str, Any] = {
-        "images": torch.stack([s["images"] for s in samples]),
-        "targets": torch.tensor([s["targets"] for s in samples], dtype=torch.long),
-    }
-    if samples and "params" in samples[0]:
-        params = [s["params"] for s in samples]
-        flags = [s["on_device"] for s in samples]
-        batch["params"] = type(params[0]).cat(params)
-        batch["device_mask"] = torch.tensor(flags, dtype=torch.bool)
-        # Positions of the device share, computed here so that the DataLoader pins them and
-        # the hook never has to read a device tensor back (nonzero() on CUDA would sync).
-        batch["device_index"] = torch.tensor(
-            [i for i, f in enumerate(flags) if f], dtype=torch.long
-        )
-        batch["indices"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
-        # Plain floats: Lightning leaves them on the host, so reading them costs no sync.
-        batch["cpu_aug_s"] = float(sum(s["cpu_aug_s"] for s in samples))
-        batch["prep_s"] = float(sum(s["prep_s"] for s in samples))
-        batch["ratio"] = float(samples[0]["ratio"])
-    return batch

@@ -1,44 +1,39 @@
-"""Per-sample geometric preprocessing done in the DataLoader workers for every sample.
+"""Geometric preprocessing done in the DataLoader workers: decode, crop/resize, flip.
 
-Every sample is decoded, cropped and resized to one fixed size in the worker, whatever its
-route, so device batches are dense ``uint8 [B, 3, S, S]`` tensors. The crop and the flip are
-drawn from ``(seed, epoch, index)`` alone (principle 1 of the design), so they do not depend on
-which worker, which batch or which route a sample takes.
+Every sample is cropped and resized to one fixed size in the worker, whatever its route, so
+device batches are dense ``uint8 [B, 3, S, S]`` tensors. The crop box and the flip are drawn
+from ``(seed, epoch, index)`` alone with :mod:`ff_lightning.augment.rng` (principle 1 of the
+design), in one vectorised call per batch, so they do not depend on which worker, which batch
+or which route a sample takes.
+
+Cost per sample (the stock pipeline's ``RandomResizedCrop`` + flip on PIL is the yardstick):
+one PIL ``resize`` with a source box (crop and resize in one pass, no intermediate image),
+one copy of the result into the batch buffer, and a batched flip.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-_MASK64 = (1 << 64) - 1
+from ff_lightning.augment import rng
 
+__all__ = [
+    "N_CROP_UNIFORMS",
+    "crop_boxes",
+    "eval_geometry",
+    "flip_flags",
+    "random_resized_crop_box",
+    "to_uint8_chw",
+    "train_geometry_batch",
+]
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def sample_uniforms(seed: int, epoch: int, index: int, stream: int, n: int) -> list[float]:
-    """``n`` uniform floats in [0, 1) that depend only on ``(seed, epoch, index, stream)``."""
-    key = _splitmix64(
-        _splitmix64(_splitmix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (index & _MASK64)
-    )
-    key = _splitmix64(key ^ ((stream * 0x632BE59BD9B4E019) & _MASK64))
-    out = []
-    for i in range(n):
-        out.append((_splitmix64(key + i) >> 11) * (1.0 / (1 << 53)))
-    return out
-
-
-# Stream ids keep the crop/flip draws independent of the policy's own draws.
-STREAM_CROP = 1_000_001
-STREAM_FLIP = 1_000_002
+N_CROP_UNIFORMS = 22  # 10 tries of (scale, log-ratio), then the crop position
 
 
 def to_uint8_chw(image: object) -> torch.Tensor | Image.Image:
@@ -81,7 +76,7 @@ def _size_of(img: torch.Tensor | Image.Image) -> tuple[int, int]:
 def random_resized_crop_box(
     height: int,
     width: int,
-    u: list[float],
+    u: Sequence[float],
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> tuple[int, int, int, int]:
@@ -108,32 +103,70 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-N_CROP_UNIFORMS = 22
+def crop_boxes(
+    sizes: Sequence[tuple[int, int]],
+    *,
+    seed: int,
+    epoch: int,
+    indices: torch.Tensor | Sequence[int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> list[tuple[int, int, int, int]]:
+    """``(top, left, height, width)`` of every sample's crop; one RNG call for the batch."""
+    u = rng.uniform(seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64)
+    return [
+        random_resized_crop_box(h, w, row, scale, ratio)
+        for (h, w), row in zip(sizes, u.tolist(), strict=True)
+    ]
 
 
-def train_geometry(
-    image: torch.Tensor | Image.Image,
+def flip_flags(seed: int, epoch: int, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """bool ``[B]``: which samples are flipped horizontally (p = 0.5 each)."""
+    return rng.uniform(seed, epoch, indices, rng.STREAM_FLIP, 1)[:, 0] < 0.5
+
+
+def train_geometry_batch(
+    images: Sequence[torch.Tensor | Image.Image],
     *,
     size: int,
     seed: int,
     epoch: int,
-    index: int,
+    indices: torch.Tensor | Sequence[int],
     scale: tuple[float, float],
     ratio: tuple[float, float],
     hflip: bool,
 ) -> torch.Tensor:
-    """Random resized crop to ``size`` x ``size`` and optional horizontal flip; uint8 ``[3, S, S]``."""
-    h, w = _size_of(image)
-    u = sample_uniforms(seed, epoch, index, STREAM_CROP, N_CROP_UNIFORMS)
-    top, left, ch, cw = random_resized_crop_box(h, w, u, scale, ratio)
-    if isinstance(image, Image.Image):
-        out = image.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
-        t = TF.pil_to_tensor(out)
-    else:
-        t = TF.resized_crop(image, top, left, ch, cw, [size, size], antialias=True)
-    if hflip and sample_uniforms(seed, epoch, index, STREAM_FLIP, 1)[0] < 0.5:
-        t = t.flip(-1)
-    return t.contiguous()
+    """Random resized crop of every image to ``size`` x ``size``, then the flips: uint8 ``[B, 3, S, S]``."""
+    boxes = crop_boxes(
+        [_size_of(im) for im in images],
+        seed=seed,
+        epoch=epoch,
+        indices=indices,
+        scale=scale,
+        ratio=ratio,
+    )
+    n = len(images)
+    # PIL results land channels-last in one buffer and are transposed once for the batch.
+    hwc = torch.empty(n, size, size, 3, dtype=torch.uint8)
+    out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    pil_pos: list[int] = []
+    for i, (image, (top, left, h, w)) in enumerate(zip(images, boxes, strict=True)):
+        if isinstance(image, Image.Image):
+            res = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+            hwc[i].numpy()[...] = np.asarray(res)
+            pil_pos.append(i)
+        else:
+            out[i] = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    if len(pil_pos) == n:
+        out.copy_(hwc.permute(0, 3, 1, 2))
+    elif pil_pos:
+        idx = torch.tensor(pil_pos)
+        out[idx] = hwc[idx].permute(0, 3, 1, 2)
+    if hflip and n:
+        flips = flip_flags(seed, epoch, indices).nonzero().squeeze(1)
+        if flips.numel():
+            out[flips] = out[flips].flip(-1)
+    return out
 
 
 def eval_geometry(

@@ -1,0 +1,79 @@
+"""The per-batch record that travels with a training batch from the worker to the device stage.
+
+A training batch is ``{"images": uint8 [B, 3, S, S], "targets": int64 [B], "route": BatchRoute}``.
+:class:`BatchRoute` is built once, in the worker, and read by everyone downstream: the device
+stage applies ``params`` to the samples at ``device_index``, and the controller reads ``stats``
+(the worker fills its CPU stamps, the device stage its device fields, the front end the step
+timings). It deliberately has no ``.to`` method and is not a collection, so Lightning's
+``transfer_batch_to_device`` and the DataLoader's pin-memory thread leave it on the host: the
+kernels group samples by op there, and reading device tensors back would synchronise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ff_lightning.augment.params import Params
+from ff_lightning.control.controller import StepStats
+
+__all__ = ["BatchRoute", "is_training_batch"]
+
+
+class BatchRoute:
+    """Host-side facts about one training batch.
+
+    Attributes:
+        indices: int64 ``[B]``, the dataset index of each batch position.
+        epoch: the epoch the batch was drawn for.
+        device_index: int64 ``[k]``, sorted batch positions the device augments.
+        params: the policy parameters of those ``k`` samples (one batched record, in the
+            order of ``device_index``); the CPU share was augmented in the worker.
+        stats: the batch's :class:`~ff_lightning.control.controller.StepStats`.
+    """
+
+    __slots__ = ("device_index", "epoch", "indices", "params", "stats")
+
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        epoch: int,
+        device_index: torch.Tensor,
+        params: Params | None,
+        stats: StepStats,
+    ) -> None:
+        self.indices = indices
+        self.epoch = epoch
+        self.device_index = device_index
+        self.params = params
+        self.stats = stats
+
+    @property
+    def n_device(self) -> int:
+        return int(self.device_index.numel())
+
+    @property
+    def device_mask(self) -> torch.Tensor:
+        """bool ``[B]``: which positions take the device route."""
+        mask = torch.zeros(len(self.indices), dtype=torch.bool)
+        mask[self.device_index] = True
+        return mask
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchRoute(batch={len(self.indices)}, n_device={self.n_device}, "
+            f"epoch={self.epoch}, ratio={self.stats.ratio})"
+        )
+
+
+def is_training_batch(batch: Any) -> bool:
+    """Whether ``batch`` is a FusionDataModule training batch (it carries a route)."""
+    return isinstance(batch, dict) and isinstance(batch.get("route"), BatchRoute)
