@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -410,3 +411,118 @@ def test_nvml_probe_and_guard_on_a_real_gpu():
     assert torch.equal(out, augment(images, params))
     assert guard.per_sample_bytes is not None and guard.per_sample_bytes > 0
     assert probe.allocated_bytes() <= probe.reserved_bytes()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Per sample: mean abs diff <= 1 level and <= 2% of values off by more than 2 levels (the
+    CPU/GPU tolerance of tests/test_policies.py; a misplaced sample is far outside it)."""
+    d = (a.int() - b.int()).abs().flatten(1).float()
+    assert (d.mean(1) <= 1.0).all(), d.mean(1)
+    assert ((d > 2).float().mean(1) <= 0.02).all(), (d > 2).float().mean(1)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_a_real_oom_halves_the_chunk_then_falls_back_to_the_cpu_route():
+    from ff_lightning.augment import build_policy
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    policy = build_policy("randaugment")
+    n, side = 16, 1024
+    g = torch.Generator().manual_seed(0)
+    host = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    params = policy.sample(torch.arange(n), 0, 0)
+    # Every sample rotates in every slot, so working memory grows with the chunk and halving
+    # a chunk really halves it (RandAugment's own draw would group ops unevenly).
+    rotate = policy.op_names.index("Rotate")
+    params = dataclasses.replace(
+        params,
+        op_ids=torch.full_like(params.op_ids, rotate),
+        applied=torch.ones_like(params.applied),
+    )
+    cpu_route = policy.apply_batch(host, params)  # what the CPU route computes
+    images = host.to(dev)
+    out_bytes = images.numel()  # the guard's output buffer, a whole number of 2 MiB pages
+    policy.apply_batch(images[:2], params[torch.arange(2)])  # warm-up: kernels, workspaces
+    torch.cuda.synchronize(dev)
+
+    def needs(x: torch.Tensor, p) -> tuple[torch.Tensor, int, int]:
+        """apply_batch(x, p) from an empty cache: its result, and the peak allocated and
+        reserved bytes it added (this test's own measurement; the guard never resets)."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        alloc0, res0 = torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev)
+        y = policy.apply_batch(x, p)
+        return (
+            y,
+            torch.cuda.max_memory_allocated(dev) - alloc0,
+            torch.cuda.max_memory_reserved(dev) - res0,
+        )
+
+    unchunked, alloc_all, _ = needs(images, params)
+    unchunked = unchunked.cpu()
+    ones = [needs(images[i : i + 1], params[torch.arange(i, i + 1)])[1:] for i in range(n)]
+    alloc_one_min = min(a for a, _ in ones)
+    res_one_max = max(r for _, r in ones)
+    assert alloc_all > 2 * res_one_max, (alloc_all, res_one_max)  # precondition of the test
+    _close(unchunked, cpu_route)
+
+    # The user's peak: higher than anything augmentation reaches below. A reset would lower it.
+    big = torch.empty(2 * alloc_all, dtype=torch.uint8, device=dev)
+    del big
+    user_peak = torch.cuda.max_memory_allocated(dev)
+
+    total = torch.cuda.mem_get_info(dev)[1]
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    old_fraction = getter(dev) if getter is not None else 1.0
+
+    def limit(extra: int) -> tuple[int, int]:
+        """Cap this process's allocator at what it holds now + ``extra`` bytes; returns the
+        slack (reserved but unallocated bytes) that comes on top."""
+        torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved(dev)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (reserved + extra) / total), dev)
+        return reserved - torch.cuda.memory_allocated(dev), reserved
+
+    probe, note = make_probe(dev)
+    guard = MemoryGuard(probe, reserve_mb=0, recover_after=1)
+    try:
+        # 1. Room for the output and about half the whole batch's working memory: the full
+        #    chunk cannot run, a single sample surely can (r_one_max), so the chunk halves.
+        room = (1 << 20) + (alloc_all + res_one_max) // 2
+        slack, _ = limit(out_bytes + room)
+        assert alloc_all > room + slack, (alloc_all, room, slack)  # precondition: 16 cannot fit
+        out = guard.run(policy.apply_batch, images, params, policy.apply_batch, total=2 * n)
+        got = out.cpu()
+        del out
+        assert guard.events[0] == {"kind": "oom", "chunk": n, "retry": n // 2, "at": 0}, note
+        assert guard.cpu_fallback_samples == 0 and guard.ratio_cap is None, guard.events
+        assert 1 <= guard.last_chunk < n
+        _close(got, unchunked)  # same samples, same order, chunked
+        _close(got, cpu_route)
+        assert torch.cuda.max_memory_allocated(dev) >= user_peak  # the peak was not reset
+
+        # 2. Room for the output only: not even one sample fits, so the CPU route takes the
+        #    whole share and the ratio is capped at what fitted (nothing).
+        slack, _ = limit(out_bytes + (1 << 20) + alloc_one_min // 4)
+        assert slack + (1 << 20) + alloc_one_min // 4 < alloc_one_min, (slack, alloc_one_min)
+        events_before = guard.oom_events
+        out = guard.run(policy.apply_batch, images, params, policy.apply_batch, total=2 * n)
+        assert guard.oom_events > events_before and guard.events[-1]["kind"] == "cpu_fallback"
+        assert guard.cpu_fallback_samples == n and guard.ratio_cap == 0.0
+        assert torch.equal(out.cpu(), cpu_route)  # it is the CPU route
+        del out
+    finally:
+        torch.cuda.set_per_process_memory_fraction(old_fraction, dev)
+        torch.cuda.empty_cache()
+
+    # 3. Memory is back: the guard keeps working on the device, and its ceiling (1 after the
+    #    fallback) doubles after each clean call (recover_after=1) back to the whole batch.
+    ooms = guard.oom_events
+    chunks = []
+    for _ in range(5):
+        out = guard.run(policy.apply_batch, images, params, policy.apply_batch, total=2 * n)
+        chunks.append(guard.last_chunk)
+    assert chunks == [1, 2, 4, 8, 16] and guard.oom_events == ooms
+    assert guard.cpu_fallback_samples == n  # nothing more went to the CPU
+    _close(out.cpu(), cpu_route)
