@@ -207,14 +207,7 @@ class FusionFlow(L.Callback):
         msg = f"FusionFlow: device share {old:.2f} -> {self.ratio:.2f} ({decision.reason})"
         rank_zero_info(msg)
         log.debug(msg)
-        if trainer.logger is not None:
-            pl_module.log(
-                "fusionflow/decided_ratio",
-                self.ratio,
-                on_step=False,
-                on_epoch=True,
-                rank_zero_only=True,
-            )
+        self._log(trainer, {"fusionflow/decided_ratio": self.ratio})
 
     # ------------------------------------------------------------------ logging
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stats: Any) -> None:
@@ -224,9 +217,20 @@ class FusionFlow(L.Callback):
         util = probe_sample(self.session.guard.probe if self.session.guard else None)["gpu_util"]
         if util is not None:
             metrics["fusionflow/gpu_util"] = util  # NVML, percent; no CUDA sync
-        pl_module.log_dict(
-            metrics, on_step=True, on_epoch=False, batch_size=max(stats.batch_size, 1)
-        )
+        self._log(trainer, metrics)
+
+    @staticmethod
+    def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        """Plain floats straight to the loggers, on rank 0 only.
+
+        ``LightningModule.log`` would turn every value into a tensor on the module's device, a
+        blocking host-to-device copy (a CUDA synchronisation) per value per logged step.
+        """
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
