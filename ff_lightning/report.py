@@ -4,8 +4,8 @@ Pure: no Trainer. A front end feeds :meth:`FitReport.update` one record per trai
 calls :meth:`FitReport.compute` at the end of the fit with the controller's decisions;
 :func:`format_report` renders the result as text, :func:`print_report` prints it with rich,
 :func:`write_report` writes ``fusionflow_report.json`` and :func:`plot_report` draws
-``fusionflow.png`` (matplotlib is optional). :class:`GpuUtilization` reads NVML's GPU
-utilisation, which the callback samples each step and logs as ``fusionflow/gpu_util``.
+``fusionflow.png`` (matplotlib is optional). :class:`FitRecorder` is what a front end holds:
+it samples the memory probe (GPU utilisation, free memory, allocator counters) every step.
 
 A step record is anything with the fields of ``ff_lightning.control.records.StepStats``
 (``batch_size, n_device, data_wait_s, step_s, device_aug_s, cpu_aug_s, n_cpu, h2d_s, prep_s,
@@ -26,11 +26,12 @@ from typing import Any
 
 __all__ = [
     "LOADER_BOUND",
+    "FitRecorder",
     "FitReport",
-    "GpuUtilization",
     "format_report",
     "plot_report",
     "print_report",
+    "probe_sample",
     "step_record",
     "verdict",
     "write_report",
@@ -374,7 +375,7 @@ def print_report(report: Mapping[str, Any], console: Any = None) -> None:
     except ImportError:  # pragma: no cover - rich is a dependency
         print(text)
         return
-    (console or Console()).print(Text(text))
+    (console or Console()).print(Text(text), soft_wrap=True)  # long reasons stay on one line
 
 
 def write_report(report: Mapping[str, Any], directory: str | Path) -> Path:
@@ -424,57 +425,57 @@ def plot_report(series: Mapping[str, list[float]], path: str | Path) -> str:
     return f"plot: {out}"
 
 
-class GpuUtilization:
-    """NVML's GPU utilisation for one CUDA device: the percent of the last sample period
-    (1/6 s to 1 s, by GPU) during which a kernel ran.
+def probe_sample(probe: Any) -> dict[str, float | None]:
+    """One sample of a memory probe (``ff_lightning.device.probes``) for :meth:`FitReport.update`.
 
-    Reading it is a driver query; it adds no CUDA synchronisation, so it can be sampled every
-    step. On a CPU device, or when NVML cannot be loaded, :attr:`available` is ``False`` and
-    :meth:`read` returns ``None`` (the reason is in :attr:`note`).
+    GPU utilisation (``utilization_percent``, NVML: the percent of the last sample period, 1/6 s
+    to 1 s by GPU, in which a kernel ran) and NVML free memory are driver queries, and the
+    allocator's reserved and peak bytes are host-side counters: none of them synchronises
+    CUDA, so this can run every step. A probe that knows nothing (CPU) gives ``None`` values.
+    """
+    if probe is None:
+        return {"gpu_util": None, "free_bytes": None, "reserved_bytes": None, "peak_bytes": None}
+    util = getattr(probe, "utilization_percent", None)
+    on = bool(getattr(probe, "available", False))
+    return {
+        "gpu_util": util() if util is not None else None,
+        "free_bytes": probe.free_bytes() if on else None,
+        "reserved_bytes": probe.reserved_bytes() if on else None,
+        "peak_bytes": probe.peak_allocated_bytes() if on else None,
+    }
+
+
+class FitRecorder:
+    """The report's side of a front end: one :meth:`step` per training step, :meth:`finish` at
+    the end of the fit (no Trainer; the Lightning callback and the Accelerate adapter call it).
 
     Args:
-        device: the training device.
-        nvml: a ``pynvml``-like module (default: ``import pynvml`` from nvidia-ml-py).
+        mode, device, num_workers: shown in the report.
+        probe: the memory guard's probe, sampled every step (``None``: no device figures).
     """
 
-    def __init__(self, device: Any, *, nvml: Any = None) -> None:
-        self.available = False
-        self._handle: Any = None
-        self._nvml = nvml
-        dev = str(device)
-        if not dev.startswith("cuda"):
-            self.note = f"GPU utilisation: not sampled on {dev}"
-            return
-        index = int(dev.split(":")[1]) if ":" in dev else 0
-        try:
-            if self._nvml is None:
-                import pynvml  # nvidia-ml-py
+    def __init__(self, *, mode: str, device: Any, num_workers: int | None, probe: Any = None):
+        self.report = FitReport(mode=mode, device=str(device), num_workers=num_workers)
+        self.probe = probe
 
-                self._nvml = pynvml
-            self._nvml.nvmlInit()
-            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(_nvml_index(index))
-            self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
-        except Exception as err:  # ImportError, NVMLError_*: report without it, never fail
-            self.note = f"GPU utilisation: NVML unavailable ({type(err).__name__}: {err})"
-            return
-        self.available = True
-        self.note = f"GPU utilisation: NVML for {dev}"
+    def step(self, measured: Any) -> None:
+        """Record one step: what ``FusionSession.end_step`` returned (``None``: not measured)."""
+        sample = probe_sample(self.probe) if measured is not None else {}
+        self.report.update(measured, **sample)
 
-    def read(self) -> float | None:
-        """Utilisation in percent, or ``None`` when it cannot be read."""
-        if not self.available:
-            return None
-        try:
-            return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-        except Exception:
-            return None
-
-
-def _nvml_index(index: int) -> int:
-    """NVML ignores ``CUDA_VISIBLE_DEVICES``; map the PyTorch index as the memory probe does."""
-    try:
-        from ff_lightning.device.probes import _nvml_index as probe_index
-
-        return int(probe_index(index))
-    except Exception:
-        return index
+    def finish(
+        self,
+        directory: str | Path,
+        decisions: Iterable[Any],
+        final_ratio: float | None = None,
+        *,
+        console: Any = None,
+    ) -> dict[str, Any]:
+        """Compute the report, print it, write ``fusionflow_report.json`` and ``fusionflow.png``
+        into ``directory``; returns the report."""
+        rep = self.report.compute(decisions, final_ratio)
+        path = write_report(rep, directory)
+        note = plot_report(self.report.series, Path(directory) / REPORT_PNG)
+        print_report(rep, console)
+        (console.print if console is not None else print)(f"report: {path}; {note}")
+        return rep

@@ -82,6 +82,15 @@ def build_datamodule(cfg: DictConfig) -> Any:
     )
 
 
+def _report_args(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The end-of-fit report goes into the run directory; the top-level ``report`` key turns it
+    on or off unless the ``fusionflow`` node sets ``report`` itself."""
+    args: dict[str, Any] = {"report_dir": str(out_dir)}
+    if "report" not in cfg.fusionflow:
+        args["report"] = bool(cfg.get("report", True))
+    return args
+
+
 def build_logger(cfg: DictConfig) -> Any:
     """The Trainer's logger from the ``logger`` group (``False``: ``logger=none``)."""
     node = cfg.get("logger")
@@ -145,7 +154,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with _setup_errors():
         datamodule = build_datamodule(cfg)
         model = instantiate(cfg.model)
-        fusion = instantiate(cfg.fusionflow) if cfg.get("fusionflow") is not None else None
+        fusion = (
+            instantiate(cfg.fusionflow, **_report_args(cfg, out_dir))
+            if cfg.get("fusionflow") is not None
+            else None
+        )
     tracker = ThroughputTracker()
     callbacks: list[L.Callback] = [tracker, *_progress_bar(cfg.progress_bar)]
     if fusion is not None:

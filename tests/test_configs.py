@@ -179,15 +179,18 @@ def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
     assert math.isfinite(written["train_loss"])  # the epoch mean (no per-step sync for the bar)
     header = next((tmp_path / "run" / "logs").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "train_loss_step" in header.split(",")
+    report = json.loads((tmp_path / "run" / "fusionflow_report.json").read_text())
+    assert report["steps"] == written["global_step"] == 3 and report["mode"] == "fixed"
     assert metrics["val_acc"] == written["val_acc"]
 
 
 def test_short_fit_without_a_logger(tmp_path: Path) -> None:
     from ff_lightning.train import train
 
-    metrics = train(_compose(_small(tmp_path, "logger=none", "fusionflow=off")))
+    metrics = train(_compose(_small(tmp_path, "logger=none", "fusionflow=off", "report=false")))
     assert metrics["train_samples"] == 3 * 16
     assert not (tmp_path / "run" / "logs").exists()
+    assert not (tmp_path / "run" / "fusionflow_report.json").exists()
 
 
 def test_recipe_cli_reports_missing_root_without_traceback(tmp_path: Path) -> None:

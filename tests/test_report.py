@@ -11,10 +11,11 @@ import pytest
 
 from ff_lightning.control.controller import Decision
 from ff_lightning.report import (
+    FitRecorder,
     FitReport,
-    GpuUtilization,
     format_report,
     plot_report,
+    probe_sample,
     step_record,
     write_report,
 )
@@ -183,35 +184,102 @@ def test_plot_is_written_or_skipped_with_a_note(tmp_path: Path) -> None:
     assert plot_report(FitReport().series, tmp_path / "x.png").startswith("plot: no measured")
 
 
-class _FakeNvml:
-    """A pynvml-shaped module: utilisation readings from a list."""
+def test_probe_sample_reads_utilisation_and_memory() -> None:
+    from ff_lightning.testing.probes import FakeProbe
 
-    def __init__(self, readings: list[int]) -> None:
-        self.readings = readings
-        self.calls = 0
-
-    def nvmlInit(self) -> None:  # noqa: N802
-        pass
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
-        return i
-
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:  # noqa: N802
-        v = self.readings[min(self.calls, len(self.readings) - 1)]
-        self.calls += 1
-        return SimpleNamespace(gpu=v, memory=0)
+    probe = FakeProbe(free=900 << 20, reserved=300 << 20)
+    probe.utilization = 55.0
+    sample = probe_sample(probe)
+    assert sample["gpu_util"] == 55.0
+    assert sample["free_bytes"] == probe.free_bytes()
+    assert sample["reserved_bytes"] == probe.reserved_bytes()
+    assert probe_sample(None) == dict.fromkeys(
+        ("gpu_util", "free_bytes", "reserved_bytes", "peak_bytes")
+    )
 
 
-def test_gpu_utilisation_reader() -> None:
-    cpu = GpuUtilization("cpu")
-    assert not cpu.available and cpu.read() is None and "not sampled on cpu" in cpu.note
-    util = GpuUtilization("cuda:0", nvml=_FakeNvml([0, 40, 75]))
-    assert util.available and [util.read(), util.read()] == [40.0, 75.0]
+def test_recorder_writes_json_and_plot_and_prints(tmp_path: Path) -> None:
+    from rich.console import Console
 
-    class Broken(_FakeNvml):
-        def nvmlInit(self) -> None:  # noqa: N802
-            raise RuntimeError("driver not loaded")
+    rec = FitRecorder(mode="fixed", device="cpu", num_workers=0)
+    rec.step(None)
+    for _ in range(3):
+        rec.step(_rec(0.02, 0.1, n_dev=5))
+    console = Console(record=True, width=200)
+    rep = rec.finish(
+        tmp_path, [Decision(0.5, "init: mode 'fixed', r=0.50", "init")], 0.5, console=console
+    )
+    out = console.export_text()
+    assert "FusionFlow report: mode fixed on cpu, 0 workers" in out
+    assert f"verdict: {rep['verdict']}" in out
+    assert json.loads((tmp_path / "fusionflow_report.json").read_text())["steps"] == 4
 
-    broken = GpuUtilization("cuda", nvml=Broken([0]))
-    assert not broken.available and broken.read() is None
-    assert broken.note == "GPU utilisation: NVML unavailable (RuntimeError: driver not loaded)"
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _col(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+def test_fit_report_agrees_with_the_logged_metrics(tmp_path: Path) -> None:
+    """A real fit with FusionFlow(report=True): the report's numbers against metrics.csv."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ff_lightning import FusionDataModule, FusionFlow
+
+    from .test_datamodule import TensorImages, TinyNet
+
+    dm = FusionDataModule(
+        TensorImages(32), TensorImages(8, seed=1), image_size=32, batch_size=8, num_workers=0
+    )
+    cb = FusionFlow(mode="auto", log_every_n_steps=1, warmup_steps=0, report=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        callbacks=[cb],
+        logger=CSVLogger(str(tmp_path), name="logs"),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(TinyNet(), datamodule=dm)
+
+    log_dir = Path(trainer.log_dir)
+    report = json.loads((log_dir / "fusionflow_report.json").read_text())
+    rows = _csv_rows(log_dir / "metrics.csv")
+    steps = [r for r in rows if r.get("fusionflow/step_ms")]
+    wait, step = _col(steps, "fusionflow/data_wait_ms"), _col(steps, "fusionflow/step_ms")
+
+    assert report["steps"] == trainer.global_step == 12
+    assert report["measured_steps"] == len(steps) == 12 - 3  # the first step of each epoch
+    assert report["data_wait_ms"] == pytest.approx(sum(wait) / len(wait), rel=1e-6)
+    assert report["step_ms"] == pytest.approx(sum(step) / len(step), rel=1e-6)
+    assert report["data_wait_share"] == pytest.approx(sum(wait) / sum(step), rel=1e-6)
+    bound = sum(s for w, s in zip(wait, step, strict=True) if w > 0.05 * s)
+    assert report["loader_bound_share"] == pytest.approx(bound / sum(step), rel=1e-6)
+    device = _col(steps, "fusionflow/device_samples")
+    assert report["share"]["device_samples"] == pytest.approx(sum(device) / (8 * len(device)))
+    # One decision per epoch, logged as the epoch's fusionflow/decided_ratio.
+    assert report["share"]["decisions"] == pytest.approx(_col(rows, "fusionflow/decided_ratio"))
+    assert report["share"]["final"] == cb.ratio
+    assert [d["reason"] for d in report["decisions"]] == [d.reason for d in cb.history[1:]]
+    assert report["verdict"].split(":")[0] in (
+        f"loader-bound {100 * report['loader_bound_share']:.0f}% of the time",
+        f"device-bound {100 * (1 - report['loader_bound_share']):.0f}% of the time",
+    )
+    png = log_dir / "fusionflow.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not png.exists()
+    else:
+        assert png.read_bytes()[:4] == b"\x89PNG"
