@@ -283,3 +283,35 @@ def test_fit_report_agrees_with_the_logged_metrics(tmp_path: Path) -> None:
         assert not png.exists()
     else:
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accelerate_adapter_finish_reports_what_it_logged(tmp_path: Path) -> None:
+    """A plain loop through FusionAccelerate(report=True): finish() against its log_fn calls."""
+    from ff_lightning import FusionDataModule
+    from ff_lightning.frontends.accelerate import FusionAccelerate
+
+    from .test_datamodule import TensorImages
+
+    dm = FusionDataModule(TensorImages(24), image_size=32, batch_size=8, num_workers=0)
+    logged: list[dict[str, float]] = []
+    fusion = FusionAccelerate(
+        dm,
+        mode="fixed",
+        ratio=0.25,
+        log_fn=lambda m, step: logged.append(dict(m)),
+        log_every_n_steps=1,
+        report=True,
+        report_dir=str(tmp_path),
+    )
+    for epoch in range(2):
+        for images, _ in fusion.train_epoch(epoch):
+            images.mul(2).sum()  # the "training step"
+    rep = fusion.finish()
+    steps = [m for m in logged if "fusionflow/step_ms" in m]
+    assert rep is not None and rep["steps"] == fusion.global_step == 6
+    assert rep["measured_steps"] == len(steps) == 4  # the first step of each epoch is not
+    wait = [m["fusionflow/data_wait_ms"] for m in steps]
+    assert rep["data_wait_ms"] == pytest.approx(sum(wait) / len(wait), rel=1e-6)
+    assert rep["share"]["device_samples"] == pytest.approx(0.25)
+    assert json.loads((tmp_path / "fusionflow_report.json").read_text())["steps"] == 6
+    assert FusionAccelerate(dm, mode="off").finish() is None  # report=False: nothing

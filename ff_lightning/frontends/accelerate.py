@@ -59,6 +59,7 @@ from ff_lightning.control.session import (
 from ff_lightning.device.memory import MemoryGuard
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.datamodule import FusionDataModule
+from ff_lightning.report import FitRecorder
 
 __all__ = ["FusionAccelerate"]
 
@@ -93,6 +94,9 @@ class FusionAccelerate:
         nvml_module: a ``pynvml``-like module for the NVML probe (tests).
         controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
             ``hysteresis``, ...).
+        report: record each step for the FusionFlow report, which :meth:`finish` prints on
+            the main process and writes as ``fusionflow_report.json`` and ``fusionflow.png``.
+        report_dir: where :meth:`finish` writes them (default: the working directory).
     """
 
     def __init__(
@@ -111,6 +115,8 @@ class FusionAccelerate:
         probe: Any = None,
         nvml_module: Any = None,
         controller_kwargs: dict[str, Any] | None = None,
+        report: bool = False,
+        report_dir: str | None = None,
     ) -> None:
         if not isinstance(datamodule, FusionDataModule):
             raise ConfigError(
@@ -165,6 +171,8 @@ class FusionAccelerate:
         self._train_loader: Any = None
         self._eval_loaders: dict[str, Any] = {}
         self.last_metrics: dict[str, float] = {}
+        self.report, self.report_dir = bool(report), report_dir
+        self._recorder: FitRecorder | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -216,6 +224,13 @@ class FusionAccelerate:
             return
         note = self.session.attach(self._dm, dev)
         self._device = dev
+        if self.report:
+            self._recorder = FitRecorder(
+                mode=self.mode,
+                device=dev,
+                num_workers=self._dm.num_workers,
+                probe=self.session.guard.probe if self.session.guard is not None else None,
+            )
         if note and self._is_main():
             log.info("FusionAccelerate: %s", note)
         if self._is_main():
@@ -301,6 +316,13 @@ class FusionAccelerate:
             log.debug(msg)
         return decision
 
+    def finish(self) -> dict[str, Any] | None:
+        """End of training: with ``report=True``, print the FusionFlow report on the main
+        process and write it into ``report_dir``; returns it (``None`` elsewhere)."""
+        if self._recorder is None or not self._is_main():
+            return None
+        return self._recorder.finish(self.report_dir or ".", self.controller.history, self.ratio)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Plain-Python state (ratio, history, controller, the DataModule's counters); register
@@ -359,6 +381,8 @@ class FusionAccelerate:
         ``on_train_batch_end``)."""
         measured = self.session.end_step(time.perf_counter())
         self.global_step += 1
+        if self._recorder is not None:
+            self._recorder.step(measured)
         if measured is not None and self.global_step % self.log_every_n_steps == 0:
             self.last_metrics = step_metrics(self.ratio, measured, self.session.guard)
             if self.log_fn is not None and self._is_main():
