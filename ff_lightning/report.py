@@ -329,7 +329,12 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"(loader-bound steps: {_f(_pct(r['loader_bound_share']), '.0f', '%')} of the time)",
         f"  worker CPU           {_f(r['worker_cpu_ms_per_sample'], '.2f')} ms/sample augmenting, "
         f"{_f(r['worker_prep_ms_per_sample'], '.2f')} ms/sample decoding and cropping",
-        f"  device augmentation  {_f(r['device_aug_ms_per_sample'], '.2f')} ms/sample",
+        "  device augmentation  "
+        + (
+            f"{r['device_aug_ms_per_sample']:.2f} ms/sample"
+            if r["device_aug_ms_per_sample"] is not None
+            else "none (no sample was augmented on the device)"
+        ),
         f"  step / H2D           {_f(r['step_ms'])} ms / {_f(r['h2d_ms'], '.2f')} ms",
     ]
     util, mem = r.get("gpu_util_pct"), r.get("memory")
