@@ -14,9 +14,25 @@ ratios ours/kornia and ours/tv-tensor. ``--apply-one`` also times the worker rou
 (``apply_one`` per image with the batched kernels at B=1 vs torchvision's kernels) and
 ``--ops`` times every op alone (batched kernel per image vs torchvision per image).
 
-Example::
+``--vs-pil`` prints only the CPU worker-route comparison (issue 7): one
+``policy.sample`` + ``policy.apply_batch`` call per batch against torchvision's
+``v2.RandAugment`` applied per PIL image, on one thread, at 96 px with ``num_ops=4``
+(batch 64) and at 224 px with ``num_ops=2`` (batch 32). Ours and torchvision's runs are
+interleaved round by round so that machine noise hits both alike; each round's ratio is
+taken from thread CPU time (``time.thread_time``: time spent waiting for a core shared
+with other processes is not counted) and the median of ``--iters`` rounds is reported.
+
+``--count-ops`` prints the kernel launches per ``apply_batch`` call for RandAugment
+(batch 256, 224 px, ``num_ops=2``) and AugMix (batch 64, 224 px): the kernel-like aten
+events ``torch.profiler`` records on CPU, and the aten ops that touch the images when
+they live on the ``meta`` device, which takes the accelerator code path (host-to-device
+copies included) without one.
+
+Examples::
 
     python recipes/benchmark_augment.py --threads 1 --batch 128 --size 224 --iters 5
+    python recipes/benchmark_augment.py --vs-pil --iters 7
+    python recipes/benchmark_augment.py --count-ops
 """
 
 from __future__ import annotations
@@ -173,6 +189,122 @@ def bench_ops(x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]
     return rows
 
 
+def _vs_pil_case(size: int, batch: int, num_ops: int, args: argparse.Namespace) -> dict[str, Any]:
+    x = make_images(batch, size, torch.device("cpu"))
+    pil = [v2.functional.to_pil_image(img) for img in x]
+    ours = build_policy("randaugment", num_ops=num_ops)
+    tv = v2.RandAugment(num_ops=num_ops)
+    state = {"epoch": 0}
+
+    def run_ours() -> None:
+        state["epoch"] += 1  # new parameters every batch, sampling included
+        ours.apply_batch(x, ours.sample(torch.arange(batch), state["epoch"], 0))
+
+    def run_tv() -> None:
+        for im in pil:
+            tv(im)
+
+    for _ in range(max(1, args.warmup)):
+        run_ours()
+        run_tv()
+    ratios, t_ours, t_tv = [], [], []
+    for _ in range(args.iters):  # interleaved: noise hits both alike
+        t0 = time.thread_time()
+        run_ours()
+        t1 = time.thread_time()
+        run_tv()
+        t2 = time.thread_time()
+        t_ours.append((t1 - t0) / batch)
+        t_tv.append((t2 - t1) / batch)
+        ratios.append((t2 - t1) / (t1 - t0))
+    row = {
+        "ours_us_per_image": statistics.median(t_ours) * 1e6,
+        "pil_us_per_image": statistics.median(t_tv) * 1e6,
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+    }
+    print(
+        f"  {size:3d} px num_ops={num_ops} batch {batch}: apply_batch "
+        f"{row['ours_us_per_image']:7.1f} us/img, PIL RandAugment "
+        f"{row['pil_us_per_image']:7.1f} us/img, PIL/ours per round "
+        f"{' '.join(f'{r:.2f}' for r in ratios)}, median {row['median_ratio']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def vs_pil(args: argparse.Namespace) -> dict[str, Any]:
+    """apply_batch (sampling included) vs torchvision's RandAugment per PIL image, 1 thread."""
+    torch.set_num_threads(1)
+    return {
+        f"{size}px_num_ops{k}_batch{b}": _vs_pil_case(size, b, k, args)
+        for size, b, k in ((96, 64, 4), (224, 32, 2))
+    }
+
+
+# Aten ops that only make views, allocate, read a scalar or dispatch to other ops: not kernels.
+_NOT_KERNELS = frozenset(
+    "view view_as as_strided select slice expand expand_as unsqueeze squeeze reshape "
+    "_reshape_alias _unsafe_view alias permute transpose t unbind narrow split chunk "
+    "flatten unflatten detach detach_ empty empty_like empty_strided resize_ lift_fresh "
+    "resolve_conj resolve_neg item _local_scalar_dense is_nonzero is_pinned result_type "
+    "set_ contiguous to".split()
+)
+
+
+def _is_kernel(name: str) -> bool:
+    """``aten::add_`` (profiler) or ``aten.add_`` (dispatch): does it launch a kernel?"""
+    return name.removeprefix("aten::").removeprefix("aten.").split(".")[0] not in _NOT_KERNELS
+
+
+def count_ops() -> dict[str, Any]:
+    """Kernel launches per apply_batch call (profiler on CPU, and on the meta device)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            flat = tree_flatten((args, kwargs, out))[0]
+            on_meta = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in flat)
+            name = str(func.overloadpacket)
+            if on_meta and _is_kernel(name):
+                self.count += 1
+            return out
+
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {}
+    for name, batch, kwargs in (("randaugment", 256, {"num_ops": 2}), ("augmix", 64, {})):
+        pol = build_policy(name, **kwargs)
+        x = make_images(batch, 224, torch.device("cpu"))
+        p = pol.sample(torch.arange(batch), 0, 0)
+        pol.apply_batch(x, p)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            pol.apply_batch(x, p)
+        cpu = 0
+        for e in prof.events():
+            if not e.name.startswith("aten::") or not _is_kernel(e.name):
+                continue
+            if any(c.name.startswith("aten::") and _is_kernel(c.name) for c in e.cpu_children):
+                continue  # counted through its children
+            cpu += 1
+        meta = Count()
+        with meta:
+            pol.apply_batch(torch.empty(batch, 3, 224, 224, dtype=torch.uint8, device="meta"), p)
+        key = f"{name}_batch{batch}_224px"
+        result[key] = {"cpu_profiler_kernels": cpu, "meta_device_ops": meta.count}
+        print(
+            f"  {key}: {cpu} kernel-like aten ops on CPU (profiler), {meta.count} on the device path (meta)",
+            flush=True,
+        )
+    return result
+
+
 def print_table(
     rows: list[dict[str, Any]], ratios: dict[str, dict[str, float]], env: dict[str, Any]
 ) -> None:
@@ -215,8 +347,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip-pil", action="store_true", help="skip the torchvision PIL loop")
     parser.add_argument("--apply-one", action="store_true", help="also time apply_one backends")
     parser.add_argument("--ops", action="store_true", help="also time every op alone")
+    parser.add_argument(
+        "--vs-pil",
+        action="store_true",
+        help="only apply_batch vs torchvision's PIL RandAugment: 96 px/4 ops and 224 px/2 ops, 1 thread",
+    )
+    parser.add_argument(
+        "--count-ops", action="store_true", help="only the kernel launches per apply_batch call"
+    )
     parser.add_argument("--out", default="benchmark_augment.json")
     args = parser.parse_args(argv)
+    if args.vs_pil or args.count_ops:
+        result = {}
+        if args.vs_pil:
+            result["vs_pil"] = vs_pil(args)
+        if args.count_ops:
+            result["count_ops"] = count_ops()
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
+        return result
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

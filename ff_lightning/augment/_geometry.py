@@ -39,6 +39,7 @@ __all__ = [
     "degrees",
     "grid",
     "grid_factors",
+    "grid_terms",
     "inverse_affine",
     "shift_rows",
     "shift_batch",
@@ -142,21 +143,28 @@ def float32_math(device: torch.device) -> Iterator[None]:
         yield
 
 
-def grid(factors: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+def grid_terms(factors: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Host float32 terms of the grid: ``x * t0k`` ``[B, 2, W]``, ``y * t1k`` ``[B, 2, H]``
+    and ``t2k`` ``[B, 2]`` (tiny; computed once on the host, identical on every device)."""
+    xs, ys = axes(height, width)
+    xt = xs.view(1, 1, width) * factors[:, 0, :].unsqueeze(-1)
+    yt = ys.view(1, 1, height) * factors[:, 1, :].unsqueeze(-1)
+    return xt, yt, factors[:, 2, :].contiguous()
+
+
+def grid(xt: Tensor, yt: Tensor, t2: Tensor) -> Tensor:
     """Sampling grids ``[B, H, W, 2]`` (float32), bit-identical to torchvision's CPU ``_affine_grid``.
 
-    ``factors`` from :func:`grid_factors`, ``xs``/``ys`` from :func:`axes`, all on the
-    images' device. The result is a view of planar ``[2, B, H, W]`` storage: both planes
-    are written contiguously (no interleaving copy) and ``grid_sample`` reads strided grids.
+    ``g_k = (x * t0k + y * t1k) + t2k`` from :func:`grid_terms` on the images' device: two
+    elementwise float32 passes per coordinate. The result is a view of planar
+    ``[2, B, H, W]`` storage: both planes are written contiguously (no interleaving copy)
+    and ``grid_sample`` reads strided grids.
     """
-    bsz, height, width = factors.shape[0], ys.shape[0], xs.shape[0]
-    planes = torch.empty(2, bsz, height, width, dtype=torch.float32, device=xs.device)
-    x = xs.view(1, 1, width)
-    y = ys.view(1, height, 1)
+    bsz, width, height = xt.shape[0], xt.shape[-1], yt.shape[-1]
+    planes = torch.empty(2, bsz, height, width, dtype=torch.float32, device=xt.device)
     for k in range(2):
-        t0, t1, t2 = (factors[:, j, k].view(bsz, 1, 1) for j in range(3))
-        torch.add(x * t0, y * t1, out=planes[k])
-        planes[k].add_(t2)
+        torch.add(xt[:, k].view(bsz, 1, width), yt[:, k].view(bsz, height, 1), out=planes[k])
+        planes[k].add_(t2[:, k].view(bsz, 1, 1))
     return planes.permute(1, 2, 3, 0)
 
 
@@ -220,7 +228,6 @@ def warp_nearest_rows(
     gives two per op) and each image is gathered in cache with it. ``dst`` may be ``src``.
     """
     _, ch, height, width = src.shape
-    xs, ys = axes(height, width)
     uniq, inverse = torch.unique(
         factors.view(len(rows), 6).view(torch.int32), dim=0, return_inverse=True
     )
@@ -231,8 +238,8 @@ def warp_nearest_rows(
     for j, u in enumerate(inverse.tolist()):
         members[u].append(rows[j])
     for u, batch_rows in enumerate(members):
-        t = uniq[u].view(torch.float32).view(1, 3, 2)
-        index = source_index(grid(t, xs, ys), height, width).expand(ch, height * width)
+        terms = grid_terms(uniq[u].view(torch.float32).view(1, 3, 2), height, width)
+        index = source_index(grid(*terms), height, width).expand(ch, height * width)
         for b in batch_rows:
             body.copy_(src[b].view(ch, -1))
             torch.gather(pad, 1, index, out=dst[b].view(ch, -1))
@@ -242,9 +249,7 @@ def warp_nearest_batch(
     src: Tensor,
     dst: Tensor,
     idx: Tensor | None,
-    factors: Tensor,
-    xs: Tensor,
-    ys: Tensor,
+    terms: Sequence[Tensor],
     fill_u8: Tensor,
 ) -> None:
     """Any device: ``dst[idx] = warp(src[idx])`` in a few batched calls (``idx`` None: all)."""
@@ -252,7 +257,7 @@ def warp_nearest_batch(
     part = src if idx is None else src.index_select(0, idx)
     bsz = part.shape[0]
     pad = _padded(part, fill_u8)
-    index = source_index(grid(factors, xs, ys), height, width)
+    index = source_index(grid(*terms), height, width)
     index = index.view(bsz, 1, height * width).expand(bsz, ch, height * width)
     if idx is None:
         torch.gather(pad, 2, index, out=dst.view(bsz, ch, -1))
@@ -261,7 +266,7 @@ def warp_nearest_batch(
 
 
 def warp_bilinear(
-    images: Tensor, out: Tensor, factors: Tensor, xs: Tensor, ys: Tensor, fill: Tensor | None
+    images: Tensor, out: Tensor, terms: Sequence[Tensor], fill: Tensor | None
 ) -> Tensor:
     """Bilinear warp of uint8 ``images`` into ``out`` (may be ``images``); ``fill`` float32
     ``[C]`` clamped to ``[0, 255]``, or None for torchvision's ``fill=None``."""
@@ -272,9 +277,7 @@ def warp_bilinear(
         # from inside the image, then blends the fill colour in by that amount.
         ones = torch.ones(bsz, 1, height, width, dtype=torch.float32, device=images.device)
         img = torch.cat((img, ones), dim=1)
-    res = grid_sample(
-        img, grid(factors, xs, ys), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    res = grid_sample(img, grid(*terms), mode="bilinear", padding_mode="zeros", align_corners=False)
     if fill is not None:
         res, mask = res[:, :ch], res[:, ch:]
         fill_t = fill.view(1, ch, 1, 1)

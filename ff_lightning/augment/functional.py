@@ -54,7 +54,7 @@ INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear")
 FillArg = float | Sequence[float] | None
 
 # Values (B*C*H*W) per chunk when running on CPU; see `_dense`.
-_CPU_CHUNK_ELEMENTS = 1 << 19
+_CPU_CHUNK_ELEMENTS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,9 @@ def _geometric_fill(ctx: _Ctx) -> tuple[Tensor, ...]:
 
 
 def _prepare_warp(matrix: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
-    xs, ys = _geometry.axes(ctx.height, ctx.width)
     factors = _geometry.grid_factors(matrix, ctx.height, ctx.width)
-    return (factors, xs, ys, *_geometric_fill(ctx))
+    terms = _geometry.grid_terms(factors, ctx.height, ctx.width)
+    return (factors, *terms, *_geometric_fill(ctx))
 
 
 def _prepare_shear(axis: int) -> Callable[[Tensor, _Ctx], tuple[Tensor, ...]]:
@@ -196,21 +196,21 @@ def _prepare_rotate(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
 
 
 def _run_warp(ctx, src, dst, idx, idx_dev, params) -> None:
-    factors, xs, ys, *fill = params
+    factors, xt, yt, t2, *fill = params
     with _geometry.float32_math(src.device):
         if ctx.interpolation == "nearest":
             if src.device.type == "cpu":
                 rows = range(src.shape[0]) if idx is None else idx.tolist()
                 _geometry.warp_nearest_rows(src, dst, rows, factors, fill[0])
             else:
-                _geometry.warp_nearest_batch(src, dst, idx_dev, factors, xs, ys, fill[0])
+                _geometry.warp_nearest_batch(src, dst, idx_dev, (xt, yt, t2), fill[0])
             return
         fill_t = fill[0] if fill else None
 
-        def kernel(images: Tensor, out: Tensor, f: Tensor) -> Tensor:
-            return _geometry.warp_bilinear(images, out, f, xs, ys, fill_t)
+        def kernel(images: Tensor, out: Tensor, *terms: Tensor) -> Tensor:
+            return _geometry.warp_bilinear(images, out, terms, fill_t)
 
-        _dense(kernel)(ctx, src, dst, idx, idx_dev, (factors,))
+        _dense(kernel)(ctx, src, dst, idx, idx_dev, (xt, yt, t2))
 
 
 def _prepare_translate(axis: int) -> Callable[[Tensor, _Ctx], tuple[Tensor, ...]]:
