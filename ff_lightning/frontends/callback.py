@@ -31,12 +31,13 @@ from ff_lightning.control.session import (
     step_metrics,
 )
 from ff_lightning.errors import ConfigError
+from ff_lightning.frontends.namespaces import CALLBACK_BASES
 from ff_lightning.report import FitRecorder, probe_sample
 
 log = logging.getLogger("ff_lightning")
 
 
-class FusionFlow(L.Callback):
+class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
     """Split each batch's augmentation between DataLoader workers and the device.
 
     Args:

@@ -30,11 +30,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset
 
 from ff_lightning.device.stage import DeviceStage
 from ff_lightning.errors import ConfigError
+from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
 from ff_lightning.routing.sampler import EpochSampler, FixedShare, RoutedBatchSampler, Router
 from ff_lightning.validation import check_float, check_int, check_pair, check_probability
 from ff_lightning.worker.dataset import AugmentingDataset, collate_batch, worker_init
@@ -52,8 +52,10 @@ warnings.filterwarnings(
 )
 
 
-class FusionDataModule(L.LightningDataModule):
+class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
     """A ``LightningDataModule`` that splits the augmentation of each batch between workers and device.
+
+    It works with a ``lightning.pytorch`` Trainer and with a ``pytorch_lightning`` one.
 
     Args:
         train_dataset: map-style dataset of ``(PIL image or uint8 [C,H,W] tensor, int target)``.
@@ -289,7 +291,7 @@ class FusionDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         module = self._user_module()
-        if module is not None and is_overridden("on_before_batch_transfer", module):
+        if module is not None and overrides(module, "on_before_batch_transfer"):
             batch = module.on_before_batch_transfer(batch, dataloader_idx)
         return self.device_stage.prepare(batch)
 
@@ -299,7 +301,7 @@ class FusionDataModule(L.LightningDataModule):
             self.device_stage.rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer else 0
             batch = self.device_stage.finish(batch, dtype=self.resolved_output_dtype())
         module = self._user_module()
-        if module is not None and is_overridden("on_after_batch_transfer", module):
+        if module is not None and overrides(module, "on_after_batch_transfer"):
             batch = module.on_after_batch_transfer(batch, dataloader_idx)
         return batch
 
