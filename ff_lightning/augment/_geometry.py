@@ -44,6 +44,7 @@ __all__ = [
     "shift_rows",
     "shift_batch",
     "source_index",
+    "source_index_elementwise",
     "warp_bilinear",
     "warp_nearest_batch",
     "warp_nearest_rows",
@@ -180,12 +181,7 @@ def source_index(grid_: Tensor, height: int, width: int) -> Tensor:
     bsz = grid_.shape[0]
     device = grid_.device
     if device.type != "cpu":
-        gx, gy = grid_.unbind(-1)
-        ix = gx.add(1.0).mul_(0.5 * width).sub_(0.5).round_()
-        iy = gy.add(1.0).mul_(0.5 * height).sub_(0.5).round_()
-        inside = (ix >= 0) & (ix <= width - 1) & (iy >= 0) & (iy <= height - 1)
-        index = iy.to(torch.int64).mul_(width).add_(ix.to(torch.int64)).add_(1)
-        return index.mul_(inside).view(bsz, height * width)
+        return source_index_elementwise(grid_, height, width)
     flat_grid = grid_.reshape(1, bsz * height, width, 2)  # one source image serves every sample
     if height * width < _FLOAT32_EXACT_INT:
         iota = torch.arange(1, height * width + 1, dtype=torch.float32, device=device)
@@ -208,6 +204,17 @@ def source_index(grid_: Tensor, height: int, width: int) -> Tensor:
     row, col = src.view(2, bsz, height * width).to(torch.int64).unbind(0)
     # Outside: row == col == 0. Inside: (row - 1) * W + (col - 1) + 1.
     return row.sub(1).mul_(width).add_(col).mul_(row > 0)
+
+
+def source_index_elementwise(grid_: Tensor, height: int, width: int) -> Tensor:
+    """:func:`source_index` on any device with CPU ``grid_sample``'s float32 arithmetic:
+    ``round((g + 1) * (size / 2) - 0.5)`` (half to even), inside when in ``[0, size - 1]``."""
+    gx, gy = grid_.unbind(-1)
+    ix = gx.add(1.0).mul_(0.5 * width).sub_(0.5).round_()
+    iy = gy.add(1.0).mul_(0.5 * height).sub_(0.5).round_()
+    inside = (ix >= 0) & (ix <= width - 1) & (iy >= 0) & (iy <= height - 1)
+    index = iy.to(torch.int64).mul_(width).add_(ix.to(torch.int64)).add_(1)
+    return index.mul_(inside).view(grid_.shape[0], height * width)
 
 
 def _padded(images: Tensor, fill_u8: Tensor) -> Tensor:
