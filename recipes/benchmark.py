@@ -29,7 +29,9 @@ def main(cfg: DictConfig) -> None:
     from ff_lightning.benchmark import run_benchmark
     from ff_lightning.errors import FFLightningError
 
-    logging.getLogger("lightning.pytorch").propagate = False
+    # Each mode builds a Trainer; keep Lightning's per-Trainer banners out of the output.
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(name).propagate = False
     try:
         run_benchmark(cfg)
     except FFLightningError as err:

@@ -129,7 +129,15 @@ def test_default_regime_and_experiments_compose() -> None:
 def test_environment_record_keys(tmp_path: Path) -> None:
     env = environment(compose_benchmark(tiny_overrides(tmp_path)))
     assert set(env["packages"]) == {"torch", "torchvision", "lightning", "kornia", "ff_lightning"}
-    for key in ("device", "cuda_device", "cpu_count", "num_workers", "torch_threads", "argv"):
+    for key in (
+        "device",
+        "cuda_device",
+        "cpu_count",
+        "num_workers",
+        "torch_threads",
+        "argv",
+        "overrides",
+    ):
         assert key in env
 
 

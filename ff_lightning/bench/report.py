@@ -85,7 +85,18 @@ def environment(cfg: DictConfig) -> dict[str, Any]:
         "image_size": int(cfg.data.image_size),
         "torch_threads": torch.get_num_threads(),
         "argv": list(sys.argv),
+        "overrides": _hydra_overrides(),
     }
+
+
+def _hydra_overrides() -> list[str] | None:
+    """This job's command-line overrides (in a ``-m`` sweep: this job's values, not the sweep's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed without @hydra.main (tests, notebooks)
+        return None
 
 
 def load_average() -> list[float] | None:
@@ -101,7 +112,10 @@ def print_table(summary: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: no need to squeeze into 80 columns
+            console.width = max(console.width, 120)
     best = summary.get("best_fixed")
     tv = next((r for r in summary["results"] if r["mode"] == "torchvision"), None)
     table = Table(title=f"ff_lightning benchmark ({summary['device']})")
@@ -144,7 +158,7 @@ def write_chart(summary: dict[str, Any], path: Path, subtitle: str = "") -> Path
         ax.plot([x] * len(rounds), rounds, "k.", markersize=4)
         ax.annotate(
             f"{r['samples_per_sec']:.0f}",
-            (x, r["samples_per_sec"]),
+            (x, max([r["samples_per_sec"], *rounds])),
             textcoords="offset points",
             xytext=(0, 3),
             ha="center",
