@@ -2,8 +2,9 @@
 
 ``prepare(batch)`` runs on the host before the batch is copied to the device: it notes the
 moment the batch was in hand (the end of the loop's data wait) and checks what must be checked
-on the host. ``finish(batch)`` runs on the device after the copy: it applies the policy
-parameters to the device-routed share (chunked by the memory guard), normalises, runs the
+on the host. ``finish(batch)`` runs on the device after the copy: it decodes the share the workers left
+encoded (``device_decode``; :mod:`ff_lightning.device.decode`), applies the policy
+parameters to the device-routed share (both chunked by the memory guard), normalises, runs the
 batch-level ops and returns ``(images, targets)``. The Lightning DataModule's batch-transfer
 hooks, the Accelerate adapter and the benchmark all call these same two methods.
 
@@ -41,6 +42,10 @@ class DeviceStage:
         seed: seed of the batch ops' randomness (with the step count and the rank).
         guard: the memory guard that chunks device augmentation (``None``: a guard without a
             budget, which still falls back to the CPU on an out-of-memory error).
+        device_decode: whether batches may carry encoded samples to decode here (a batch
+            without them is augmented as usual either way).
+        source: the training source, for files neither the device nor PIL can decode
+            (``source[index]`` applies its ``on_error``).
     """
 
     def __init__(
@@ -56,8 +61,11 @@ class DeviceStage:
         num_classes: int | None = None,
         seed: int = 0,
         guard: Any = None,
+        device_decode: bool = False,
+        source: Any = None,
     ) -> None:
         from ff_lightning.augment import batch_ops
+        from ff_lightning.device.decode import DeviceDecoder
 
         self.policy = policy
         self.mean = tuple(float(m) for m in mean)
@@ -66,6 +74,9 @@ class DeviceStage:
         self.num_classes = num_classes
         self.seed = int(seed)
         self._guard = guard
+        self.device_decode = bool(device_decode)
+        self.decoder = DeviceDecoder(source)
+        self._decode_guard: tuple[Any, Any] | None = None  # (augment guard, its decode guard)
         self.timer = DeviceTimer()
         self.steps = 0  # training batches finished (seeds the batch ops; saved in checkpoints)
         self.last: StepStats | None = None  # the record of the latest training batch
@@ -95,6 +106,32 @@ class DeviceStage:
     def guard(self, guard: Any) -> None:
         self._guard = guard
 
+    @property
+    def decode_guard(self) -> Any:
+        """The guard that chunks decoding: the augmentation guard's probe and reserve, its
+        own per-sample figures (a decode buffer is ``H * W * 3`` bytes at full source
+        resolution, unrelated to an augmented sample's working memory)."""
+        from ff_lightning.device.decode import DECODE_ESTIMATE_FACTOR
+        from ff_lightning.device.memory import MemoryGuard
+
+        guard = self.guard
+        if self._decode_guard is None or self._decode_guard[0] is not guard:
+            dg = MemoryGuard(
+                guard.probe,
+                reserve_mb=guard.reserve_bytes / (1 << 20),
+                logger=guard.logger,
+                oom_errors=guard.oom_errors,
+                estimate_factor=DECODE_ESTIMATE_FACTOR,
+            )
+            self._decode_guard = (guard, dg)
+        return self._decode_guard[1]
+
+    @property
+    def decode_fallbacks(self) -> int:
+        """Samples routed to device decode that were decoded on the CPU instead (logged as
+        ``fusionflow/decode_fallbacks``): not baseline JPEGs, or undecodable on the device."""
+        return self.decoder.fallbacks
+
     # ------------------------------------------------------------------ steps
     def prepare(self, batch: Any) -> Any:
         """Host side, before the copy to the device. Returns ``batch`` unchanged."""
@@ -120,7 +157,7 @@ class DeviceStage:
                 # Wall time of the transfer: the whole copy when it is synchronous, the
                 # enqueue time for pinned non-blocking copies on CUDA.
                 route.stats.h2d_s = time.perf_counter() - self.ready_at
-            images = self.augment(images, route)
+            images = self.augment(images, route, targets)
             self.steps += 1
         x = self._normalize(images, dtype)
         if train and self._ops:
@@ -128,12 +165,21 @@ class DeviceStage:
         return x, targets
 
     # ------------------------------------------------------------------ pieces
-    def augment(self, images: Tensor, route: BatchRoute) -> Tensor:
-        """Apply the route's parameters to its device share of ``images`` (uint8, in place)."""
+    def augment(self, images: Tensor, route: BatchRoute, targets: Tensor | None = None) -> Tensor:
+        """Decode the route's encoded samples into their slots, then apply the route's
+        parameters to its device share of ``images`` (uint8, in place). ``targets`` changes
+        only where a corrupt file was replaced (``on_error="skip"``)."""
         k, b = route.n_device, int(images.shape[0])
         if k == 0:
             return images
+        # The timed region includes the decode: the controller's device cost per sample is
+        # decode + augmentation, as the worker's CPU cost per sample is.
         self.timer.start(images.device)
+        enc = route.encoded
+        if enc is not None:
+            if targets is None:
+                targets = torch.empty(0, dtype=torch.long)
+            self.decoder.decode_into(images, targets, enc, self.decode_guard)
         guard = self.guard
         if k == b:
             # `gpu` mode: the whole batch, no gather or scatter.

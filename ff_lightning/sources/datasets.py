@@ -1,4 +1,6 @@
-"""Map-style image datasets ("sources") read from disk: ImageFolder trees, CIFAR-10, synthetic.
+"""Map-style image datasets ("sources") read from disk: ImageFolder trees, the synthetic set,
+and the factory that builds any source by name (CIFAR-10 lives in :mod:`.cifar`, decoding in
+:mod:`.decoding`).
 
 A source returns ``(image, target)`` with the image either an RGB ``PIL.Image`` or a uint8
 ``[3, H, W]`` tensor, which is what :class:`~ff_lightning.FusionDataModule` accepts. Sources
@@ -12,20 +14,18 @@ import functools
 import inspect
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image
 
 from ff_lightning.errors import (
     ConfigError,
     CorruptImageError,
     DatasetNotFoundError,
-    FFLightningError,
 )
+from ff_lightning.sources.cifar import CIFAR10_CLASSES, Cifar10Source
+from ff_lightning.sources.decoding import decode_file, reads_encoded_files, to_rgb
 from ff_lightning.sources.synthetic import ensure_synthetic_dataset
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "SyntheticSource",
     "build_source",
     "check_split",
+    "reads_encoded_files",
     "to_rgb",
 ]
 
@@ -47,19 +48,6 @@ SPLITS = ("train", "val")
 ON_ERROR = ("skip", "raise")
 #: File extensions read by :class:`ImageFolderSource` (matched case-insensitively).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 #: In ``on_error="skip"`` mode, give up after this many undecodable images in a row.
 MAX_CONSECUTIVE_FAILURES = 64
 
@@ -75,47 +63,6 @@ def _check_on_error(on_error: object) -> str:
     if on_error not in ON_ERROR:
         raise ConfigError(f"`on_error` must be one of {ON_ERROR}, got {on_error!r}")
     return on_error  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
-
-    16-bit and 32-bit integer images are scaled from 0..65535 (when they use more than 8 bits),
-    float images from 0..1 (when their maximum is at most 1), and images with transparency are
-    composited over black, so transparent pixels come out the same whatever colour they store.
-    """
-    mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
-        return img
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        peak = float(arr.max()) if arr.size else 0.0
-        if mode == "F" and peak <= 1.0:
-            arr = arr * 255.0
-        elif mode != "F" and peak > 255:
-            arr = arr / 257.0
-        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (0, 0, 0))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return img.convert("RGB")
-
-
-def _decode(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` as RGB, raising :class:`CorruptImageError` on failure."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
-        raise CorruptImageError(f"cannot decode image {path}: {err}") from err
 
 
 # --------------------------------------------------------------------------- ImageFolder
@@ -183,7 +130,9 @@ class ImageFolderSource:
 
     Class names are the sorted union of the class folders of every split present, so
     ``train`` and ``val`` map a class to the same target even when one of them lacks it.
-    Images come back as RGB ``PIL.Image`` whatever their mode (see :func:`to_rgb`).
+    Images come back as RGB ``PIL.Image`` whatever their mode (see :func:`to_rgb`), oriented
+    by their EXIF tag as ``PIL.ImageOps.exif_transpose`` does. :meth:`encoded` hands out a
+    file's bytes undecoded (for decoding on the device).
     """
 
     def __init__(
@@ -246,8 +195,20 @@ class ImageFolderSource:
         return self.root / self.split / self._paths[index]
 
     def load(self, index: int) -> Image.Image:
-        """Decode the image at ``index``; raises :class:`CorruptImageError` if it cannot."""
-        return _decode(self.path(index))
+        """Decode the image at ``index`` (upright, RGB); :class:`CorruptImageError` if it cannot."""
+        return decode_file(self.path(index))
+
+    def encoded(self, index: int) -> tuple[bytes, int]:
+        """The file's bytes and target, undecoded (see
+        :class:`~ff_lightning.sources.decoding.EncodedSource`); :class:`CorruptImageError`
+        when it cannot be read. A file this returns may still fail to decode: ``self[index]``
+        is the fallback, with ``on_error``."""
+        path = self.path(index)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(), self.targets[index]
+        except OSError as err:
+            raise CorruptImageError(f"cannot read image {path}: {err}") from err
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         n = len(self._paths)
@@ -306,126 +267,6 @@ class SyntheticSource(ImageFolderSource):
         check_split(split)
         _check_on_error(on_error)
         super().__init__(ensure_synthetic_dataset(root, **gen_kwargs), split, on_error=on_error)
-
-
-# --------------------------------------------------------------------------- CIFAR-10
-
-_CIFAR_DIR = "cifar-10-batches-py"
-_CIFAR_FILES = {
-    "train": tuple(f"data_batch_{k}" for k in range(1, 6)),
-    "val": ("test_batch",),
-}
-
-
-def _cifar_hint(root: Path) -> str:
-    return (
-        f"Download cifar-10-python.tar.gz from {CIFAR10_URL} and extract it so that "
-        f"{root / _CIFAR_DIR / 'data_batch_1'} exists (e.g. `tar -xzf cifar-10-python.tar.gz "
-        f"-C {root}`)."
-    )
-
-
-def _find_cifar_dir(root: Path) -> Path:
-    """The ``cifar-10-batches-py`` folder: ``root`` itself or its child of that name."""
-    if (root / _CIFAR_DIR).is_dir():
-        return root / _CIFAR_DIR
-    if root.is_dir() and (root.name == _CIFAR_DIR or (root / "data_batch_1").exists()):
-        return root
-    raise DatasetNotFoundError(
-        f"CIFAR-10 not found: expected {root / _CIFAR_DIR / 'data_batch_1'} (or "
-        f"{root / 'data_batch_1'} when `root` is the {_CIFAR_DIR} folder itself). "
-        + _cifar_hint(root)
-    )
-
-
-def _get(d: dict, key: str) -> Any:
-    """``d[key]`` for pickles read with ``encoding='bytes'`` (bytes keys) or written with str keys."""
-    return d[key.encode()] if key.encode() in d else d[key]
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cifar(files: tuple[str, ...], stamp: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded CIFAR-10 batches: uint8 ``[N, 3, 32, 32]`` and int64 ``[N]``, cached per process.
-
-    Batches are Python pickles, so only load files from a source you trust.
-    """
-    del stamp
-    data, labels = [], []
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            x = np.asarray(_get(batch, "data"), dtype=np.uint8)
-            y = np.asarray(_get(batch, "labels"), dtype=np.int64)
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-            raise FFLightningError(f"cannot read CIFAR-10 batch {f}: {e!r}") from e
-        if x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
-            raise FFLightningError(
-                f"malformed CIFAR-10 batch {f}: expected data uint8 [N, 3072] and N labels, "
-                f"got data {list(x.shape)} and {len(y)} labels"
-            )
-        data.append(x.reshape(-1, 3, 32, 32))
-        labels.append(y)
-    return np.concatenate(data), np.concatenate(labels)
-
-
-class Cifar10Source:
-    """CIFAR-10 from the python batches (``cifar-10-batches-py``); items are uint8 ``[3,32,32]``.
-
-    Args:
-        root: the folder holding ``cifar-10-batches-py``, or that folder itself.
-        split: ``"train"`` (``data_batch_1`` .. ``data_batch_5``) or ``"val"`` (``test_batch``).
-
-    Class names come from ``batches.meta`` when present. The decoded arrays are not pickled
-    with the source; each worker process reloads them on first access.
-    """
-
-    def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
-        self.split = check_split(split)
-        self.root = Path(root).expanduser()
-        self.base = _find_cifar_dir(self.root)
-        self.files = tuple(str(self.base / name) for name in _CIFAR_FILES[split])
-        missing = [f for f in self.files if not os.path.isfile(f)]
-        if missing:
-            raise DatasetNotFoundError(
-                f"CIFAR-10 {split} split incomplete: missing {', '.join(missing)}. "
-                + _cifar_hint(self.base.parent if self.base.name == _CIFAR_DIR else self.base)
-            )
-        self.classes: list[str] = self._read_classes()
-        data, labels = self._arrays()
-        if labels.size and not 0 <= labels.min() <= labels.max() < len(self.classes):
-            raise FFLightningError(
-                f"CIFAR-10 labels in {self.base} must lie in [0, {len(self.classes)}), "
-                f"got [{labels.min()}, {labels.max()}]"
-            )
-        self.targets: list[int] = labels.tolist()
-
-    def _read_classes(self) -> list[str]:
-        meta = self.base / "batches.meta"
-        if not meta.is_file():
-            return list(CIFAR10_CLASSES)
-        try:
-            with open(meta, "rb") as fh:
-                names = _get(pickle.load(fh, encoding="bytes"), "label_names")
-            return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        except Exception as e:  # a broken meta file should not hide the data
-            log.warning("Ignoring unreadable %s (%r); using the standard class names", meta, e)
-            return list(CIFAR10_CLASSES)
-
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        stamp = tuple(os.stat(f).st_mtime_ns for f in self.files)
-        return _load_cifar(self.files, stamp)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        data, _ = self._arrays()
-        # Copy: the cached array is shared by every source in this process.
-        return torch.from_numpy(data[index].copy()), self.targets[index]
-
-    def __repr__(self) -> str:
-        return f"Cifar10Source(root={str(self.root)!r}, split={self.split!r}, samples={len(self)})"
 
 
 # --------------------------------------------------------------------------- factory

@@ -8,11 +8,20 @@ and return the collated batch with its :class:`~ff_lightning.worker.record.Batch
 Per-sample Python work is what made a CPU route slower than torchvision's PIL path; here the
 only per-sample steps are the decode and one PIL resize.
 
+With ``device_decode`` on (a source that reads encoded files), every sample's file is read as
+bytes and its header parsed; the device-routed baseline JPEGs leave the worker undecoded (an
+:class:`~ff_lightning.worker.encoded.EncodedBatch` in the route record), the CPU-routed ones
+are decoded with torchvision's decoder and cropped with the same tensor kernel the device
+uses, and every other file (PNG, CMYK, progressive JPEG, ...) is decoded by the source with
+PIL whatever its route. The device share is then the largest files (the costliest to
+decode), and the decode of the CPU share is stamped as CPU-route work.
+
 Validation samples are only resized and centre-cropped.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,9 +29,22 @@ import torch
 from torch.utils.data import Dataset
 
 from ff_lightning.control.controller import StepStats
+from ff_lightning.errors import CorruptImageError
 from ff_lightning.routing.sampler import RoutedBatch
-from ff_lightning.worker.geometry import eval_geometry, to_uint8_chw, train_geometry_batch
+from ff_lightning.worker.encoded import EncodedBatch, JpegHeader, jpeg_header
+from ff_lightning.worker.geometry import (
+    crop_boxes,
+    crop_into,
+    eval_geometry,
+    flip_flags,
+    oriented_size,
+    place_decoded,
+    to_uint8_chw,
+    train_geometry_batch,
+)
 from ff_lightning.worker.record import BatchRoute
+
+log = logging.getLogger("ff_lightning")
 
 __all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
 
@@ -48,8 +70,14 @@ class AugmentingDataset(Dataset):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
         val_crop_fraction: float = 0.875,
+        device_decode: bool = False,
     ) -> None:
+        from ff_lightning.sources.decoding import reads_encoded_files
+
         self.source = source
+        # Only a source that hands out its files' bytes can leave samples encoded.
+        self.device_decode = bool(device_decode) and train and reads_encoded_files(source)
+        self._warned_fallback = False
         self.train = train
         self.image_size = image_size
         self.policy = policy
@@ -98,6 +126,8 @@ class AugmentingDataset(Dataset):
         return {"images": torch.stack(images), "targets": torch.tensor(targets, dtype=torch.long)}
 
     def _train_batch(self, rb: RoutedBatch) -> dict[str, Any]:
+        if self.device_decode:
+            return self._train_batch_encoded(rb)
         # thread_time: CPU seconds of this thread only, right in a worker process and with
         # num_workers=0 alike (the main process has other threads).
         t0 = time.thread_time()
@@ -120,29 +150,169 @@ class AugmentingDataset(Dataset):
         params = self.policy.sample(indices, rb.epoch, self.seed)
         cost = self.policy.estimate_cost(params) if rb.strategy == "costliest" else None
         device_index = rb.device_positions(cost)
-        b, k = len(rb), int(device_index.numel())
-        if k < b:
-            if k == 0:
-                images = self.policy.apply_batch(images, params)
-            else:
-                keep = torch.ones(b, dtype=torch.bool)
-                keep[device_index] = False
-                cpu_index = keep.nonzero().squeeze(1)
-                images[cpu_index] = self.policy.apply_batch(images[cpu_index], params[cpu_index])
+        images = self._augment_cpu_share(images, params, device_index)
         t2 = time.thread_time()
+        return self._finish(rb, indices, images, targets, params, device_index, t1 - t0, t2 - t1)
+
+    def _augment_cpu_share(
+        self, images: torch.Tensor, params: Any, device_index: torch.Tensor
+    ) -> torch.Tensor:
+        """ONE batched ``apply_batch`` over the samples not at ``device_index``."""
+        b, k = int(images.shape[0]), int(device_index.numel())
+        if k >= b:
+            return images
+        if k == 0:
+            return self.policy.apply_batch(images, params)
+        keep = torch.ones(b, dtype=torch.bool)
+        keep[device_index] = False
+        cpu_index = keep.nonzero().squeeze(1)
+        images[cpu_index] = self.policy.apply_batch(images[cpu_index], params[cpu_index])
+        return images
+
+    def _finish(
+        self,
+        rb: RoutedBatch,
+        indices: torch.Tensor,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        params: Any,
+        device_index: torch.Tensor,
+        prep_s: float,
+        cpu_aug_s: float,
+        encoded: EncodedBatch | None = None,
+    ) -> dict[str, Any]:
+        b, k = len(rb), int(device_index.numel())
         stats = StepStats(
             batch_size=b,
             n_device=k,
             data_wait_s=0.0,
             step_s=0.0,
-            cpu_aug_s=t2 - t1,
+            cpu_aug_s=cpu_aug_s,
             n_cpu=b - k,
-            prep_s=t1 - t0,
+            prep_s=prep_s,
             ratio=rb.ratio,
         )
         dev_params = params[device_index] if k else None
-        route = BatchRoute(indices, rb.epoch, device_index, dev_params, stats)
+        route = BatchRoute(indices, rb.epoch, device_index, dev_params, stats, encoded)
         return {"images": images, "targets": targets, "route": route}
+
+    # ------------------------------------------------------------ device decode
+    def _read(self, index: int) -> tuple[bytes | None, JpegHeader | None, Any, int]:
+        """``(bytes, header, None, target)`` for a device-decodable JPEG, else ``(bytes or
+        None, None, decoded image, target)`` (decoded by the source, with its ``on_error``)."""
+        try:
+            data, target = self.source.encoded(index)
+        except CorruptImageError:
+            image, target = self._load(index)  # the source's on_error decides
+            return None, None, image, target
+        head = jpeg_header(data)
+        if head is not None and head.device_decodable:
+            return data, head, None, self._target(index, target)
+        image, target = self._load(index)
+        return data, None, image, target
+
+    def _target(self, index: int, target: Any) -> int:
+        return int(target.item()) if isinstance(target, torch.Tensor) else int(target)
+
+    def _train_batch_encoded(self, rb: RoutedBatch) -> dict[str, Any]:
+        t0 = time.thread_time()
+        size = self.image_size
+        idx = list(rb.indices)
+        b = len(idx)
+        indices = torch.tensor(idx, dtype=torch.long)
+        read = [self._read(i) for i in idx]
+        targets = torch.tensor([r[3] for r in read], dtype=torch.long)
+        sizes = [
+            oriented_size(h.height, h.width, h.orientation) if h is not None else _size_of(im)
+            for _, h, im, _ in read
+        ]
+        crop = (self.seed, rb.epoch, tuple(self.crop_scale), tuple(self.crop_ratio))
+        boxes = crop_boxes(
+            sizes, seed=self.seed, epoch=rb.epoch, indices=indices, scale=crop[2], ratio=crop[3]
+        )
+        flips = (
+            flip_flags(self.seed, rb.epoch, indices)
+            if self.hflip
+            else torch.zeros(b, dtype=torch.bool)
+        )
+        params = self.policy.sample(indices, rb.epoch, self.seed)
+        # Costliest first by encoded size: the largest files cost the most to decode.
+        cost = (
+            torch.tensor([len(r[0]) if r[0] is not None else 0 for r in read], dtype=torch.float64)
+            if rb.strategy == "costliest"
+            else None
+        )
+        device_index = rb.device_positions(cost)
+        on_device = torch.zeros(b, dtype=torch.bool)
+        on_device[device_index] = True
+        images = torch.zeros(b, 3, size, size, dtype=torch.uint8)
+        # Files the source decoded (not device-decodable): cropped here, whatever their route.
+        pil = [p for p in range(b) if read[p][1] is None]
+        crop_into(images, pil, [read[p][2] for p in pil], [boxes[p] for p in pil])
+        self._flip(images, [p for p in pil if flips[p]])
+        t1 = time.thread_time()
+        # CPU-routed JPEGs: torchvision's decoder and the device route's kernel.
+        from ff_lightning.device.decode import decode_jpegs
+
+        cpu_jpeg = [p for p in range(b) if read[p][1] is not None and not on_device[p]]
+        decoded = decode_jpegs(
+            [torch.frombuffer(bytearray(read[p][0]), dtype=torch.uint8) for p in cpu_jpeg], "cpu"
+        )
+        for p, img in zip(cpu_jpeg, decoded, strict=True):
+            head = read[p][1]
+            if img is None or tuple(img.shape) != (3, head.height, head.width):
+                # Undecodable here too: the source decodes it (and applies its on_error).
+                image, target = self._load(idx[p])
+                targets[p] = target
+                box = crop_boxes(
+                    [_size_of(image)],
+                    seed=self.seed,
+                    epoch=rb.epoch,
+                    indices=[idx[p]],
+                    scale=crop[2],
+                    ratio=crop[3],
+                )
+                crop_into(images, [p], [image], box)
+                self._flip(images, [p] if flips[p] else [])
+                continue
+            images[p] = place_decoded(img, head.orientation, boxes[p], size, bool(flips[p]))
+        dev_jpeg = [p for p in device_index.tolist() if read[p][1] is not None]
+        fallbacks = int(on_device.sum()) - len(dev_jpeg)
+        if fallbacks and not self._warned_fallback:
+            self._warned_fallback = True
+            log.warning(
+                "ff_lightning: %d device-routed sample(s) are not baseline JPEGs; the workers "
+                "decode those (logged once per process)",
+                fallbacks,
+            )
+        encoded = EncodedBatch.build(
+            positions=dev_jpeg,
+            indices=[idx[p] for p in dev_jpeg],
+            files=[read[p][0] for p in dev_jpeg],
+            headers=[read[p][1] for p in dev_jpeg],
+            boxes=[boxes[p] for p in dev_jpeg],
+            flips=[bool(flips[p]) for p in dev_jpeg],
+            size=size,
+            crop=crop,
+            fallbacks=fallbacks,
+        )
+        images = self._augment_cpu_share(images, params, device_index)
+        t2 = time.thread_time()
+        return self._finish(
+            rb, indices, images, targets, params, device_index, t1 - t0, t2 - t1, encoded
+        )
+
+    @staticmethod
+    def _flip(images: torch.Tensor, positions: list[int]) -> None:
+        if positions:
+            pos = torch.tensor(positions)
+            images[pos] = images[pos].flip(-1)
+
+
+def _size_of(image: Any) -> tuple[int, int]:
+    if isinstance(image, torch.Tensor):
+        return int(image.shape[-2]), int(image.shape[-1])
+    return image.height, image.width
 
 
 def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:

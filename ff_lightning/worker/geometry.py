@@ -26,8 +26,12 @@ from ff_lightning.augment import rng
 __all__ = [
     "N_CROP_UNIFORMS",
     "crop_boxes",
+    "crop_into",
     "eval_geometry",
     "flip_flags",
+    "orient",
+    "oriented_size",
+    "place_decoded",
     "random_resized_crop_box",
     "to_uint8_chw",
     "train_geometry_batch",
@@ -146,27 +150,92 @@ def train_geometry_batch(
         ratio=ratio,
     )
     n = len(images)
-    # PIL results land channels-last in one buffer and are transposed once for the batch.
-    hwc = torch.empty(n, size, size, 3, dtype=torch.uint8)
     out = torch.empty(n, 3, size, size, dtype=torch.uint8)
-    pil_pos: list[int] = []
-    for i, (image, (top, left, h, w)) in enumerate(zip(images, boxes, strict=True)):
-        if isinstance(image, Image.Image):
-            res = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-            hwc[i].numpy()[...] = np.asarray(res)
-            pil_pos.append(i)
-        else:
-            out[i] = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-    if len(pil_pos) == n:
-        out.copy_(hwc.permute(0, 3, 1, 2))
-    elif pil_pos:
-        idx = torch.tensor(pil_pos)
-        out[idx] = hwc[idx].permute(0, 3, 1, 2)
+    crop_into(out, list(range(n)), images, boxes)
     if hflip and n:
         flips = flip_flags(seed, epoch, indices).nonzero().squeeze(1)
         if flips.numel():
             out[flips] = out[flips].flip(-1)
     return out
+
+
+def crop_into(
+    out: torch.Tensor,
+    positions: Sequence[int],
+    images: Sequence[torch.Tensor | Image.Image],
+    boxes: Sequence[tuple[int, int, int, int]],
+) -> None:
+    """Crop ``images[j]`` to ``boxes[j]`` and resize it into ``out[positions[j]]`` (no flip).
+
+    PIL images take one PIL ``resize`` with a source box; tensors torchvision's antialiased
+    ``resized_crop``.
+    """
+    size = int(out.shape[-1])
+    n = len(positions)
+    if n == 0:
+        return
+    # PIL results land channels-last in one buffer and are transposed once for the batch.
+    hwc: torch.Tensor | None = None
+    pil_rows: list[int] = []
+    for j, (p, image, (top, left, h, w)) in enumerate(zip(positions, images, boxes, strict=True)):
+        if isinstance(image, Image.Image):
+            if hwc is None:
+                hwc = torch.empty(n, size, size, 3, dtype=torch.uint8)
+            res = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+            hwc[j].numpy()[...] = np.asarray(res)
+            pil_rows.append(j)
+        else:
+            out[p] = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    if hwc is None:
+        return
+    if len(pil_rows) == n and list(positions) == list(range(int(out.shape[0]))):
+        out.copy_(hwc.permute(0, 3, 1, 2))
+    else:
+        rows = torch.tensor(pil_rows)
+        dest = torch.tensor([positions[j] for j in pil_rows])
+        out[dest] = hwc[rows].permute(0, 3, 1, 2)
+
+
+# EXIF orientation (tag 0x0112) -> the tensor ops that undo it, as PIL.ImageOps.exif_transpose
+# does: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+# 8 rotate 90 counter-clockwise.
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF ``orientation`` (1-8) to a ``[C, H, W]`` tensor as ``exif_transpose`` does."""
+    o = int(orientation)
+    if o == 2:
+        return image.flip(-1)
+    if o == 3:
+        return image.flip(-2, -1)
+    if o == 4:
+        return image.flip(-2)
+    if o == 5:
+        return image.transpose(-2, -1)
+    if o == 6:
+        return image.rot90(-1, (-2, -1))
+    if o == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if o == 8:
+        return image.rot90(1, (-2, -1))
+    return image
+
+
+def oriented_size(height: int, width: int, orientation: int) -> tuple[int, int]:
+    """``(height, width)`` of a stored ``height x width`` image once ``orientation`` is applied."""
+    return (width, height) if int(orientation) in (5, 6, 7, 8) else (height, width)
+
+
+def place_decoded(
+    image: torch.Tensor,
+    orientation: int,
+    box: Sequence[int],
+    size: int,
+    flip: bool,
+) -> torch.Tensor:
+    """The one kernel for a decoded JPEG, on either route: orient, crop ``box`` (in oriented
+    coordinates) and resize to ``size`` x ``size`` (antialiased bilinear), then flip."""
+    top, left, h, w = (int(v) for v in box)
+    x = TF.resized_crop(orient(image, orientation), top, left, h, w, [size, size], antialias=True)
+    return x.flip(-1) if flip else x
 
 
 def eval_geometry(

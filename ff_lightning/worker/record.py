@@ -1,6 +1,9 @@
 """The per-batch record that travels with a training batch from the worker to the device stage.
 
 A training batch is ``{"images": uint8 [B, 3, S, S], "targets": int64 [B], "route": BatchRoute}``.
+With ``device_decode`` on, the device-routed JPEGs travel still encoded in ``route.encoded``
+(an :class:`~ff_lightning.worker.encoded.EncodedBatch`; their ``images`` slots hold zeros until
+the device stage decodes them), so the bytes of different lengths need no collation.
 :class:`BatchRoute` is built once, in the worker, and read by everyone downstream: the device
 stage applies ``params`` to the samples at ``device_index``, and the controller reads ``stats``
 (the worker fills its CPU stamps, the device stage its device fields, the front end the step
@@ -17,6 +20,7 @@ import torch
 
 from ff_lightning.augment.params import Params
 from ff_lightning.control.controller import StepStats
+from ff_lightning.worker.encoded import EncodedBatch
 
 __all__ = ["BatchRoute", "is_training_batch"]
 
@@ -31,9 +35,11 @@ class BatchRoute:
         params: the policy parameters of those ``k`` samples (one batched record, in the
             order of ``device_index``); the CPU share was augmented in the worker.
         stats: the batch's :class:`~ff_lightning.control.controller.StepStats`.
+        encoded: the device-routed samples the device decodes first (``None``: none, the
+            worker decoded every sample).
     """
 
-    __slots__ = ("device_index", "epoch", "indices", "params", "stats")
+    __slots__ = ("device_index", "encoded", "epoch", "indices", "params", "stats")
 
     def __init__(
         self,
@@ -42,12 +48,14 @@ class BatchRoute:
         device_index: torch.Tensor,
         params: Params | None,
         stats: StepStats,
+        encoded: EncodedBatch | None = None,
     ) -> None:
         self.indices = indices
         self.epoch = epoch
         self.device_index = device_index
         self.params = params
         self.stats = stats
+        self.encoded = encoded
 
     @property
     def n_device(self) -> int:
@@ -64,6 +72,7 @@ class BatchRoute:
         return {k: getattr(self, k) for k in self.__slots__}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.encoded = None  # records pickled before the field existed
         for k, v in state.items():
             setattr(self, k, v)
 
