@@ -82,6 +82,9 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             float16, ``64-true``: float64, otherwise float32), or one of ``"float32"``,
             ``"bfloat16"``, ``"float16"``, ``"float64"``.
         drop_last, pin_memory, persistent_workers, prefetch_factor: passed to the DataLoader.
+        device_decode: decode the device share's JPEGs on the device (``True``), in the
+            workers (``False``), or ``"auto"``: on when the training dataset reads encoded
+            files (ImageFolder, the embedded dataset), off for in-memory images.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
+        device_decode: bool | str = "auto",
         test_dataset: Dataset | None = None,
     ) -> None:
         super().__init__()
@@ -178,6 +182,21 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
                 f"`output_dtype` must be one of {OUTPUT_DTYPES}, got {output_dtype!r}"
             )
         self.output_dtype = output_dtype
+        from ff_lightning.sources.decoding import reads_encoded_files
+
+        if device_decode not in ("auto", True, False):
+            raise ConfigError(
+                f"`device_decode` must be one of ('auto', True, False), got {device_decode!r}"
+            )
+        if device_decode is True and not reads_encoded_files(train_dataset):
+            raise ConfigError(
+                "`device_decode=True` needs a training dataset that reads encoded files (with "
+                f"`encoded(index)` and `path(index)`, like ImageFolderSource), got "
+                f"{type(train_dataset).__name__}; use device_decode='auto' or False"
+            )
+        self.device_decode = (
+            reads_encoded_files(train_dataset) if device_decode == "auto" else bool(device_decode)
+        )
 
         if isinstance(policy, str):
             policy = build_policy(policy, **(policy_kwargs or {}))
@@ -198,6 +217,8 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             cutmix_alpha=self.cutmix_alpha,
             num_classes=num_classes,
             seed=self.seed,
+            device_decode=self.device_decode,
+            source=train_dataset,
         )
 
     # ------------------------------------------------------------------ ratio
@@ -236,6 +257,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             crop_scale=self.crop_scale,
             crop_ratio=self.crop_ratio,
             hflip=self.hflip,
+            device_decode=self.device_decode,
         )
         sampler = EpochSampler(self.train_dataset, shuffle=True, seed=self.seed)  # type: ignore[arg-type]
         batch_sampler = RoutedBatchSampler(
