@@ -235,13 +235,41 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
     def memory_guard(self) -> Any:
         return self.device_stage.guard
 
+    # ------------------------------------------------------------------ workers
+    @property
+    def train_workers(self) -> int:
+        """Worker processes of the next training DataLoader: ``num_workers`` unless
+        :meth:`set_num_workers` changed it (FusionFlow's ``objective="cpu"`` does, at epoch
+        ends). Validation and test loaders keep ``num_workers``."""
+        n = getattr(self, "_train_workers", None)
+        return self.num_workers if n is None else n
+
+    def set_num_workers(self, n: int) -> None:
+        """Build the next training DataLoader with ``n`` workers. The sampler, the router and
+        the augmentation parameters do not depend on it: the same ``(epoch, index)`` gives the
+        same image. The loader built before keeps running until it is replaced; then its
+        worker processes are shut down."""
+        self._train_workers = check_int("num_workers", n, 0)
+
+    def _release_train_loader(self, n: int) -> None:
+        old = getattr(self, "_last_train_loader", None)
+        if old is None or old.num_workers == n:
+            return
+        # Persistent workers live until their loader is garbage collected; shut them down now
+        # so that the CPUs are free when the loader with another worker count starts (torch has
+        # no public call for this; best effort).
+        shutdown = getattr(getattr(old, "_iterator", None), "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
     # ------------------------------------------------------------ dataloaders
-    def _loader_kwargs(self) -> dict[str, Any]:
+    def _loader_kwargs(self, num_workers: int | None = None) -> dict[str, Any]:
         pin = self.pin_memory
         if pin is None:
             pin = torch.cuda.is_available()
-        kw: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": pin}
-        if self.num_workers > 0:
+        n = self.num_workers if num_workers is None else num_workers
+        kw: dict[str, Any] = {"num_workers": n, "pin_memory": pin}
+        if n > 0:
             kw["worker_init_fn"] = worker_init
             kw["persistent_workers"] = self.persistent_workers
             kw["prefetch_factor"] = self.prefetch_factor
@@ -263,9 +291,13 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         batch_sampler = RoutedBatchSampler(
             sampler, self.batch_size, self.drop_last, router=self.router
         )
-        return DataLoader(
-            ds, batch_sampler=batch_sampler, collate_fn=collate_batch, **self._loader_kwargs()
+        n = self.train_workers
+        self._release_train_loader(n)
+        loader = DataLoader(
+            ds, batch_sampler=batch_sampler, collate_fn=collate_batch, **self._loader_kwargs(n)
         )
+        self._last_train_loader = loader
+        return loader
 
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader | list:
         if dataset is None:
