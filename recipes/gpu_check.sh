@@ -86,7 +86,7 @@ cd "$ROOT" || die "cannot enter $ROOT"
 # Sizes: the real job, or tiny CPU ones for --dry-run (same configs, same code paths).
 if [ "$DRY" = 1 ]; then
     JOB=(experiment=gpu_check trainer.accelerator=cpu trainer.precision=32-true
-        data.source_size=32 data.batch_size=4 data.num_workers=1
+        model=simple_cnn "model.arch_kwargs={width: 4}" data.source_size=32 data.batch_size=4 data.num_workers=1
         data.source.train_per_class=4 data.source.val_per_class=2)
     BENCH=(benchmark.steps=3 benchmark.warmup_steps=1 benchmark.auto_every_n_steps=1
         benchmark.ceiling_batches=1)
