@@ -36,7 +36,13 @@ from ff_lightning.device.stage import DeviceStage
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
 from ff_lightning.routing.sampler import EpochSampler, FixedShare, RoutedBatchSampler, Router
-from ff_lightning.validation import check_float, check_int, check_pair, check_probability
+from ff_lightning.validation import (
+    check_choice,
+    check_float,
+    check_int,
+    check_pair,
+    check_probability,
+)
 from ff_lightning.worker.dataset import AugmentingDataset, collate_batch, worker_init
 
 log = logging.getLogger("ff_lightning")
@@ -85,6 +91,9 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         device_decode: decode the device share's JPEGs on the device (``True``), in the
             workers (``False``), or ``"auto"``: on when the training dataset reads encoded
             files (ImageFolder, the embedded dataset), off for in-memory images.
+        multiprocessing_context: start method of the worker processes (``"fork"``,
+            ``"spawn"``, ``"forkserver"``; ``None``: the platform default). Everything the
+            workers receive is picklable, so ``"spawn"`` works.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
         device_decode: bool | str = "auto",
+        multiprocessing_context: str | None = None,
         test_dataset: Dataset | None = None,
     ) -> None:
         super().__init__()
@@ -174,6 +184,15 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers)
         self.prefetch_factor = check_int("prefetch_factor", prefetch_factor, 1)
+        if multiprocessing_context is not None:
+            import multiprocessing
+
+            check_choice(
+                "multiprocessing_context",
+                multiprocessing_context,
+                multiprocessing.get_all_start_methods(),
+            )
+        self.multiprocessing_context = multiprocessing_context
         self.reserve_mb = check_float("reserve_mb", reserve_mb, 0.0)
         if isinstance(output_dtype, torch.dtype):
             output_dtype = str(output_dtype).removeprefix("torch.")
@@ -273,6 +292,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             kw["worker_init_fn"] = worker_init
             kw["persistent_workers"] = self.persistent_workers
             kw["prefetch_factor"] = self.prefetch_factor
+            kw["multiprocessing_context"] = self.multiprocessing_context
         return kw
 
     def train_dataloader(self) -> DataLoader:
