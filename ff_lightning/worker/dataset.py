@@ -21,12 +21,12 @@ Validation samples are only resized and centre-cropped.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.control.controller import StepStats
 from ff_lightning.errors import CorruptImageError
@@ -43,8 +43,6 @@ from ff_lightning.worker.geometry import (
     train_geometry_batch,
 )
 from ff_lightning.worker.record import BatchRoute
-
-log = logging.getLogger("ff_lightning")
 
 __all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
 
@@ -77,7 +75,7 @@ class AugmentingDataset(Dataset):
         self.source = source
         # Only a source that hands out its files' bytes can leave samples encoded.
         self.device_decode = bool(device_decode) and train and reads_encoded_files(source)
-        self._warned_fallback = False
+
         self.train = train
         self.image_size = image_size
         self.policy = policy
@@ -260,31 +258,28 @@ class AugmentingDataset(Dataset):
         )
         for p, img in zip(cpu_jpeg, decoded, strict=True):
             head = read[p][1]
+            orientation, box = head.orientation, boxes[p]
             if img is None or tuple(img.shape) != (3, head.height, head.width):
-                # Undecodable here too: the source decodes it (and applies its on_error).
+                # torchvision cannot decode it: the source decodes it (PIL, with its
+                # on_error), and the same tensor kernel crops it, as on the device route.
                 image, target = self._load(idx[p])
                 targets[p] = target
-                box = crop_boxes(
-                    [_size_of(image)],
-                    seed=self.seed,
-                    epoch=rb.epoch,
-                    indices=[idx[p]],
-                    scale=crop[2],
-                    ratio=crop[3],
-                )
-                crop_into(images, [p], [image], box)
-                self._flip(images, [p] if flips[p] else [])
-                continue
-            images[p] = place_decoded(img, head.orientation, boxes[p], size, bool(flips[p]))
+                img = image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
+                orientation = 1  # the source's image is upright already
+                if _size_of(img) != sizes[p]:  # a replacement sample (on_error="skip")
+                    box = crop_boxes(
+                        [_size_of(img)],
+                        seed=self.seed,
+                        epoch=rb.epoch,
+                        indices=[idx[p]],
+                        scale=crop[2],
+                        ratio=crop[3],
+                    )[0]
+            images[p] = place_decoded(img, orientation, box, size, bool(flips[p]))
         dev_jpeg = [p for p in device_index.tolist() if read[p][1] is not None]
+        # Device-routed files that are not baseline JPEGs were decoded above: the device stage
+        # counts them (decode_fallbacks) and logs the first in the main process.
         fallbacks = int(on_device.sum()) - len(dev_jpeg)
-        if fallbacks and not self._warned_fallback:
-            self._warned_fallback = True
-            log.warning(
-                "ff_lightning: %d device-routed sample(s) are not baseline JPEGs; the workers "
-                "decode those (logged once per process)",
-                fallbacks,
-            )
         encoded = EncodedBatch.build(
             positions=dev_jpeg,
             indices=[idx[p] for p in dev_jpeg],
