@@ -63,4 +63,5 @@ def test_decision_round_trips_and_ignores_unknown_keys():
 
 def test_kinds_and_modes():
     assert MODES == ("auto", "off", "gpu", "fixed")
-    assert set(KINDS) == {"init", "model", "explore", "revert", "hold", "best", "memory", "mode"}
+    kinds = {"init", "model", "explore", "revert", "hold", "best", "memory", "mode", "workers"}
+    assert set(KINDS) == kinds

@@ -11,7 +11,10 @@ The controller composes four pieces, each in its own module: the records
 (:mod:`~ff_lightning.control.estimator`) and the search state
 (:mod:`~ff_lightning.control.search`). It keeps the decision rule
 (:mod:`~ff_lightning.control.rule`): measure CPU-only first, jump to the cost model's
-crossing point, then hill-climb on measured throughput.
+crossing point, then hill-climb on measured throughput. With ``objective="cpu"`` a
+:class:`~ff_lightning.control.workers.WorkerSearch` then lowers the active DataLoader worker
+count at epoch boundaries (:meth:`Controller.end_epoch`), keeping the fewest workers whose
+throughput stays within ``tolerance`` of the best.
 
 Measurement: throughput is taken over blocks of ``W`` consecutive steps (workers deliver
 batches in bursts), warm-up steps after each change are skipped, and the workers' stamped CPU
@@ -29,8 +32,9 @@ from ff_lightning.control.records import KINDS, MODES, Decision, StepStats
 from ff_lightning.control.rule import AutoRule
 from ff_lightning.control.search import Phase, Search
 from ff_lightning.control.window import Window, WindowSummary, finite
+from ff_lightning.control.workers import OBJECTIVES, WorkerMove, WorkerSearch
 
-__all__ = ["KINDS", "MODES", "Controller", "CostModel", "Decision", "StepStats"]
+__all__ = ["KINDS", "MODES", "OBJECTIVES", "Controller", "CostModel", "Decision", "StepStats"]
 
 _STALE_LIMIT = 256  # accept steps anyway if none matched the new ratio after this many
 _VERSION = 2  # of state_dict; 1: the search state flat, estimates as a partial dict
@@ -66,6 +70,10 @@ class Controller(AutoRule):
         min_steps: measured steps needed before auto acts; with fewer it holds and keeps
             accumulating into the next window.
         max_window: most recent steps kept per decision window.
+        objective: ``"throughput"`` (the fastest share for the configured workers) or
+            ``"cpu"`` (``mode="auto"`` only): after that, the fewest workers whose throughput
+            stays within ``tolerance`` of the best; see :meth:`end_epoch`.
+        tolerance: relative throughput loss the CPU objective accepts for saving workers.
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class Controller(AutoRule):
         regime_tol: float = 0.1,
         min_steps: int = 3,
         max_window: int = 4096,
+        objective: str = "throughput",
+        tolerance: float = 0.03,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
@@ -118,6 +128,15 @@ class Controller(AutoRule):
             raise ValueError(f"`min_steps` must be a positive int, got {min_steps!r}")
         if not isinstance(max_window, int) or max_window < min_steps:
             raise ValueError(f"`max_window` must be an int >= `min_steps`, got {max_window!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}")
+        if objective == "cpu" and mode != "auto":
+            raise ValueError(
+                f"`objective='cpu'` needs mode='auto' (it moves the workers' share to the device), "
+                f"got mode={mode!r}"
+            )
+        if isinstance(tolerance, bool) or not 0.0 <= tolerance < 1.0:
+            raise ValueError(f"`tolerance` must be in [0, 1), got {tolerance!r}")
 
         self.mode = mode
         self.min_ratio = float(min_ratio)
@@ -129,6 +148,10 @@ class Controller(AutoRule):
         self.quantum = quantum
         self.regime_tol = float(regime_tol)
         self.min_steps = min_steps
+        self.objective = objective
+        self.tolerance = float(tolerance)
+        self._workers = WorkerSearch(self.tolerance)
+        self._workers_configured = False
         self._fixed = {"off": 0.0, "gpu": 1.0, "fixed": float(ratio or 0.0)}.get(mode, 0.0)
         self._cap = 1.0
         self._window = Window(max_window)
@@ -154,6 +177,50 @@ class Controller(AutoRule):
     @property
     def memory_cap(self) -> float:
         return self._cap
+
+    @property
+    def workers(self) -> int | None:
+        """DataLoader workers the next training loader should use (CPU objective), or ``None``
+        when the controller does not choose them (throughput objective, not configured)."""
+        if self.objective != "cpu" or not self._workers_configured:
+            return None
+        return self._workers.workers
+
+    @property
+    def worker_search(self) -> WorkerSearch:
+        """The CPU objective's search state (read-only use)."""
+        return self._workers
+
+    def configure_workers(self, num_workers: int) -> None:
+        """The configured DataLoader worker count; the CPU objective searches below it (never
+        below one). The front ends call it when they attach; a state restored for the same
+        count continues where it was."""
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}")
+        if self.objective != "cpu":
+            return
+        self._workers.configure(num_workers)
+        self._workers_configured = True
+
+    def end_epoch(self) -> Decision | None:
+        """At an epoch boundary (after that epoch's :meth:`decide`, if any): the CPU
+        objective's worker decision, or ``None`` when the count stays as it is.
+
+        Acts only once the share has settled at the active count (the throughput rule holds),
+        except that a throughput drop after a regime change raises the count back at once. A
+        decision changes :attr:`workers` (the front end rebuilds the training loader before
+        the next epoch) and starts the new count at the cost model's share. Every rank takes
+        the same decision: it reads only state built from reduced statistics.
+        """
+        if self.workers is None or self.mode != "auto":
+            return None
+        sr = self._search
+        settled = None
+        if sr.phase is Phase.HOLD and sr.hold_ref is not None and sr.hold_ref.count > 0:
+            settled = (self.ratio, sr.hold_ref.throughput)
+        before = self._workers.workers
+        move = self._workers.decide(settled, self._predict_workers)
+        return None if move is None else self._apply_workers(move, before)
 
     def observe(self, stats: StepStats) -> None:
         """Record one training step (validated with :meth:`StepStats.check`)."""
@@ -253,6 +320,8 @@ class Controller(AutoRule):
             "search": self._search.state_dict(),
             "estimates": self._est.state_dict(),
             "history": [d.to_dict() for d in self.history],
+            "objective": self.objective,
+            "workers": self._workers.state_dict() if self._workers_configured else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -271,6 +340,12 @@ class Controller(AutoRule):
         flat = int(state.get("version", 1)) < 2  # version 1: the search keys at top level
         self._search = Search.from_state(state if flat else state["search"], self.max_step)
         self._est = Estimator.from_state(state.get("estimates", {}))
+        saved = state.get("workers")
+        if self.objective == "cpu" and state.get("objective") == "cpu" and saved:
+            ws = WorkerSearch.from_state(saved, self.tolerance)
+            if not self._workers_configured or ws.max_workers == self._workers.max_workers:
+                self._workers, self._workers_configured = ws, True
+            # else: the configured count changed since the checkpoint: search afresh
 
     # ------------------------------------------------------------------ measurement
     def _reset_search(self) -> None:
@@ -289,6 +364,70 @@ class Controller(AutoRule):
         self._window.reset()
         self._matched = 0
         self._since_change = 0
+
+    def _predict_workers(self, n: int) -> tuple[float, float] | None:
+        """The cost model's share for ``n`` workers and the throughput it predicts there,
+        scaled to the settled measurement at the active count (``None`` without a model)."""
+        model, ref = self._est.model(), self._search.hold_ref
+        if model is None:
+            return None
+        here = model.throughput(self.ratio)
+        x = ref.throughput if ref is not None and ref.count > 0 else self._x
+        if not (finite(here) and here > 0 and finite(x)):
+            return None
+        other = model.with_workers(n)
+        r = self._model_target(other)
+        if model.device_cost_assumed and r > self._bounds()[0] + 1e-9:
+            # Nothing routed yet, so the device cost is a prior: the share (and the speed) it
+            # gives for ``n`` workers is a guess; let the rule find the share there instead.
+            return None
+        return r, x * other.throughput(r) / here
+
+    def _apply_workers(self, move: WorkerMove, old_workers: int) -> Decision:
+        """Apply a worker decision: the count, the share it starts with, the rule's phase."""
+        sr, old_ratio = self._search, self.ratio
+        x = sr.hold_ref.throughput if sr.hold_ref is not None else None
+        if move.ratio is not None:
+            self._ratio = self._clamp(move.ratio)
+        changed = move.workers != old_workers
+        if changed:
+            # Another loader: the CPU-only speed and the loader calibration belong to the old
+            # count, and the steps still to come from the old loader must not be measured.
+            sr.baseline_fresh = False
+            self._est.forget_loader()
+            sr.best, sr.hold_ref, sr.last_move = None, None, None
+            sr.new_climb(self.max_step)
+            sr.model_jumps = 0
+            if move.settled or move.ratio is None:
+                sr.phase = Phase.WORKERS  # optimise the share again from here
+            else:
+                sr.phase = Phase.HOLD  # a trial: measure the model's share as it is
+            self._mark_change()
+        elif move.settled and move.workers < self._workers.max_workers:
+            # Settled below the configured count at the model's share: refine the share.
+            sr.phase = Phase.WORKERS
+            self._mark_change()
+        decision = Decision(
+            ratio=self.ratio,
+            reason=move.reason,
+            kind="workers",
+            throughput=x,
+            index=self._decisions,
+            prev_ratio=old_ratio,
+            best_ratio=sr.best.ratio if sr.best else None,
+            best_throughput=sr.best.throughput if sr.best else None,
+            baseline_throughput=sr.baseline,
+            model_ratio=self._model_r,
+            workers=move.workers,
+            prev_workers=old_workers,
+        )
+        self.history.append(decision)
+        return decision
+
+    def _on_regime_change(self, rel: float) -> None:
+        """The rule saw the settled throughput change by ``rel`` (hook for the CPU objective)."""
+        if self.workers is not None:
+            self._workers.note_regime_change(rel)
 
     def _decide_mode(self, s: WindowSummary) -> Decision:
         label = {"off": "off (CPU only)", "gpu": "gpu (all samples on the device)"}.get(
@@ -348,4 +487,5 @@ class Controller(AutoRule):
             model_ratio=self._model_r,
             data_wait_s=wait if finite(wait) else None,
             steps=int(s.steps) if finite(s.steps) else 0,
+            workers=self.workers,
         )

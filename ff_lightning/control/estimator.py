@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ff_lightning.control.window import WindowSummary, finite
@@ -61,6 +61,13 @@ class CostModel:
     def throughput(self, r: float) -> float:
         s = self.step_s(r)
         return self.batch_size / s if s > 0 else math.inf
+
+    def with_workers(self, n: float) -> CostModel:
+        """The same costs with ``n`` workers: the workers' route-independent time per batch
+        (``L0``, work that ``W`` workers share) scales with ``W / n`` as the share's does."""
+        w = self.num_workers
+        fixed = self.loader_fixed_s * w / n if w >= 1 and n >= 1 else self.loader_fixed_s
+        return replace(self, num_workers=float(n), loader_fixed_s=fixed)
 
     def crossing(self, lo: float = 0.0, hi: float = 1.0) -> float:
         """The ratio in ``[lo, hi]`` where loader and device times meet (the best ``r``)."""

@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["KINDS", "MODES", "Decision", "StepStats"]
 
 MODES = ("auto", "off", "gpu", "fixed")
-KINDS = ("init", "model", "explore", "revert", "hold", "best", "memory", "mode")
+KINDS = ("init", "model", "explore", "revert", "hold", "best", "memory", "mode", "workers")
 
 
 @dataclass
@@ -83,7 +83,8 @@ class Decision:
         ratio: share of each batch routed to the device from now on.
         reason: human-readable explanation, e.g. ``"revert: r=0.50 lost 7.2% throughput vs
             best r=0.25"``.
-        kind: one of ``init, model, explore, revert, hold, best, memory, mode``.
+        kind: one of ``init, model, explore, revert, hold, best, memory, mode, workers``
+            (``workers``: the CPU objective changed or settled the worker count).
         throughput: samples/s measured over the window that led to this decision (trimmed mean
             of the per-step rate, warm-up steps excluded); ``None`` when nothing was measured.
         step: size of an exploratory move (``None`` for other kinds).
@@ -94,6 +95,8 @@ class Decision:
         model_ratio: the cost model's crossing point, when it could be fitted.
         data_wait_s: mean data wait per step over the window.
         steps: steps used for the measurement.
+        workers: active DataLoader workers from this decision on (CPU objective; ``None``
+            when the controller does not choose them), ``prev_workers`` before it.
     """
 
     ratio: float
@@ -109,6 +112,8 @@ class Decision:
     model_ratio: float | None = None
     data_wait_s: float | None = None
     steps: int = 0
+    workers: int | None = None
+    prev_workers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

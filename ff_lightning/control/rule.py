@@ -53,6 +53,8 @@ class AutoRule:
     _clamp: Callable[[float], float]
     _min_step: Callable[[], float]
     _clamp_step: Callable[[float], float]
+    _on_regime_change: Callable[[float], None]
+    workers: int | None
 
     # ------------------------------------------------------------------ phases
     def _decide_auto(self, s: WindowSummary) -> Decision:
@@ -84,6 +86,8 @@ class AutoRule:
             return self._after_floor_check(s)
         if sr.phase is Phase.RECHECK:  # the memory cap was raised: optimise again from here
             return self._regime_change(s, model, "memory cap raised")
+        if sr.phase is Phase.WORKERS:  # CPU objective: another worker count, optimise again
+            return self._regime_change(s, model, f"now {self.workers} workers")
         if sr.phase is Phase.MODEL:
             return self._after_model_jump(s, model)
         if sr.last_move == "revert" or sr.best is None:
@@ -302,6 +306,8 @@ class AutoRule:
         if self._model_r is not None and ref_model is not None:
             drift = abs(self._model_r - ref_model)
         if abs(rel) > max(self.regime_tol, 3.0 * se) or drift > self.regime_tol:
+            if abs(rel) > max(self.regime_tol, 3.0 * se):
+                self._on_regime_change(rel)  # the CPU objective raises the workers on a drop
             why = (
                 f"regime change (throughput {rel:+.0%} since settling)"
                 if abs(rel) > max(self.regime_tol, 3.0 * se)

@@ -24,6 +24,7 @@ class Phase(enum.Enum):
     HOLD = "hold"  # settled: watch for a regime change or a floor violation
     FLOOR = "floor"  # CPU-only again, before settling above it on a stale baseline
     RECHECK = "recheck"  # the memory cap was raised: optimise again from here
+    WORKERS = "workers"  # the worker count changed (CPU objective): optimise again from here
 
 
 class Point(NamedTuple):

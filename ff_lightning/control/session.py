@@ -6,16 +6,18 @@ ends only tick the clock, log and talk to other ranks."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ff_lightning.control.controller import MODES, Controller, Decision, StepStats
+from ff_lightning.control.controller import MODES, OBJECTIVES, Controller, Decision, StepStats
 from ff_lightning.device.memory import MemoryGuard
 from ff_lightning.device.probes import make_probe
 from ff_lightning.errors import ConfigError
+from ff_lightning.validation import check_choice, check_float
 
 log = logging.getLogger("ff_lightning")
 
@@ -38,6 +40,8 @@ def check_fusion_args(
     reserve_mb: Any,
     warmup_steps: Any,
     example: str,
+    objective: Any = "throughput",
+    tolerance: Any = 0.03,
 ) -> str:
     """Validate the shared front-end arguments; returns ``mode`` (``False`` read as ``"off"``).
 
@@ -64,12 +68,16 @@ def check_fusion_args(
             "drop `ratio` or use mode='fixed'"
         )
     if ratio is not None:
-        try:
-            ok = 0.0 <= float(ratio) <= 1.0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
+        check_float("ratio", ratio)  # a number: the string "0.5" is a config slip, not 0.5
+        if not 0.0 <= float(ratio) <= 1.0:
             raise ConfigError(f"`ratio` must be in [0, 1], got {ratio!r}")
+    check_choice("objective", objective, OBJECTIVES)
+    if objective == "cpu" and mode != "auto":
+        raise ConfigError(
+            f"`objective='cpu'` needs mode='auto' (it moves the work of the workers it saves to "
+            f"the device), got mode={mode!r}"
+        )
+    check_float("tolerance", tolerance, 0.0, 1.0, high_open=True)
     return str(mode)
 
 
@@ -78,19 +86,27 @@ def build_controller(
     ratio: float | None,
     warmup_steps: int | None,
     controller_kwargs: dict[str, Any] | None,
+    *,
+    objective: str = "throughput",
+    tolerance: float = 0.03,
 ) -> Controller:
     """A :class:`Controller` for validated front-end arguments; bad extras become ``ConfigError``."""
     kwargs = dict(controller_kwargs or {})
     if warmup_steps is not None:
         kwargs.setdefault("warmup_steps", warmup_steps)
+    kwargs.setdefault("objective", objective)
+    kwargs.setdefault("tolerance", float(tolerance))
     try:
         return Controller(mode, None if ratio is None else float(ratio), **kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`controller_kwargs`: {err}") from None
 
 
-def step_metrics(ratio: float, stats: StepStats, guard: Any) -> dict[str, float]:
-    """The per-step ``fusionflow/*`` metrics (times in ms, memory in MiB) of one measured step."""
+def step_metrics(
+    ratio: float, stats: StepStats, guard: Any, workers: int | None = None
+) -> dict[str, float]:
+    """The per-step ``fusionflow/*`` metrics (times in ms, memory in MiB) of one measured step;
+    ``fusionflow/workers`` when the controller chooses the worker count (``workers``)."""
     metrics = {
         "fusionflow/ratio": ratio,
         "fusionflow/data_wait_ms": stats.data_wait_s * 1e3,
@@ -100,6 +116,8 @@ def step_metrics(ratio: float, stats: StepStats, guard: Any) -> dict[str, float]
         "fusionflow/device_samples": float(stats.n_device),
         "fusionflow/h2d_ms": (stats.h2d_s or 0.0) * 1e3,
     }
+    if workers is not None:
+        metrics["fusionflow/workers"] = float(workers)
     if guard is not None:
         probe = guard.probe
         if getattr(probe, "available", False):
@@ -176,7 +194,54 @@ class FusionSession:
             # Batches already prefetched carry the old split: skip them after each change.
             depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
             self.controller.warmup_steps = depth + 1
+        self._check_interval()
+        # The CPU objective searches below the configured count (a restored state continues).
+        self.controller.configure_workers(int(dm.num_workers))
+        self.apply_workers()
         return note
+
+    def _check_interval(self) -> None:
+        """A step interval shorter than the warm-up (plus the steps a decision needs) would
+        measure nothing after a change: every window would end in "hold: 0 steps measured"."""
+        ctl = self.controller
+        if self.interval != "steps" or ctl.mode != "auto":
+            return
+        need = int(ctl.warmup_steps or 0) + ctl.min_steps
+        if self.every_n_steps < need:
+            warnings.warn(
+                f"FusionFlow: `every_n_steps`={self.every_n_steps} is shorter than the warm-up "
+                f"after each change ({ctl.warmup_steps} steps) plus the {ctl.min_steps} measured "
+                f"steps a decision needs; raised to {need} (set every_n_steps >= {need}, or "
+                "lower `warmup_steps`)",
+                UserWarning,
+                stacklevel=3,
+            )
+            self.every_n_steps = need
+
+    @property
+    def active_workers(self) -> int:
+        """Worker processes of the training loader the DataModule builds next."""
+        dm = self.dm
+        return int(getattr(dm, "train_workers", dm.num_workers))
+
+    def apply_workers(self) -> bool:
+        """Give the DataModule the controller's worker count (CPU objective); returns whether
+        it changed, i.e. whether the front end must rebuild the training loader."""
+        n = self.controller.workers
+        if n is None or self.dm is None or n == self.active_workers:
+            return False
+        self.dm.set_num_workers(n)
+        return True
+
+    def end_epoch(self) -> Decision | None:
+        """At an epoch boundary, after that epoch's decision: the CPU objective's worker
+        decision (``None``: the count stays). When it changes the count, the DataModule builds
+        the next training loader with it; the front end rebuilds the loader before the next
+        epoch. Every rank takes the same decision (it reads only reduced statistics)."""
+        decision = self.controller.end_epoch()
+        if decision is not None:
+            self.apply_workers()
+        return decision
 
     def end_step(self, now: float) -> StepStats | None:
         """Close the step that ended at ``now``.
@@ -195,7 +260,7 @@ class FusionSession:
             stats.data_wait_s = max(0.0, stage.ready_at - self.prev_end)
             stats.step_s = now - self.prev_end
             stats.device_aug_s = device_aug_s
-            stats.num_workers = self.dm.num_workers
+            stats.num_workers = self.active_workers
             self.controller.observe(stats)
             measured = stats
         self.prev_end = now

@@ -7,6 +7,10 @@ reaches the training loop only after the batches already in flight. Each batch c
 ``n_cpu * cpu_cost + batch_size * loader_cost`` seconds; the device step costs
 ``compute_time + n_device * device_cost``. With ``num_workers=0`` loading runs in the main
 process, serially.
+
+Epochs (:meth:`SimulatedPipeline.new_epoch`): the sampler runs out at the end of an epoch, so
+nothing is in flight when the next one starts, and the DataLoader may be rebuilt there with
+another worker count (the CPU objective); :func:`run_epochs` drives a controller that way.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from dataclasses import dataclass, replace
 from ff_lightning.control.controller import Controller
 from ff_lightning.control.records import Decision, StepStats
 
-__all__ = ["PipelineCosts", "SimulatedPipeline", "TraceEntry", "run_controller"]
+__all__ = [
+    "EpochTrace",
+    "PipelineCosts",
+    "SimulatedPipeline",
+    "TraceEntry",
+    "run_controller",
+    "run_epochs",
+]
 
 GRID = tuple(round(0.05 * i, 2) for i in range(21))
 
@@ -116,6 +127,7 @@ class SimulatedPipeline:
         self.stamp_cpu = stamp_cpu
         self.stamp_prep = stamp_prep
         self.device_extra = device_extra
+        self.cores = cores
         self.slowdown = max(num_workers / cores, 1.0) if cores else 1.0
         self.report_ratio = report_ratio
         self._rng = random.Random(seed)
@@ -134,23 +146,68 @@ class SimulatedPipeline:
         """Samples routed to the device for a ratio (the router rounds to the nearest)."""
         return int(math.floor(ratio * self.batch_size + 0.5))
 
-    def throughput(self, ratio: float, *, changed: bool = False) -> float:
-        """Noise-free steady-state samples/s at a fixed ratio (before or after the change)."""
+    def throughput(
+        self, ratio: float, *, changed: bool = False, workers: int | None = None
+    ) -> float:
+        """Noise-free steady-state samples/s at a fixed ratio (before or after the change),
+        with ``workers`` workers (default: the current count)."""
         c = self.changed_costs if changed else self.costs
+        w = self.num_workers if workers is None else workers
         nd = self.n_device(ratio)
         work = (self.batch_size - nd) * c.cpu_cost + self.batch_size * c.loader_cost
-        loader = work * self.slowdown / max(self.num_workers, 1)
+        loader = work * self._slowdown(w) / max(w, 1)
         device = c.compute_time + nd * c.device_cost + self._extra(nd)
-        step = loader + device if self.num_workers == 0 else max(loader, device)
+        step = loader + device if w == 0 else max(loader, device)
         return self.batch_size / step
 
     def best_fixed(
-        self, ratios: Iterable[float] = GRID, *, changed: bool = False
+        self,
+        ratios: Iterable[float] = GRID,
+        *,
+        changed: bool = False,
+        workers: int | None = None,
     ) -> tuple[float, float]:
         """The best fixed ratio on a grid and its throughput."""
-        return max(((r, self.throughput(r, changed=changed)) for r in ratios), key=lambda p: p[1])
+        return max(
+            ((r, self.throughput(r, changed=changed, workers=workers)) for r in ratios),
+            key=lambda p: p[1],
+        )
+
+    def sample_grid(self) -> list[float]:
+        """Every share the router can realise: whole numbers of device samples."""
+        return [i / self.batch_size for i in range(self.batch_size + 1)]
+
+    def fewest_workers(
+        self, tolerance: float, *, changed: bool = False, most: int | None = None
+    ) -> int:
+        """The fewest workers (>= 1) whose best fixed ratio stays within ``tolerance`` of the
+        best throughput with ``most`` workers (default: the current count)."""
+        most = self.num_workers if most is None else most
+        grid = self.sample_grid()
+        best = self.best_fixed(grid, changed=changed, workers=most)[1]
+        ok = [
+            w
+            for w in range(1, most + 1)
+            if self.best_fixed(grid, changed=changed, workers=w)[1] >= (1.0 - tolerance) * best
+        ]
+        return min(ok) if ok else most
 
     # ------------------------------------------------------------------ simulation
+    def _slowdown(self, workers: int) -> float:
+        return max(workers / self.cores, 1.0) if self.cores else 1.0
+
+    def new_epoch(self, num_workers: int | None = None) -> None:
+        """An epoch boundary: nothing is in flight (the sampler ran out), and the DataLoader
+        may be rebuilt with ``num_workers`` workers; the next step waits for a fresh batch."""
+        if num_workers is not None:
+            if num_workers < 0:
+                raise ValueError(f"`num_workers` must be >= 0, got {num_workers!r}")
+            self.num_workers = num_workers
+            self.slowdown = self._slowdown(num_workers)
+        self._queue.clear()
+        self._issued = 0
+        self._worker_free = [self._t] * max(self.num_workers, 1)
+
     def _extra(self, n_device: int) -> float:
         return self.device_extra(n_device) if self.device_extra else 0.0
 
@@ -230,3 +287,40 @@ def run_controller(
             seconds += stats.step_s
         trace.append(TraceEntry(ratio, samples / seconds, controller.decide()))
     return trace
+
+
+@dataclass
+class EpochTrace:
+    """One epoch: the workers it ran with, its decision windows and the worker decision
+    taken at its end (``None``: the count stays)."""
+
+    workers: int
+    windows: list[TraceEntry]
+    worker_decision: Decision | None
+
+    @property
+    def ratio(self) -> float:
+        """The share in effect at the end of the epoch (the last window's decision)."""
+        return self.windows[-1].decision.ratio
+
+
+def run_epochs(
+    controller: Controller,
+    pipeline: SimulatedPipeline,
+    steps_per_decision: int,
+    decisions_per_epoch: int,
+    epochs: int,
+) -> list[EpochTrace]:
+    """Drive ``controller`` over epochs of ``decisions_per_epoch`` windows, as the front ends
+    do: configure the workers once, decide every window, call :meth:`Controller.end_epoch` at
+    each epoch boundary and rebuild the loader with the controller's worker count."""
+    controller.configure_workers(pipeline.num_workers)
+    out = []
+    for _ in range(epochs):
+        workers = pipeline.num_workers
+        windows = run_controller(controller, pipeline, steps_per_decision, decisions_per_epoch)
+        decision = controller.end_epoch()
+        out.append(EpochTrace(workers, windows, decision))
+        nxt = controller.workers
+        pipeline.new_epoch(nxt if nxt is not None and nxt != workers else None)
+    return out
