@@ -220,6 +220,7 @@ class FitReport:
             final_ratio: the device share at the end of the fit (default: the last decision's).
         """
         s = self._sum
+        decisions = list(decisions)
         decs = [_decision_dict(d) for d in decisions]
         start = decs[0]["ratio"] if decs else None
         final = _num(final_ratio)
@@ -267,6 +268,7 @@ class FitReport:
             "baseline_samples_per_sec": baseline,
             "speedup_vs_baseline": sps / baseline if sps and baseline else None,
             "decisions": decs[1:],
+            "workers": _workers_saved(self.num_workers, decisions),
         }
         out["verdict"] = verdict(out)
         return out
@@ -287,6 +289,18 @@ def _decision_dict(d: Any) -> dict[str, Any]:
         "throughput": _num(get("throughput")),
         "baseline_throughput": _num(get("baseline_throughput")),
     }
+
+
+def _workers_saved(configured: int | None, decisions: list[Any]) -> dict[str, int] | None:
+    """Workers the CPU objective saved: the configured count and the last one decided
+    (``None`` when the controller did not choose the count)."""
+    final = None
+    for d in decisions:
+        w = d.get("workers") if isinstance(d, Mapping) else getattr(d, "workers", None)
+        final = int(w) if w is not None else final
+    if final is None or configured is None:
+        return None
+    return {"configured": int(configured), "final": final, "saved": int(configured) - final}
 
 
 def verdict(report: Mapping[str, Any]) -> str:
@@ -355,6 +369,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         if base is not None
         else "  CPU-only baseline    not measured"
     )
+    saved = r.get("workers")
+    if saved:
+        pct = 100.0 * saved["saved"] / saved["configured"] if saved["configured"] else 0.0
+        lines.append(
+            f"  workers saved        {saved['saved']} of {saved['configured']} ({pct:.0f}%): "
+            f"{saved['final']} active at the end (objective cpu)"
+        )
     lines.append("  decisions")
     if not r["decisions"]:
         lines.append("    (none)")

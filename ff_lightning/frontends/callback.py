@@ -44,6 +44,11 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         mode: ``"auto"`` (the controller picks the share), ``"off"`` (CPU workers only),
             ``"gpu"`` (all policy augmentation on the device) or ``"fixed"`` (``ratio``).
         ratio: device share for ``mode="fixed"`` (required there); ignored otherwise.
+        objective: ``"throughput"`` (default: the fastest share for the configured workers)
+            or ``"cpu"`` (``mode="auto"``): then, one worker at a time at epoch ends, the
+            fewest DataLoader workers whose throughput stays within ``tolerance`` of the best;
+            the training loader is rebuilt through Lightning's dataloader reload.
+        tolerance: throughput loss the ``"cpu"`` objective accepts to save workers (0.03: 3%).
         interval: decide every ``"epoch"`` (default) or every ``every_n_steps`` ``"steps"``.
         every_n_steps: steps between decisions when ``interval="steps"``.
         reserve_mb: device memory (MiB) the memory guard leaves free for training.
@@ -74,6 +79,8 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         controller_kwargs: dict[str, Any] | None = None,
         report: bool = False,
         report_dir: str | None = None,
+        objective: str = "throughput",
+        tolerance: float = 0.03,
     ) -> None:
         mode = check_fusion_args(
             mode,
@@ -84,6 +91,8 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
             reserve_mb=reserve_mb,
             warmup_steps=warmup_steps,
             example="FusionFlow(mode='fixed', ratio=0.3)",
+            objective=objective,
+            tolerance=tolerance,
         )
         self.mode = mode
         self.interval = interval
@@ -91,7 +100,11 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         self.reserve_mb = float(reserve_mb)
         self.log_every_n_steps = log_every_n_steps
         self.warmup_steps = warmup_steps
-        self.controller = build_controller(mode, ratio, warmup_steps, controller_kwargs)
+        self.objective, self.tolerance = objective, float(tolerance)
+        self.controller = build_controller(
+            mode, ratio, warmup_steps, controller_kwargs, objective=objective, tolerance=tolerance
+        )
+        self._user_reload: int | None = None  # the Trainer's own value while we ask a reload
         self.session = FusionSession(
             self.controller,
             interval=interval,
@@ -135,6 +148,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
             return
         device = pl_module.device if pl_module.device.type != "meta" else torch.device("cpu")
         note = self.session.attach(dm, device)
+        self.every_n_steps = self.session.every_n_steps  # raised there when below the warm-up
         if note:
             rank_zero_info(f"FusionFlow: {note}")
         if self.report:
@@ -150,6 +164,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The gap across validation and epoch boundaries is not a training step.
         self.session.prev_end = None
+        self._restore_reload(trainer)  # the new training loader is built by now
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation inside an epoch (val_check_interval) must not count as data wait.
@@ -174,8 +189,10 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.interval == "epoch":
             self._decide(trainer, pl_module)
+        self._end_epoch(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_reload(trainer)
         if self._recorder is not None and trainer.is_global_zero:
             directory = self.report_dir or trainer.log_dir or trainer.default_root_dir
             self._recorder.finish(directory, self.controller.history, self.ratio)
@@ -210,11 +227,32 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         log.debug(msg)
         self._log(trainer, {"fusionflow/decided_ratio": self.ratio})
 
+    def _end_epoch(self, trainer: L.Trainer) -> None:
+        """The CPU objective's worker decision; a new count rebuilds the training loader."""
+        decision = self.session.end_epoch()
+        if decision is None:
+            return
+        rank_zero_info(f"FusionFlow: {decision.reason}")
+        self._log(trainer, {"fusionflow/workers": float(decision.workers or 0)})
+        if decision.workers != decision.prev_workers:
+            # Lightning's own reload: with `reload_dataloaders_every_n_epochs` set, the fit loop
+            # asks the DataModule for a new training loader as the next epoch starts (before
+            # `on_train_epoch_start`, where the Trainer's own value is put back). The sampler's
+            # epoch, the router and the parameters do not depend on the loader.
+            if self._user_reload is None:
+                self._user_reload = trainer.reload_dataloaders_every_n_epochs
+            trainer.reload_dataloaders_every_n_epochs = 1
+
+    def _restore_reload(self, trainer: L.Trainer) -> None:
+        if self._user_reload is not None:
+            trainer.reload_dataloaders_every_n_epochs = self._user_reload
+            self._user_reload = None
+
     # ------------------------------------------------------------------ logging
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stats: Any) -> None:
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
-        metrics = step_metrics(self.ratio, stats, self.session.guard)
+        metrics = step_metrics(self.ratio, stats, self.session.guard, self.controller.workers)
         util = probe_sample(self.session.guard.probe if self.session.guard else None)["gpu_util"]
         if util is not None:
             metrics["fusionflow/gpu_util"] = util  # NVML, percent; no CUDA sync
@@ -240,3 +278,5 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.controller.load_state_dict(state_dict["controller"])
+        if self.session.dm is not None:  # restored before the first training loader is built
+            self.session.apply_workers()
