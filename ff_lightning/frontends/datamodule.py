@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from ff_lightning.device.stage import DeviceStage
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
+from ff_lightning.routing.loader import ResumableDataLoader
 from ff_lightning.routing.sampler import EpochSampler, FixedShare, RoutedBatchSampler, Router
 from ff_lightning.validation import (
     check_choice,
@@ -313,7 +314,8 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         )
         n = self.train_workers
         self._release_train_loader(n)
-        loader = DataLoader(
+        # Resumable mid-epoch (Lightning's stateful-loader protocol): see routing/loader.py.
+        loader = ResumableDataLoader(
             ds, batch_sampler=batch_sampler, collate_fn=collate_batch, **self._loader_kwargs(n)
         )
         self._last_train_loader = loader

@@ -155,17 +155,30 @@ class RoutedBatchSampler(BatchSampler):
             router = Router()
         self.router = router
         self._iterations = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def _epoch(self) -> int:
+    def current_epoch(self) -> int:
+        """The epoch the next iteration draws (the sampler's, else a count of iterations)."""
         epoch = getattr(self.sampler, "epoch", None)
         return int(epoch) if epoch is not None else self._iterations
 
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Skip the first ``batches`` batches of the next iteration if it draws ``epoch``."""
+        self._resume = (int(epoch), max(int(batches), 0))
+
+    def pending_skip(self, epoch: int) -> int:
+        """How many batches the next iteration skips when it draws ``epoch``."""
+        return self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        epoch = self._epoch()
+        epoch = self.current_epoch()
+        skip = self.pending_skip(epoch)
+        self._resume = None
         self._iterations += 1
-        for batch in super().__iter__():
-            yield self.router.route(batch, epoch)
+        for j, batch in enumerate(super().__iter__()):
+            if j >= skip:  # skipped batches are neither routed nor loaded
+                yield self.router.route(batch, epoch)
