@@ -172,3 +172,34 @@ def test_throughput_objective_never_touches_the_loader(tmp_path: Path, clock: Cl
     assert spy.loader_workers == [2, 2]
     assert not [d for d in fusion.history if d.kind == "workers"]
     assert not any("fusionflow/workers" in m for m in logger.logged)
+
+
+def test_accelerate_adapter_rebuilds_its_loader_for_the_cpu_objective(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    from ff_lightning.frontends import accelerate as accelerate_module
+    from ff_lightning.frontends.accelerate import FusionAccelerate
+
+    monkeypatch.setattr(accelerate_module, "time", SimpleNamespace(perf_counter=clock.step))
+
+    def run(**kw: Any) -> tuple[FusionAccelerate, list[int], dict[tuple[int, int], torch.Tensor]]:
+        dm = FusionDataModule(TensorImages(N), image_size=32, batch_size=B, num_workers=2, seed=5)
+        fusion = FusionAccelerate(dm, warmup_steps=1, **kw)
+        workers, images = [], {}
+        for epoch in range(3):
+            workers.append(fusion.train_loader.num_workers)  # the loader this epoch runs on
+            for x, _, idx in fusion.train_epoch(epoch, with_indices=True):
+                for i, k in enumerate(idx.tolist()):
+                    images[(epoch, k)] = x[i].clone()
+        return fusion, workers, images
+
+    fusion, workers, images = run(
+        mode="auto", objective="cpu", controller_kwargs={"min_ratio": 0.25}
+    )
+    moves = [(d.prev_workers, d.workers) for d in fusion.history if d.kind == "workers"]
+    assert moves == [(2, 1), (1, 1)]
+    assert workers == [2, 1, 1]  # rebuilt with one worker after epoch 0
+    assert fusion.controller.workers == fusion.datamodule.train_workers == 1
+    _, _, ref = run(mode="fixed", ratio=0.25)
+    assert images.keys() == ref.keys()
+    assert all(torch.equal(images[k], ref[k]) for k in ref)

@@ -97,6 +97,10 @@ class FusionAccelerate:
         report: record each step for the FusionFlow report, which :meth:`finish` prints on
             the main process and writes as ``fusionflow_report.json`` and ``fusionflow.png``.
         report_dir: where :meth:`finish` writes them (default: the working directory).
+        objective: ``"throughput"`` or ``"cpu"`` (``mode="auto"``): as ``FusionFlow``'s, the
+            fewest workers within ``tolerance`` of the best throughput, decided at the end of
+            :meth:`train_epoch`; the next epoch's loader is built with that count.
+        tolerance: throughput loss the ``"cpu"`` objective accepts to save workers.
     """
 
     def __init__(
@@ -117,6 +121,8 @@ class FusionAccelerate:
         controller_kwargs: dict[str, Any] | None = None,
         report: bool = False,
         report_dir: str | None = None,
+        objective: str = "throughput",
+        tolerance: float = 0.03,
     ) -> None:
         if not isinstance(datamodule, FusionDataModule):
             raise ConfigError(
@@ -133,6 +139,8 @@ class FusionAccelerate:
             reserve_mb=reserve_mb,
             warmup_steps=warmup_steps,
             example="FusionAccelerate(dm, mode='fixed', ratio=0.3)",
+            objective=objective,
+            tolerance=tolerance,
         )
         if log_fn is not None and not callable(log_fn):
             raise ConfigError(
@@ -145,7 +153,10 @@ class FusionAccelerate:
                 "`accelerator` must be an accelerate.Accelerator (or have `device`, "
                 f"`num_processes` and `reduce`), got {type(accelerator).__name__}"
             )
-        self.controller = build_controller(mode, ratio, warmup_steps, controller_kwargs)
+        self.controller = build_controller(
+            mode, ratio, warmup_steps, controller_kwargs, objective=objective, tolerance=tolerance
+        )
+        self.controller.configure_workers(datamodule.num_workers)  # before any restored state
 
         self.mode = mode
         self.interval = interval
@@ -316,6 +327,20 @@ class FusionAccelerate:
             log.debug(msg)
         return decision
 
+    def _end_epoch(self) -> None:
+        """The CPU objective's worker decision; a new count rebuilds the training loader."""
+        decision = self.session.end_epoch()
+        if decision is None:
+            return
+        if self._is_main():
+            log.info("FusionAccelerate: %s", decision.reason)
+            if self.log_fn is not None:
+                self.log_fn(
+                    {"fusionflow/workers": float(decision.workers or 0)}, step=self.global_step
+                )
+        if decision.workers != decision.prev_workers:
+            self._train_loader = None  # rebuilt by the next train_epoch (the old workers stop)
+
     def finish(self) -> dict[str, Any] | None:
         """End of training: with ``report=True``, print the FusionFlow report on the main
         process and write it into ``report_dir``; returns it (``None`` elsewhere)."""
@@ -339,6 +364,9 @@ class FusionAccelerate:
         self.controller.load_state_dict(state_dict["controller"])
         self.global_step = int(state_dict.get("global_step", self.global_step))
         self.session.steps_since_decision = 0
+        self.session.dm = self._dm
+        if self.session.apply_workers():  # the restored worker count (CPU objective)
+            self._train_loader = None
 
     # ------------------------------------------------------------------ iteration
     def _train_iter(
@@ -366,6 +394,7 @@ class FusionAccelerate:
                 break
         if self.interval == "epoch":
             self.decide()
+        self._end_epoch()
 
     def _eval_iter(
         self, loader: Any, device: torch.device
@@ -384,7 +413,9 @@ class FusionAccelerate:
         if self._recorder is not None:
             self._recorder.step(measured)
         if measured is not None and self.global_step % self.log_every_n_steps == 0:
-            self.last_metrics = step_metrics(self.ratio, measured, self.session.guard)
+            self.last_metrics = step_metrics(
+                self.ratio, measured, self.session.guard, self.controller.workers
+            )
             if self.log_fn is not None and self._is_main():
                 self.log_fn(self.last_metrics, step=self.global_step)
         if self.session.step_decision_due:
