@@ -186,12 +186,33 @@ def test_user_module_hooks_run_in_the_documented_order() -> None:
         ({"mixup_alpha": 0.2}, r"`num_classes` is required"),
         ({"std": (0.1, 0.0, 0.1)}, r"`mean` and `std` must be 3 numbers"),
         ({"route_strategy": "fastest"}, r"`route_strategy` must be one of"),
-        ({"policy": "randaugmnt"}, r"`name` must be one of"),
+        ({"policy": "randaugmnt"}, r"`policy` must be one of"),
+        ({"policy": "randaug"}, r"`policy` must be one of .*got 'randaug'"),
+        ({"policy_kwargs": {"num_ops": -1}}, r"`num_ops` must be an integer >= 0, got -1"),
+        ({"policy_kwargs": {"magnitude": 99}}, r"`magnitude` must be an integer in \[0, 30\]"),
+        ({"policy_kwargs": {"colour": 1}}, r"unknown keyword argument\(s\) \['colour'\]"),
+        ({"reserve_mb": -5}, r"`reserve_mb` must be a number >= 0, got -5"),
+        ({"prefetch_factor": 0}, r"`prefetch_factor` must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises((ConfigError, ValueError, TypeError), match=match):
+    # Every configuration error is a ConfigError (a ValueError) naming the key.
+    with pytest.raises(ConfigError, match=match):
         _dm(**kwargs)
+
+
+def test_iterable_datasets_are_rejected_up_front() -> None:
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self) -> Any:
+            return iter([(torch.zeros(3, 8, 8, dtype=torch.uint8), 0)] * 4)
+
+        def __len__(self) -> int:  # a length does not make it indexable
+            return 4
+
+    with pytest.raises(ConfigError, match=r"`train_dataset` must be a map-style dataset"):
+        FusionDataModule(Stream(), image_size=8)
 
 
 def test_empty_and_non_map_datasets_are_rejected() -> None:

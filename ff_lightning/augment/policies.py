@@ -38,6 +38,7 @@ from ff_lightning.augment.spaces import (
     OpSpec,
     magnitude_table,
 )
+from ff_lightning.errors import ConfigError
 
 __all__ = [
     "POLICIES",
@@ -56,8 +57,8 @@ INTERPOLATIONS = ("nearest", "bilinear")
 FillType = float | int | Sequence[float] | None
 
 
-class UnknownKwargError(TypeError, ValueError):
-    """Unknown keyword argument for a policy (both a TypeError and a ValueError)."""
+class UnknownKwargError(ConfigError, TypeError):
+    """Unknown keyword argument for a policy (a ConfigError, hence a ValueError, and a TypeError)."""
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -68,7 +69,7 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
         or (high is not None and value > high)
     ):
         rng_txt = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be an integer {rng_txt}, got {value!r}")
+        raise ConfigError(f"`{name}` must be an integer {rng_txt}, got {value!r}")
     return value
 
 
@@ -97,14 +98,14 @@ class Policy:
             interpolation.value if isinstance(interpolation, InterpolationMode) else interpolation
         )
         if interp not in INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}"
             )
         self.interpolation: str = interp
         if fill is not None and not isinstance(fill, (int, float)):
             fill = [float(v) for v in fill]
             if len(fill) not in (1, 3):
-                raise ValueError(
+                raise ConfigError(
                     f"`fill` must be a number or a sequence of 1 or 3 numbers, got {fill!r}"
                 )
         self.fill: FillType = fill
@@ -381,7 +382,7 @@ class AutoAugment(Policy):
     ) -> None:
         key = getattr(policy, "value", policy)  # torchvision's AutoAugmentPolicy enum
         if key not in AUTOAUGMENT_SUBPOLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"`policy` must be one of {tuple(AUTOAUGMENT_SUBPOLICIES)}, got {policy!r}"
             )
         self.policy: str = key
@@ -440,7 +441,7 @@ class AugMix(Policy):
         self.severity = _check_int("severity", severity, 1, 10)
         self.mixture_width = _check_int("mixture_width", mixture_width, 1)
         if isinstance(chain_depth, bool) or not isinstance(chain_depth, int):
-            raise ValueError(
+            raise ConfigError(
                 f"`chain_depth` must be an integer (<= 0 for a random depth in 1..3), got {chain_depth!r}"
             )
         self.chain_depth = chain_depth
@@ -450,10 +451,10 @@ class AugMix(Policy):
             or not alpha > 0
             or math.isinf(alpha)
         ):
-            raise ValueError(f"`alpha` must be a positive finite number, got {alpha!r}")
+            raise ConfigError(f"`alpha` must be a positive finite number, got {alpha!r}")
         self.alpha = float(alpha)
         if not isinstance(all_ops, bool):
-            raise ValueError(f"`all_ops` must be a bool, got {all_ops!r}")
+            raise ConfigError(f"`all_ops` must be a bool, got {all_ops!r}")
         self.all_ops = all_ops
         self.space = AUGMIX_SPACE if all_ops else AUGMIX_PARTIAL_SPACE
         self.max_depth = chain_depth if chain_depth > 0 else 3
@@ -543,14 +544,14 @@ def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
     """
     if isinstance(name, Policy):
         if kwargs:
-            raise ValueError(
+            raise ConfigError(
                 f"keyword arguments {sorted(kwargs)} cannot be applied to an existing policy {name!r}"
             )
         return name
     key = name.lower().replace("-", "").replace("_", "") if isinstance(name, str) else name
     key = _ALIASES.get(key, key)
     if key not in _CLASSES:
-        raise ValueError(f"`name` must be one of {POLICIES}, got {name!r}")
+        raise ConfigError(f"`name` must be one of {POLICIES}, got {name!r}")
     cls = _CLASSES[key]
     allowed = tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
     unknown = sorted(k for k in kwargs if k not in allowed)

@@ -30,7 +30,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ff_lightning.device.stage import DeviceStage
 from ff_lightning.errors import ConfigError
@@ -137,6 +137,12 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             raise ConfigError(
                 "`train_dataset` is required: pass a map-style dataset of (image, int target)"
             )
+        if isinstance(train_dataset, IterableDataset):
+            raise ConfigError(
+                f"`train_dataset` must be a map-style dataset (indexable by int), got the "
+                f"IterableDataset {type(train_dataset).__name__}; the router picks samples by "
+                "index, so wrap the data in a map-style Dataset with __getitem__ and __len__"
+            )
         try:
             n_train = len(train_dataset)  # type: ignore[arg-type]
         except TypeError:
@@ -219,7 +225,11 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         )
 
         if isinstance(policy, str):
-            policy = build_policy(policy, **(policy_kwargs or {}))
+            try:
+                policy = build_policy(policy, **(policy_kwargs or {}))
+            except ConfigError as err:
+                # build_policy calls the policy `name`; here the argument is `policy`.
+                raise ConfigError(str(err).replace("`name`", "`policy`", 1)) from None
         elif policy_kwargs:
             raise ConfigError("`policy_kwargs` can only be used when `policy` is a name")
         self.policy = policy
