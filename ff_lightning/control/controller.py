@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ff_lightning.control.estimator import CostModel, Estimator
@@ -365,9 +366,13 @@ class Controller(AutoRule):
         self._matched = 0
         self._since_change = 0
 
-    def _predict_workers(self, n: int) -> tuple[float, float] | None:
+    def _predict_workers(self, n: int) -> tuple[float | None, float] | None:
         """The cost model's share for ``n`` workers and the throughput it predicts there,
-        scaled to the settled measurement at the active count (``None`` without a model)."""
+        scaled to the settled measurement at the active count (``None`` without a model).
+
+        While the device cost is only a prior the share is unknown (``None``) and the speed is
+        an upper bound: what ``n`` workers reach with a free device (their fixed work alone).
+        """
         model, ref = self._est.model(), self._search.hold_ref
         if model is None:
             return None
@@ -377,10 +382,12 @@ class Controller(AutoRule):
             return None
         other = model.with_workers(n)
         r = self._model_target(other)
-        if model.device_cost_assumed and r > self._bounds()[0] + 1e-9:
-            # Nothing routed yet, so the device cost is a prior: the share (and the speed) it
-            # gives for ``n`` workers is a guess; let the rule find the share there instead.
-            return None
+        lo, hi = self._bounds()
+        if model.device_cost_assumed and r > lo + 1e-9:
+            # Nothing routed yet, so the device cost is a prior: the share it gives for ``n``
+            # workers is a guess (the rule finds the share there); bound the speed instead.
+            free = replace(other, device_cost=0.0)
+            return None, x * free.throughput(hi) / here
         return r, x * other.throughput(r) / here
 
     def _apply_workers(self, move: WorkerMove, old_workers: int) -> Decision:

@@ -47,9 +47,10 @@ class WorkerMove:
     settled: bool = False
 
 
-#: ``predict(n)`` -> the model's share for ``n`` workers and the throughput it predicts there,
-#: scaled to what was measured at the current count; ``None`` without a cost model.
-Predictor = Callable[[int], "tuple[float, float] | None"]
+#: ``predict(n)`` -> the model's share for ``n`` workers (``None``: unknown, let the rule find
+#: it) and the throughput it predicts there (an upper bound when the share is unknown), scaled
+#: to what was measured at the current count; ``None`` without a cost model.
+Predictor = Callable[[int], "tuple[float | None, float] | None"]
 
 
 @dataclass
@@ -167,17 +168,14 @@ class WorkerSearch:
                 settled=True,
             )
         self.stage, self.workers = Stage.TRIAL, nxt
-        share = f", device share r={p[0]:.2f} from the cost model" if p else ""
-        return WorkerMove(nxt, p[0] if p else None, f"workers: {head}; trying {nxt}{share}")
+        share = p[0] if p else None
+        note = f", device share r={share:.2f} from the cost model" if share is not None else ""
+        return WorkerMove(nxt, share, f"workers: {head}; trying {nxt}{note}")
 
     def _saving(self, w: int) -> str:
         saved = self.max_workers - w
         pct = 100.0 * saved / self.max_workers if self.max_workers else 0.0
         return f"{saved} of {_n(self.max_workers)} saved ({pct:.0f}%)"
-
-
-def _n(workers: int) -> str:
-    return f"{workers} worker" if workers == 1 else f"{workers} workers"
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -208,3 +206,7 @@ def _n(workers: int) -> str:
             points={int(w): (float(r), float(x)) for w, r, x in state.get("points", [])},
             fell=bool(state.get("fell", False)),
         )
+
+
+def _n(workers: int) -> str:
+    return f"{workers} worker" if workers == 1 else f"{workers} workers"
