@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from scipy import stats
 from torchvision.transforms import v2
 
 from ff_lightning.augment import IMAGENET_MEAN, IMAGENET_STD, MixUpCutMix, RandomErasing, normalize
+from tests.lazy_scipy import stats
 
 P_MIN = 1e-3
 

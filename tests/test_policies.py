@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from scipy import stats
 from torchvision.transforms import v2
 
 from ff_lightning.augment import (
@@ -28,6 +27,7 @@ from ff_lightning.augment.spaces import (
     TRIVIALAUGMENT_SPACE,
     magnitude_table,
 )
+from tests.lazy_scipy import stats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "augment"
 N_STAT = 20_000
