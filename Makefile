@@ -9,7 +9,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PIP    := $(BIN)/python -m pip
 ARGS   ?=
 
-.PHONY: train test benchmark benchmark-augment gpu-check lint format clean install install-dev
+.PHONY: train test benchmark benchmark-augment gpu-check gpu-wheels plan lint format clean install install-dev
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,19 @@ test: $(VENV)/.installed-dev
 benchmark: $(VENV)/.installed
 	$(BIN)/python recipes/benchmark.py $(ARGS)
 
+plan: $(VENV)/.installed
+	$(BIN)/python recipes/plan.py $(ARGS)
+
 benchmark-augment: $(VENV)/.installed
 	$(BIN)/python recipes/benchmark_augment.py $(ARGS)
 
-gpu-check: $(VENV)/.installed-dev
-	bash recipes/gpu_check.sh
+# The GPU machine starts bare (python3 with torch, no hydra/kornia, no network): run
+# `make gpu-wheels` beforehand where the package index is reachable, then `make gpu-check` there.
+gpu-check:
+	bash recipes/gpu_check.sh $(ARGS)
+
+gpu-wheels:
+	bash recipes/gpu_wheels.sh
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check ff_lightning tests recipes

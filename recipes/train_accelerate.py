@@ -4,6 +4,10 @@
     python recipes/train_accelerate.py --mode off --epochs 3  # CPU-only baseline
     python recipes/train_accelerate.py --mode fixed --ratio 0.3 --steps-limit 20
     accelerate launch recipes/train_accelerate.py --epochs 10 # several GPUs (one shard per rank)
+    torchrun --nproc_per_node 2 recipes/train_accelerate.py   # several CPU processes (gloo)
+
+Several processes on CPU: use torchrun. ``accelerate launch --num_processes 2 --cpu`` starts
+one process (Accelerate's CPU launcher), and the recipe prints the world size it got.
 
 A small CNN learns the embedded synthetic dataset (10 shape/texture classes, generated on first
 use) with RandAugment; ``FusionAccelerate`` splits each batch's augmentation between the
@@ -36,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=96, help="crop side fed to the model")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-dir", default=None, help="write fusionflow_report.json/png here")
     return p.parse_args(argv)
 
 
@@ -61,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logging.basicConfig(format="%(message)s")
         logging.getLogger("ff_lightning").setLevel(logging.INFO)
     set_seed(args.seed)
+    accelerator.print(
+        f"world size {accelerator.num_processes} ({accelerator.distributed_type}); "
+        "under `accelerate launch --cpu` this is 1 process: use torchrun for several"
+    )
     try:
         with accelerator.main_process_first():  # the first run generates the dataset
             train_set = build_source("synthetic", "train")
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             every_n_steps=args.every_n_steps,
             accelerator=accelerator,
             log_fn=accelerator.log,
+            report=True,
+            report_dir=args.report_dir,
         )
     except FFLightningError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"in {ep['seconds']:.1f} s), train_loss {loss_sum.item() / max(steps, 1):.3f}, "
             f"val_acc {val_acc:.3f}, device share {fusion.ratio:.2f}"
         )
+    fusion.finish()  # the end-of-fit report, on the main process
     metrics = {
         "val_acc": val_acc,
         "train_samples_per_sec": meter.samples_per_sec,
