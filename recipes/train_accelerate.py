@@ -40,7 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=96, help="crop side fed to the model")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report-dir", default=None, help="write fusionflow_report.json/png here")
+    p.add_argument(
+        "--report-dir",
+        default="outputs/train_accelerate",
+        help="where fusionflow_report.json and fusionflow.png go",
+    )
     return p.parse_args(argv)
 
 
