@@ -6,7 +6,13 @@ Each class also derives from the matching built-in exception, so callers that al
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "CorruptImageError", "DatasetNotFoundError", "FFLightningError"]
+__all__ = [
+    "ConfigError",
+    "CorruptImageError",
+    "DatasetNotFoundError",
+    "FFLightningError",
+    "one_line",
+]
 
 
 class FFLightningError(Exception):
@@ -23,3 +29,22 @@ class DatasetNotFoundError(FFLightningError, FileNotFoundError):
 
 class CorruptImageError(FFLightningError, OSError):
     """An image file exists but cannot be decoded."""
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line, for the recipes' ``error: ...``.
+
+    An exception raised in a DataLoader worker reaches the main process re-raised with the
+    worker's whole traceback in its message ("Caught X in DataLoader worker process 0 ...
+    Original Traceback ..."); the last line of that traceback is the original message.
+    """
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        name = type(err).__name__
+        for prefix in (f"{type(err).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix) :]
+                break
+        text = last
+    return " ".join(text.split("\n"))

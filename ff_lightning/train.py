@@ -44,6 +44,11 @@ def build_datamodule(cfg: DictConfig) -> Any:
             f"add `data.root=/path/to/dataset` to the command line (data={data.source.kind})",
         )
     _require(cfg, "data.num_classes", "add `data.num_classes=N` (the number of class folders)")
+    if data.num_classes is None or isinstance(data.num_classes, bool):
+        raise ConfigError(
+            f"`data.num_classes` must be the number of classes (an integer >= 2), got "
+            f"{data.num_classes!r}; set it, e.g. data.num_classes=10"
+        )
     with _setup_errors():
         train_set = instantiate(data.source, split="train")
         val_set = instantiate(data.source, split="val")

@@ -27,7 +27,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     from ff_lightning.benchmark import run_benchmark
-    from ff_lightning.errors import FFLightningError
+    from ff_lightning.errors import FFLightningError, one_line
 
     # Each mode builds a Trainer; keep Lightning's per-Trainer banners out of the output.
     for name in ("lightning.pytorch", "pytorch_lightning"):
@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run_benchmark(cfg)
     except FFLightningError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -23,7 +23,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    from ff_lightning.errors import FFLightningError
+    from ff_lightning.errors import FFLightningError, one_line
     from ff_lightning.train import train
 
     # Hydra's root handler already prints Lightning's messages; don't print them twice.
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float:
         metrics = train(cfg)
     except FFLightningError as err:
         # A configuration or data problem the user can fix: say what, without a traceback.
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     return float(metrics["val_acc"])
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("error: this recipe needs Accelerate: pip install ff-lightning[accelerate]")
         sys.exit(2)
     from ff_lightning import FusionDataModule
-    from ff_lightning.errors import FFLightningError
+    from ff_lightning.errors import FFLightningError, one_line
     from ff_lightning.frontends.accelerate import FusionAccelerate
     from ff_lightning.models import build_backbone
     from ff_lightning.sources.datasets import build_source
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report_dir=args.report_dir,
         )
     except FFLightningError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
     model = build_backbone("simple_cnn", 10)

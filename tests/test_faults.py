@@ -1,0 +1,68 @@
+"""The fault table (README, "What is handled"): each fault gives one clear error or is handled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ff_lightning.errors import ConfigError, CorruptImageError, one_line
+from tests.test_configs import _compose
+
+
+class _Broken(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> Any:
+        raise CorruptImageError(f"cannot decode image /data/cats/{i}.jpg: truncated file")
+
+
+def test_a_worker_error_becomes_one_line_naming_the_file() -> None:
+    loader = DataLoader(_Broken(), batch_size=2, num_workers=1)
+    with pytest.raises(CorruptImageError) as info:
+        next(iter(loader))
+    assert "Original Traceback" in str(info.value)  # what the DataLoader hands us
+    line = one_line(info.value)
+    assert line == "cannot decode image /data/cats/0.jpg: truncated file"
+    assert "\n" not in line
+
+
+def test_one_line_leaves_plain_messages_alone() -> None:
+    assert one_line(ConfigError("`ratio` must be a number in [0, 1], got 2")) == (
+        "`ratio` must be a number in [0, 1], got 2"
+    )
+
+
+def test_null_num_classes_names_the_key() -> None:
+    from ff_lightning.train import build_datamodule
+
+    cfg = _compose(["augment.mixup_alpha=0.2", "data.num_classes=null"])
+    with pytest.raises(ConfigError, match=r"`data.num_classes` must be the number of classes"):
+        build_datamodule(cfg)
+
+
+def test_ratio_given_as_a_string_is_rejected() -> None:
+    from ff_lightning import FusionFlow
+
+    with pytest.raises(ConfigError, match=r"`ratio`"):
+        FusionFlow(mode="fixed", ratio="0.5")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"`ratio`"):
+        FusionFlow(mode="fixed", ratio=1.5)
+
+
+def test_float_tensor_targets_that_are_whole_numbers_are_accepted() -> None:
+    from ff_lightning import FusionDataModule
+
+    class Items(Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> Any:
+            return torch.zeros(3, 8, 8, dtype=torch.uint8), torch.tensor(i % 2)
+
+    dm = FusionDataModule(Items(), image_size=8, batch_size=4, num_workers=0, policy="none")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["targets"].tolist() == (batch["route"].indices % 2).tolist()
