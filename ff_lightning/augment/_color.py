@@ -52,7 +52,10 @@ def _blend(images: Tensor, other: Tensor, ratio: Tensor, alpha: Tensor, out: Ten
 
 
 def _grayscale(images: Tensor) -> Tensor:
-    """Floored float32 luma ``[B, 1, H, W]`` with torchvision's weights and op order."""
+    """Floored float32 luma ``[B, 1, H, W]`` with torchvision's weights and op order (a
+    one-channel image is its own luma, as in torchvision)."""
+    if images.shape[1] == 1:
+        return images.to(torch.float32)
     r, g, b = images.to(torch.float32).unbind(dim=1)
     gray = r.mul_(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114)
     return gray.floor_().unsqueeze(1)
@@ -65,7 +68,10 @@ def brightness(images: Tensor, factor: Tensor, out: Tensor) -> Tensor:
 
 
 def color(images: Tensor, factor: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
-    """``adjust_saturation``: blend with the floored grayscale image."""
+    """``adjust_saturation``: blend with the floored grayscale image (identity on one channel,
+    as torchvision and PIL)."""
+    if images.shape[1] == 1:
+        return out.copy_(images)
     return _blend(images, _grayscale(images), factor, alpha, out)
 
 

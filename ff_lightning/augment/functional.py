@@ -156,6 +156,8 @@ def _dense(kernel: Callable[..., Tensor]) -> Runner:
 def _fill_u8(fill: list[float] | None, channels: int) -> list[int]:
     """The fill colour as torchvision lands it in uint8 for ``nearest`` (clamped, rounded)."""
     values = [0.0] if fill is None else fill
+    if len(values) != channels:
+        values = values[:1]  # one number for every channel (a grayscale image's only channel)
     t = torch.tensor(values, dtype=torch.float32).clamp_(0, 255).round_()
     return t.to(torch.uint8).expand(channels).tolist()
 
@@ -166,7 +168,8 @@ def _geometric_fill(ctx: _Ctx) -> tuple[Tensor, ...]:
         return (torch.tensor(_fill_u8(ctx.fill, ctx.channels), dtype=torch.uint8),)
     if ctx.fill is None:
         return ()
-    fill = torch.tensor(ctx.fill, dtype=torch.float32).clamp_(0, 255)
+    values = ctx.fill if len(ctx.fill) == ctx.channels else ctx.fill[:1]
+    fill = torch.tensor(values, dtype=torch.float32).clamp_(0, 255)
     return (fill.expand(ctx.channels).contiguous(),)
 
 
@@ -436,8 +439,10 @@ def _check_images(images: object, name: str = "images") -> Tensor:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(images).__name__}")
     if images.dtype != torch.uint8:
         raise TypeError(f"`{name}` must have dtype torch.uint8, got {images.dtype}")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"`{name}` must have shape [B, 3, H, W], got {list(images.shape)}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"`{name}` must have shape [B, C, H, W] with C = 1 or 3, got {list(images.shape)}"
+        )
     return images
 
 

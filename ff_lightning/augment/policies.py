@@ -154,9 +154,10 @@ class Policy:
             not isinstance(images, Tensor)
             or images.dtype != torch.uint8
             or images.ndim != ndim
-            or images.shape[-3] != 3
+            or images.shape[-3] not in (1, 3)
         ):
-            shape = "[B, 3, H, W]" if ndim == 4 else "[3, H, W]"
+            shape = "[B, C, H, W]" if ndim == 4 else "[C, H, W]"
+            shape += " with C = 1 or 3"
             got = (
                 f"{images.dtype} {tuple(images.shape)}"
                 if isinstance(images, Tensor)
