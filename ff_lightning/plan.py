@@ -222,15 +222,19 @@ def write_plot(plan: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def _run_cfg(cfg: DictConfig, workers: int) -> DictConfig:
-    """The job with ``workers`` workers, and the benchmark settings ``run_one`` reads."""
+def _run_cfg(cfg: DictConfig, workers: int, mode: str) -> DictConfig:
+    """The job with ``workers`` workers, and the benchmark settings ``run_one`` reads.
+
+    ``auto`` runs ``plan.auto_settle_steps`` more steps and leaves them out of its throughput
+    with the warm-up: the plan compares the speed auto settles at, not its exploration."""
     p = cfg.plan
+    settle = int(p.get("auto_settle_steps", 0)) if mode == "auto" else 0
     c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(c):
         c.data.num_workers = workers
         c.benchmark = {
-            "steps": int(p.steps),
-            "warmup_steps": int(p.warmup_steps),
+            "steps": int(p.steps) + settle,
+            "warmup_steps": int(p.warmup_steps) + settle,
             "auto_every_n_steps": int(p.auto_every_n_steps),
             "ceiling_batches": 1,
         }
@@ -251,6 +255,7 @@ def run_plan(cfg: DictConfig) -> dict[str, Any]:
             f"`plan.steps` must exceed `plan.warmup_steps` + 1, got steps={steps}, warmup={warmup}"
         )
     check_int("plan.auto_every_n_steps", p.auto_every_n_steps, 1)
+    check_int("plan.auto_settle_steps", p.get("auto_settle_steps", 0), 0)
     repeats = check_int("plan.repeats", p.repeats, 1)
     tolerance = check_float("plan.tolerance", p.tolerance, 0.0, 1.0, high_open=True)
     cpus = usable_cpus()
@@ -269,10 +274,11 @@ def run_plan(cfg: DictConfig) -> dict[str, Any]:
         # speed hits them all alike.
         for _ in range(repeats):
             for w in counts:
-                run_cfg = _run_cfg(cfg, w)
                 for mode in modes:
                     k += 1
-                    bar = progress.start_run(f"{k}/{total} {mode}, {_n(w)}", steps)
+                    run_cfg = _run_cfg(cfg, w, mode)
+                    n_steps = int(run_cfg.benchmark.steps)
+                    bar = progress.start_run(f"{k}/{total} {mode}, {_n(w)}", n_steps)
                     r = run_one(run_cfg, mode, None, out_dir, callbacks=bar)
                     r["workers"] = w
                     log.info("  %s with %s: %.1f samples/s", mode, _n(w), r["samples_per_sec"])

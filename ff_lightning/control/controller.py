@@ -405,8 +405,9 @@ class Controller(AutoRule):
             sr.best, sr.hold_ref, sr.last_move = None, None, None
             sr.new_climb(self.max_step)
             sr.model_jumps = 0
-            if move.settled or move.ratio is None:
-                sr.phase = Phase.WORKERS  # optimise the share again from here
+            if move.settled or move.ratio is None or move.workers == self._workers.max_workers:
+                # Optimise the share again from here (a reference needs the full rule).
+                sr.phase = Phase.WORKERS
             else:
                 sr.phase = Phase.HOLD  # a trial: measure the model's share as it is
             self._mark_change()
