@@ -486,7 +486,7 @@ def test_apply_errors():
         pol.apply_batch(x, p[:3])
     with pytest.raises(ValueError, match="slots"):
         pol.apply_batch(x, build_policy("trivialaugment").sample(torch.arange(4), 0, 0))
-    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[C, H, W\] with C = 1 or 3"):
         pol.apply_one(x, p)
     with pytest.raises(TypeError, match="Params"):
         pol.apply_batch(x, {"op_ids": 1})
