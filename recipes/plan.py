@@ -24,14 +24,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="plan")
 def main(cfg: DictConfig) -> None:
-    from ff_lightning.errors import FFLightningError
+    from ff_lightning.errors import FFLightningError, one_line
     from ff_lightning.plan import run_plan
 
     logging.getLogger("lightning.pytorch").propagate = False
     try:
         run_plan(cfg)
     except FFLightningError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
 
