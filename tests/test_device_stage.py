@@ -199,3 +199,15 @@ def test_cuda_fit_device_route_matches_worker_route(matmul_precision: str) -> No
         # rare one-level roundings between the CPU and the GPU.
         diff = (mixed[i] - worker[i]).abs() * std * 255
         assert float(diff.mean()) <= 0.5 and float(diff.max()) <= 3.0, f"sample {i} differs"
+
+
+def test_normalize_false_hands_the_model_floats_in_unit_range() -> None:
+    dm = _dm(normalize=False)
+    dm.set_ratio(0.5)
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    raw = dm.device_stage.augment(batch["images"].clone(), batch["route"])
+    x, _ = dm.on_after_batch_transfer(batch, 0)
+    torch.testing.assert_close(x, raw.float() / 255.0)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    with pytest.raises(ValueError, match=r"`normalize` must be true or false"):
+        _dm(normalize="yes")

@@ -38,6 +38,7 @@ from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
 from ff_lightning.routing.loader import ResumableDataLoader
 from ff_lightning.routing.sampler import EpochSampler, FixedShare, RoutedBatchSampler, Router
 from ff_lightning.validation import (
+    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -77,7 +78,10 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         crop_scale, crop_ratio: RandomResizedCrop's area and aspect ranges.
         hflip: random horizontal flip (p=0.5) in the workers.
         val_crop_fraction: validation resizes the short side to ``image_size / fraction``.
-        mean, std: normalisation applied on the device to every batch.
+        mean, std: normalisation applied on the device to every batch, one value per channel.
+        normalize: ``True``: the model receives ``(x / 255 - mean) / std``; ``False``: floats in
+            ``[0, 1]`` (for modules that augment further with ops expecting that range, such
+            as kornia's ``ColorJitter``, and normalise themselves).
         random_erasing: probability of batched random erasing on the device (0 disables).
         mixup_alpha, cutmix_alpha: batch mixing on the device (0 disables); needs ``num_classes``.
         route_strategy: ``"costliest"`` (device takes the samples costliest on the CPU) or ``"random"``.
@@ -114,6 +118,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         val_crop_fraction: float = 0.875,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        normalize: bool = True,
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -237,11 +242,13 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
 
+        self.normalize = check_bool("normalize", normalize)
         self.router = Router(FixedShare(ratio), strategy=route_strategy)
         self.device_stage = DeviceStage(
             policy,
             mean=self.mean,
             std=self.std,
+            normalize=self.normalize,
             random_erasing=self.random_erasing,
             mixup_alpha=self.mixup_alpha,
             cutmix_alpha=self.cutmix_alpha,
