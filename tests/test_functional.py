@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import v2
 
-import ff_lightning.augment.functional as functional
+import ff_lightning.augment.registry as registry
 from ff_lightning.augment.functional import OPS, apply_op, apply_ops_grouped
 
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
@@ -317,7 +317,7 @@ def test_reference_conversion_matches_torchvision_auto_augment() -> None:
 def test_chunked_cpu_path_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     images = make_images(10, seed=15)
     whole = {op: apply_op(images, op, SOME_MAGNITUDE[op]) for op in OPS}
-    monkeypatch.setattr(functional, "_CPU_CHUNK_ELEMENTS", 3 * H * W * 3)  # chunks of 3
+    monkeypatch.setattr(registry, "_CPU_CHUNK_ELEMENTS", 3 * H * W * 3)  # chunks of 3
     for op in OPS:
         assert torch.equal(apply_op(images, op, SOME_MAGNITUDE[op]), whole[op]), op
 

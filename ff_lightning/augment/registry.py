@@ -1,0 +1,403 @@
+"""The op registry: one entry per auto-augment op, everything the kernels know about it.
+
+Each :class:`OpDef` holds the op's name, kind (identity / geometric / colour), relative CPU
+cost (routing's "costliest first" reads it), how its per-sample parameters are prepared on the
+host, the kernel that runs a group of samples, the test for "this magnitude is the identity"
+and torchvision's per-image reference (tests, and the ``apply_one_backend="torchvision"``
+option). :mod:`ff_lightning.augment.functional` validates, groups samples by op and calls
+these entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ff_lightning.augment import _color, _geometry
+
+__all__ = ["INTERPOLATIONS", "REGISTRY", "FillArg", "OpDef", "_Ctx", "_run_identity"]
+
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear")
+
+FillArg = float | Sequence[float] | None
+
+# Values (B*C*H*W) per chunk when running on CPU; see `_dense`.
+_CPU_CHUNK_ELEMENTS = 1 << 17
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What every op of a call shares: image size, interpolation, fill."""
+
+    height: int
+    width: int
+    channels: int
+    interpolation: str
+    fill: list[float] | None
+
+
+# ==================================================================== the op registry
+# Group runners: ``run(ctx, src, dst, idx, idx_dev, params)`` writes ``op(src[idx])`` into
+# ``dst[idx]`` (``idx`` None: every sample; ``idx`` int64 on the host, ``idx_dev`` the same
+# on the images' device; ``params`` the op's per-sample tensors on the device, one row per
+# selected sample). ``dst`` may be ``src`` (in-place).
+Runner = Callable[
+    [_Ctx, Tensor, Tensor, "Tensor | None", "Tensor | None", tuple[Tensor, ...]], None
+]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One auto-augment op: everything the package knows about it, in one place.
+
+    Attributes:
+        name: torchvision's op name.
+        kind: ``"identity"``, ``"geometric"`` or ``"colour"``.
+        cost: rough single-thread CPU time per 224 px image relative to Brightness, from
+            ``recipes/benchmark_augment.py --ops`` with the batched kernels (used to route
+            the costliest samples; see ``Policy.estimate_cost``).
+        prepare: host float64 magnitudes ``[G]`` -> the kernel's per-sample host tensors.
+        run: the group runner (see above).
+        noop: host float64 magnitudes -> bool mask of samples on which the op is exactly
+            the identity (``None``: never, or not worth knowing).
+        reference: torchvision v2's kernel on one ``[3, H, W]`` image with a Python-float
+            magnitude, as ``_AutoAugmentBase._apply_image_or_video_transform`` calls it.
+    """
+
+    name: str
+    kind: str
+    cost: float
+    prepare: Callable[[Tensor, _Ctx], tuple[Tensor, ...]]
+    run: Runner
+    noop: Callable[[Tensor], Tensor] | None
+    reference: Callable[[Tensor, float, str, FillArg], Tensor]
+
+
+def _rows(images: Tensor) -> Tensor:
+    """``images`` viewed as ``[B, N]`` rows of the widest of int32/uint8 that fits.
+
+    ``index_select``/``index_copy_`` copy element by element on CPU; on 4-byte elements
+    they are about five times faster than on bytes.
+    """
+    rows = images.view(images.shape[0], -1)
+    if rows.shape[1] % 4 == 0 and rows.storage_offset() % 4 == 0:
+        return rows.view(torch.int32)
+    return rows
+
+
+def _select(images: Tensor, idx: Tensor) -> Tensor:
+    return _rows(images).index_select(0, idx).view(torch.uint8).view(-1, *images.shape[1:])
+
+
+def _dense(kernel: Callable[..., Tensor]) -> Runner:
+    """A group runner for a kernel ``kernel(images, out, *params)`` on contiguous batches.
+
+    On CPU the kernels are memory-bound: float32 temporaries of a whole batch (38 MB for
+    64 images of 224x224) fall out of the caches and, above glibc's mmap threshold, are
+    page-faulted in afresh on every call. Chunks of about ``_CPU_CHUNK_ELEMENTS`` values
+    keep every temporary (and the gathered rows of a group) cache-resident. Accelerators
+    get the whole group at once. Gathered rows are transformed in place.
+    """
+
+    def run(ctx, src, dst, idx, idx_dev, params) -> None:
+        n = src.shape[0] if idx is None else idx.shape[0]
+        per = n
+        if src.device.type == "cpu":
+            per = max(1, _CPU_CHUNK_ELEMENTS // src[0].numel())
+        for start in range(0, n, per):
+            stop = min(start + per, n)
+            ps = params if per == n else tuple(p[start:stop] for p in params)
+            if idx is None:
+                if per == n:
+                    kernel(src, dst, *ps)
+                else:
+                    kernel(src[start:stop], dst[start:stop], *ps)
+                continue
+            ii = idx_dev if per == n else idx_dev[start:stop]
+            part = _select(src, ii)
+            kernel(part, part, *ps)
+            _rows(dst).index_copy_(0, ii, _rows(part))
+
+    return run
+
+
+def _fill_u8(fill: list[float] | None, channels: int) -> list[int]:
+    """The fill colour as torchvision lands it in uint8 for ``nearest`` (clamped, rounded)."""
+    values = [0.0] if fill is None else fill
+    if len(values) != channels:
+        values = values[:1]  # one number for every channel (a grayscale image's only channel)
+    t = torch.tensor(values, dtype=torch.float32).clamp_(0, 255).round_()
+    return t.to(torch.uint8).expand(channels).tolist()
+
+
+def _geometric_fill(ctx: _Ctx) -> tuple[Tensor, ...]:
+    """The fill the warp kernels take: uint8 ``[C]`` (nearest) or float32 ``[C]`` (bilinear)."""
+    if ctx.interpolation == "nearest":
+        return (torch.tensor(_fill_u8(ctx.fill, ctx.channels), dtype=torch.uint8),)
+    if ctx.fill is None:
+        return ()
+    values = ctx.fill if len(ctx.fill) == ctx.channels else ctx.fill[:1]
+    fill = torch.tensor(values, dtype=torch.float32).clamp_(0, 255)
+    return (fill.expand(ctx.channels).contiguous(),)
+
+
+def _prepare_warp(matrix: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+    factors = _geometry.grid_factors(matrix, ctx.height, ctx.width)
+    terms = _geometry.grid_terms(factors, ctx.height, ctx.width)
+    return (factors, *terms, *_geometric_fill(ctx))
+
+
+def _prepare_shear(axis: int) -> Callable[[Tensor, _Ctx], tuple[Tensor, ...]]:
+    def prepare(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+        zeros = torch.zeros_like(m)
+        shear = _geometry.degrees(_geometry.atan(m))
+        sx, sy = (shear, zeros) if axis == 0 else (zeros, shear)
+        # torchvision's auto-augment shears about pixel (0, 0): centre [0, 0] in pixels.
+        matrix = _geometry.inverse_affine(zeros, sx, sy, -0.5 * ctx.width, -0.5 * ctx.height)
+        return _prepare_warp(matrix, ctx)
+
+    return prepare
+
+
+def _prepare_rotate(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+    zeros = torch.zeros_like(m)
+    # rotate_image takes angle % 360 and passes -angle to the affine matrix.
+    matrix = _geometry.inverse_affine(-torch.remainder(m, 360.0), zeros, zeros, 0.0, 0.0)
+    return _prepare_warp(matrix, ctx)
+
+
+def _run_warp(ctx, src, dst, idx, idx_dev, params) -> None:
+    factors, xt, yt, t2, *fill = params
+    with _geometry.float32_math(src.device):
+        if ctx.interpolation == "nearest":
+            if src.device.type == "cpu":
+                rows = range(src.shape[0]) if idx is None else idx.tolist()
+                _geometry.warp_nearest_rows(src, dst, rows, factors, fill[0])
+            else:
+                _geometry.warp_nearest_batch(src, dst, idx_dev, (xt, yt, t2), fill[0])
+            return
+        fill_t = fill[0] if fill else None
+
+        def kernel(images: Tensor, out: Tensor, *terms: Tensor) -> Tensor:
+            return _geometry.warp_bilinear(images, out, terms, fill_t)
+
+        _dense(kernel)(ctx, src, dst, idx, idx_dev, (xt, yt, t2))
+
+
+def _prepare_translate(axis: int) -> Callable[[Tensor, _Ctx], tuple[Tensor, ...]]:
+    def prepare(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+        shifts = torch.zeros(m.shape[0], 2, dtype=torch.int64)
+        shifts[:, axis] = torch.trunc(m).to(torch.int64)
+        fill = torch.tensor(_fill_u8(ctx.fill, ctx.channels), dtype=torch.uint8)
+        return shifts, fill
+
+    return prepare
+
+
+def _run_translate(ctx, src, dst, idx, idx_dev, params) -> None:
+    shifts, fill = params
+    if src.device.type == "cpu":
+        rows = range(src.shape[0]) if idx is None else idx.tolist()
+        pairs = [tuple(s) for s in shifts.tolist()]
+        _geometry.shift_rows(src, dst, rows, pairs, fill.tolist())
+    else:
+        _geometry.shift_batch(src, dst, idx_dev, shifts, fill)
+
+
+def _prepare_blend(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+    factor = (1.0 + m).clamp_(min=0.0)  # float64 like torchvision's Python floats
+    alpha = 1.0 - factor
+    return factor.to(torch.float32), alpha.to(torch.float32)
+
+
+def _prepare_posterize(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+    bits = torch.trunc(m).clamp_(0, 8).to(torch.int64)
+    return (((255 << (8 - bits)) & 255).to(torch.uint8),)
+
+
+def _prepare_solarize(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+    # torchvision compares the uint8 pixels with float(255 * m) cast to float32.
+    threshold = torch.ceil((255.0 * m).to(torch.float32))
+    flip = (threshold <= 255).to(torch.uint8).mul_(255)
+    return threshold.clamp_(0, 255).to(torch.uint8), flip
+
+
+def _no_params(m: Tensor, ctx: _Ctx) -> tuple[Tensor, ...]:
+    return ()
+
+
+def _run_identity(ctx, src, dst, idx, idx_dev, params) -> None:
+    if dst is src:
+        return
+    if idx is None:
+        dst.copy_(src)
+    else:
+        _rows(dst).index_copy_(0, idx_dev, _rows(src).index_select(0, idx_dev))
+
+
+def _zero(m: Tensor) -> Tensor:
+    return m == 0
+
+
+def _zero_shift(m: Tensor) -> Tensor:
+    return torch.trunc(m) == 0
+
+
+def _zero_angle(m: Tensor) -> Tensor:
+    return torch.remainder(m, 360.0) == 0
+
+
+def _tv():
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF, InterpolationMode
+
+
+def _ref_identity(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
+    return image
+
+
+def _ref_shear(axis: int):
+    def ref(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
+        TF, Mode = _tv()
+        shear = [0.0, 0.0]
+        shear[axis] = math.degrees(math.atan(m))
+        return TF.affine_image(image, 0.0, [0, 0], 1.0, shear, Mode(interpolation), fill, [0, 0])
+
+    return ref
+
+
+def _ref_translate(axis: int):
+    def ref(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
+        TF, Mode = _tv()
+        t = [0, 0]
+        t[axis] = int(m)
+        return TF.affine_image(image, 0.0, t, 1.0, [0.0, 0.0], Mode(interpolation), fill)
+
+    return ref
+
+
+def _ref_rotate(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
+    TF, Mode = _tv()
+    return TF.rotate_image(image, m, Mode(interpolation), fill=fill)
+
+
+def _ref(fn_name: str, convert: Callable[[float], float | int] | None = None):
+    def ref(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
+        fn = getattr(_tv()[0], fn_name)
+        return fn(image) if convert is None else fn(image, convert(m))
+
+    return ref
+
+
+def _op(name, kind, cost, prepare, run, noop, reference) -> tuple[str, OpDef]:
+    return name, OpDef(name, kind, cost, prepare, run, noop, reference)
+
+
+#: Every op, in torchvision's order; ``OPS`` is its tuple of names.
+REGISTRY: dict[str, OpDef] = dict(
+    [
+        _op("Identity", "identity", 0.0, _no_params, _run_identity, None, _ref_identity),
+        _op("ShearX", "geometric", 2.0, _prepare_shear(0), _run_warp, _zero, _ref_shear(0)),
+        _op("ShearY", "geometric", 2.0, _prepare_shear(1), _run_warp, _zero, _ref_shear(1)),
+        _op(
+            "TranslateX",
+            "geometric",
+            0.5,
+            _prepare_translate(0),
+            _run_translate,
+            _zero_shift,
+            _ref_translate(0),
+        ),
+        _op(
+            "TranslateY",
+            "geometric",
+            0.5,
+            _prepare_translate(1),
+            _run_translate,
+            _zero_shift,
+            _ref_translate(1),
+        ),
+        _op("Rotate", "geometric", 2.0, _prepare_rotate, _run_warp, _zero_angle, _ref_rotate),
+        _op(
+            "Brightness",
+            "colour",
+            1.0,
+            _prepare_blend,
+            _dense(lambda x, out, f, a: _color.brightness(x, f, out)),
+            _zero,
+            _ref("adjust_brightness_image", lambda m: 1.0 + m),
+        ),
+        _op(
+            "Color",
+            "colour",
+            1.8,
+            _prepare_blend,
+            _dense(lambda x, out, f, a: _color.color(x, f, a, out)),
+            _zero,
+            _ref("adjust_saturation_image", lambda m: 1.0 + m),
+        ),
+        _op(
+            "Contrast",
+            "colour",
+            2.0,
+            _prepare_blend,
+            _dense(lambda x, out, f, a: _color.contrast(x, f, a, out)),
+            _zero,
+            _ref("adjust_contrast_image", lambda m: 1.0 + m),
+        ),
+        _op(
+            "Sharpness",
+            "colour",
+            3.6,
+            _prepare_blend,
+            _dense(lambda x, out, f, a: _color.sharpness(x, a, out)),
+            _zero,
+            _ref("adjust_sharpness_image", lambda m: 1.0 + m),
+        ),
+        _op(
+            "Posterize",
+            "colour",
+            0.2,
+            _prepare_posterize,
+            _dense(_color.posterize),
+            None,
+            _ref("posterize_image", int),
+        ),
+        _op(
+            "Solarize",
+            "colour",
+            0.6,
+            _prepare_solarize,
+            _dense(_color.solarize),
+            None,
+            _ref("solarize_image", lambda m: 255.0 * m),
+        ),
+        _op(
+            "AutoContrast",
+            "colour",
+            1.8,
+            _no_params,
+            _dense(_color.autocontrast),
+            None,
+            _ref("autocontrast_image"),
+        ),
+        _op(
+            "Equalize",
+            "colour",
+            4.1,
+            _no_params,
+            _dense(_color.equalize),
+            None,
+            _ref("equalize_image"),
+        ),
+        _op(
+            "Invert", "colour", 0.15, _no_params, _dense(_color.invert), None, _ref("invert_image")
+        ),
+    ]
+)
