@@ -10,11 +10,15 @@ The controller composes four pieces, each in its own module: the records
 (:mod:`~ff_lightning.control.window`), the cost model and its estimator
 (:mod:`~ff_lightning.control.estimator`) and the search state
 (:mod:`~ff_lightning.control.search`). It keeps the decision rule
-(:mod:`~ff_lightning.control.rule`): measure CPU-only first, jump to the cost model's
+(:mod:`~ff_lightning.control.rule`, weighing its evidence with
+:mod:`~ff_lightning.control.evidence`): measure CPU-only first, jump to the cost model's
 crossing point, then hill-climb on measured throughput. With ``objective="cpu"`` a
 :class:`~ff_lightning.control.workers.WorkerSearch` then lowers the active DataLoader worker
-count at epoch boundaries (:meth:`Controller.end_epoch`), keeping the fewest workers whose
-throughput stays within ``tolerance`` of the best.
+count at epoch boundaries (:meth:`Controller.end_epoch`,
+:mod:`~ff_lightning.control.cpu_objective`), keeping the fewest workers whose throughput stays
+within ``tolerance`` of the best. Its arguments are checked in
+:mod:`~ff_lightning.control.options` and its resumable state lives in
+:mod:`~ff_lightning.control.checkpoint`.
 
 Measurement: throughput is taken over blocks of ``W`` consecutive steps (workers deliver
 batches in bursts), warm-up steps after each change are skipped, and the workers' stamped CPU
@@ -25,27 +29,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
+from ff_lightning.control.checkpoint import Checkpoint
+from ff_lightning.control.cpu_objective import CpuObjective
 from ff_lightning.control.estimator import CostModel, Estimator
+from ff_lightning.control.options import check_controller_args
 from ff_lightning.control.records import KINDS, MODES, Decision, StepStats
 from ff_lightning.control.rule import AutoRule
 from ff_lightning.control.search import Phase, Search
 from ff_lightning.control.window import Window, WindowSummary, finite
-from ff_lightning.control.workers import OBJECTIVES, WorkerMove, WorkerSearch
+from ff_lightning.control.workers import OBJECTIVES, WorkerSearch
 
 __all__ = ["KINDS", "MODES", "OBJECTIVES", "Controller", "CostModel", "Decision", "StepStats"]
 
 _STALE_LIMIT = 256  # accept steps anyway if none matched the new ratio after this many
-_VERSION = 2  # of state_dict; 1: the search state flat, estimates as a partial dict
 
 
-class Controller(AutoRule):
+class Controller(CpuObjective, Checkpoint, AutoRule):
     """Chooses the device share ``r`` of each batch.
 
     Per step call :meth:`observe`; at each decision point call :meth:`decide` and route the
     following batches with :attr:`ratio`.
+    The CPU objective's :attr:`workers`, :meth:`configure_workers` and :meth:`end_epoch` come
+    from :class:`~ff_lightning.control.cpu_objective.CpuObjective`, :meth:`state_dict` and
+    :meth:`load_state_dict` from :class:`~ff_lightning.control.checkpoint.Checkpoint`.
 
     Args:
         mode: ``"off"`` (always 0), ``"gpu"`` (always 1), ``"fixed"`` (``ratio``) or
@@ -95,49 +103,22 @@ class Controller(AutoRule):
         objective: str = "throughput",
         tolerance: float = 0.03,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-        if mode == "fixed":
-            if ratio is None:
-                raise ValueError("`ratio` is required when mode='fixed'")
-            if not 0.0 <= float(ratio) <= 1.0:
-                raise ValueError(f"`ratio` must be in [0, 1], got {ratio!r}")
-        elif ratio is not None:
-            raise ValueError(f"`ratio` is only used when mode='fixed', got mode={mode!r}")
-        for name, val in (("min_ratio", min_ratio), ("max_ratio", max_ratio)):
-            if not 0.0 <= val <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1], got {val!r}")
-        if min_ratio > max_ratio:
-            raise ValueError(
-                f"`min_ratio` must not exceed `max_ratio`, got {min_ratio} > {max_ratio}"
-            )
-        if not 0.0 <= hysteresis < 1.0:
-            raise ValueError(f"`hysteresis` must be in [0, 1), got {hysteresis!r}")
-        if not 0.0 < step <= 1.0:
-            raise ValueError(f"`step` must be in (0, 1], got {step!r}")
-        if not 0.0 < min_step <= step:
-            raise ValueError(f"`min_step` must be in (0, step={step}], got {min_step!r}")
-        if warmup_steps is not None and (not isinstance(warmup_steps, int) or warmup_steps < 0):
-            raise ValueError(
-                f"`warmup_steps` must be None or a non-negative int, got {warmup_steps!r}"
-            )
-        if quantum is not None and not 0.0 < quantum <= 1.0:
-            raise ValueError(f"`quantum` must be None or in (0, 1], got {quantum!r}")
-        if not 0.0 < regime_tol < 1.0:
-            raise ValueError(f"`regime_tol` must be in (0, 1), got {regime_tol!r}")
-        if not isinstance(min_steps, int) or min_steps < 1:
-            raise ValueError(f"`min_steps` must be a positive int, got {min_steps!r}")
-        if not isinstance(max_window, int) or max_window < min_steps:
-            raise ValueError(f"`max_window` must be an int >= `min_steps`, got {max_window!r}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}")
-        if objective == "cpu" and mode != "auto":
-            raise ValueError(
-                f"`objective='cpu'` needs mode='auto' (it moves the workers' share to the device), "
-                f"got mode={mode!r}"
-            )
-        if isinstance(tolerance, bool) or not 0.0 <= tolerance < 1.0:
-            raise ValueError(f"`tolerance` must be in [0, 1), got {tolerance!r}")
+        check_controller_args(
+            mode,
+            ratio,
+            min_ratio=min_ratio,
+            max_ratio=max_ratio,
+            hysteresis=hysteresis,
+            step=step,
+            min_step=min_step,
+            warmup_steps=warmup_steps,
+            quantum=quantum,
+            regime_tol=regime_tol,
+            min_steps=min_steps,
+            max_window=max_window,
+            objective=objective,
+            tolerance=tolerance,
+        )
 
         self.mode = mode
         self.min_ratio = float(min_ratio)
@@ -178,50 +159,6 @@ class Controller(AutoRule):
     @property
     def memory_cap(self) -> float:
         return self._cap
-
-    @property
-    def workers(self) -> int | None:
-        """DataLoader workers the next training loader should use (CPU objective), or ``None``
-        when the controller does not choose them (throughput objective, not configured)."""
-        if self.objective != "cpu" or not self._workers_configured:
-            return None
-        return self._workers.workers
-
-    @property
-    def worker_search(self) -> WorkerSearch:
-        """The CPU objective's search state (read-only use)."""
-        return self._workers
-
-    def configure_workers(self, num_workers: int) -> None:
-        """The configured DataLoader worker count; the CPU objective searches below it (never
-        below one). The front ends call it when they attach; a state restored for the same
-        count continues where it was."""
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}")
-        if self.objective != "cpu":
-            return
-        self._workers.configure(num_workers)
-        self._workers_configured = True
-
-    def end_epoch(self) -> Decision | None:
-        """At an epoch boundary (after that epoch's :meth:`decide`, if any): the CPU
-        objective's worker decision, or ``None`` when the count stays as it is.
-
-        Acts only once the share has settled at the active count (the throughput rule holds),
-        except that a throughput drop after a regime change raises the count back at once. A
-        decision changes :attr:`workers` (the front end rebuilds the training loader before
-        the next epoch) and starts the new count at the cost model's share. Every rank takes
-        the same decision: it reads only state built from reduced statistics.
-        """
-        if self.workers is None or self.mode != "auto":
-            return None
-        sr = self._search
-        settled = None
-        if sr.phase is Phase.HOLD and sr.hold_ref is not None and sr.hold_ref.count > 0:
-            settled = (self.ratio, sr.hold_ref.throughput)
-        before = self._workers.workers
-        move = self._workers.decide(settled, self._predict_workers)
-        return None if move is None else self._apply_workers(move, before)
 
     def observe(self, stats: StepStats) -> None:
         """Record one training step (validated with :meth:`StepStats.check`)."""
@@ -310,44 +247,6 @@ class Controller(AutoRule):
             )
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain-Python state: ratio, search state, cost estimates, memory cap, history."""
-        return {
-            "version": _VERSION,
-            "mode": self.mode,
-            "ratio": self._ratio,
-            "memory_cap": self._cap,
-            "decisions": self._decisions,
-            "search": self._search.state_dict(),
-            "estimates": self._est.state_dict(),
-            "history": [d.to_dict() for d in self.history],
-            "objective": self.objective,
-            "workers": self._workers.state_dict() if self._workers_configured else None,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (or a version-1 state): the controller continues from
-        the saved ratio and best point. A state saved under another mode restores only the
-        history and memory cap."""
-        self.history = [Decision.from_dict(d) for d in state.get("history", [])]
-        self._decisions = int(state.get("decisions", len(self.history)))
-        self._cap = float(state.get("memory_cap", 1.0))
-        self._mark_change()
-        self._reset_search()
-        if state.get("mode") != self.mode or self.mode != "auto":
-            self._ratio = self._fixed if self.mode != "auto" else self._quantise(self.min_ratio)
-            return
-        self._ratio = float(state["ratio"])
-        flat = int(state.get("version", 1)) < 2  # version 1: the search keys at top level
-        self._search = Search.from_state(state if flat else state["search"], self.max_step)
-        self._est = Estimator.from_state(state.get("estimates", {}))
-        saved = state.get("workers")
-        if self.objective == "cpu" and state.get("objective") == "cpu" and saved:
-            ws = WorkerSearch.from_state(saved, self.tolerance)
-            if not self._workers_configured or ws.max_workers == self._workers.max_workers:
-                self._workers, self._workers_configured = ws, True
-            # else: the configured count changed since the checkpoint: search afresh
-
     # ------------------------------------------------------------------ measurement
     def _reset_search(self) -> None:
         self._search = Search.start(self.max_step)
@@ -366,77 +265,7 @@ class Controller(AutoRule):
         self._matched = 0
         self._since_change = 0
 
-    def _predict_workers(self, n: int) -> tuple[float | None, float] | None:
-        """The cost model's share for ``n`` workers and the throughput it predicts there,
-        scaled to the settled measurement at the active count (``None`` without a model).
-
-        While the device cost is only a prior the share is unknown (``None``) and the speed is
-        an upper bound: what ``n`` workers reach with a free device (their fixed work alone).
-        """
-        model, ref = self._est.model(), self._search.hold_ref
-        if model is None:
-            return None
-        here = model.throughput(self.ratio)
-        x = ref.throughput if ref is not None and ref.count > 0 else self._x
-        if not (finite(here) and here > 0 and finite(x)):
-            return None
-        other = model.with_workers(n)
-        r = self._model_target(other)
-        lo, hi = self._bounds()
-        if model.device_cost_assumed and r > lo + 1e-9:
-            # Nothing routed yet, so the device cost is a prior: the share it gives for ``n``
-            # workers is a guess (the rule finds the share there); bound the speed instead.
-            free = replace(other, device_cost=0.0)
-            return None, x * free.throughput(hi) / here
-        return r, x * other.throughput(r) / here
-
-    def _apply_workers(self, move: WorkerMove, old_workers: int) -> Decision:
-        """Apply a worker decision: the count, the share it starts with, the rule's phase."""
-        sr, old_ratio = self._search, self.ratio
-        x = sr.hold_ref.throughput if sr.hold_ref is not None else None
-        if move.ratio is not None:
-            self._ratio = self._clamp(move.ratio)
-        changed = move.workers != old_workers
-        if changed:
-            # Another loader: the CPU-only speed and the loader calibration belong to the old
-            # count, and the steps still to come from the old loader must not be measured.
-            sr.baseline_fresh = False
-            self._est.forget_loader()
-            sr.best, sr.hold_ref, sr.last_move = None, None, None
-            sr.new_climb(self.max_step)
-            sr.model_jumps = 0
-            if move.settled or move.ratio is None or move.workers == self._workers.max_workers:
-                # Optimise the share again from here (a reference needs the full rule).
-                sr.phase = Phase.WORKERS
-            else:
-                sr.phase = Phase.HOLD  # a trial: measure the model's share as it is
-            self._mark_change()
-        elif move.settled and move.workers < self._workers.max_workers:
-            # Settled below the configured count at the model's share: refine the share.
-            sr.phase = Phase.WORKERS
-            self._mark_change()
-        decision = Decision(
-            ratio=self.ratio,
-            reason=move.reason,
-            kind="workers",
-            throughput=x,
-            index=self._decisions,
-            prev_ratio=old_ratio,
-            best_ratio=sr.best.ratio if sr.best else None,
-            best_throughput=sr.best.throughput if sr.best else None,
-            baseline_throughput=sr.baseline,
-            model_ratio=self._model_r,
-            workers=move.workers,
-            prev_workers=old_workers,
-        )
-        self.history.append(decision)
-        return decision
-
-    def _on_regime_change(self, rel: float) -> None:
-        """The rule saw the settled throughput change by ``rel`` (hook for the CPU objective)."""
-        if self.workers is not None:
-            self._workers.note_regime_change(rel)
-
+    # ------------------------------------------------------------------ fixed modes
     def _decide_mode(self, s: WindowSummary) -> Decision:
         label = {"off": "off (CPU only)", "gpu": "gpu (all samples on the device)"}.get(
             self.mode, f"fixed r={self._fixed:.2f}"

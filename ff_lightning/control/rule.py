@@ -2,8 +2,10 @@
 
 :class:`AutoRule` holds the rule as methods of :class:`~ff_lightning.control.controller.
 Controller` (which inherits them): one method per phase of the search, each judging the
-window's measurement and returning the next :class:`Decision` with its reason. The rule reads
-the controller's configuration, ratio and memory cap; its state lives in a
+window's measurement and returning the next :class:`Decision` with its reason. What counts as
+a real difference, and what the cost model predicts for a move, is judged by its base
+:class:`~ff_lightning.control.evidence.Evidence`. The rule reads the controller's
+configuration, ratio and memory cap; its state lives in a
 :class:`~ff_lightning.control.search.Search` and an
 :class:`~ff_lightning.control.estimator.Estimator`.
 """
@@ -15,17 +17,17 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ff_lightning.control.estimator import CostModel, Estimator
+from ff_lightning.control.evidence import Evidence
 from ff_lightning.control.records import Decision
 from ff_lightning.control.search import HoldRef, Phase, Point, Search
 from ff_lightning.control.window import WindowSummary, finite
 
 __all__ = ["AutoRule"]
 
-_LOADER_BOUND = 0.05  # mean wait above this share of the step: the loader is the bottleneck
 _MAX_MODEL_JUMPS = 3  # model jumps per optimisation episode before hill-climbing takes over
 
 
-class AutoRule:
+class AutoRule(Evidence):
     """The decision rule of ``mode="auto"``, mixed into the controller."""
 
     # Set by the controller: configuration ...
@@ -366,66 +368,3 @@ class AutoRule:
             f"{thr:.1%}); back to r={best_r:.2f}"
         )
         return self._decision(best_r, reason, "best", s)
-
-    # ------------------------------------------------------------------ helpers
-    def _relief_dir(self, s: WindowSummary) -> int:
-        """Toward relieving the bottleneck: up when waiting for data, else down."""
-        return 1 if self._loader_bound(s) else -1
-
-    def _loader_bound(self, s: WindowSummary) -> bool:
-        return finite(s.wait_s) and s.wait_s > _LOADER_BOUND * s.step_s
-
-    def _model_target(self, model: CostModel) -> float:
-        """The model's best ratio, on whole samples when the batch size is known (one sample
-        of device work can be several percent of a step)."""
-        lo, hi = self._bounds()
-        r, b = model.crossing(lo, hi), model.batch_size
-        if not b or self.quantum:
-            return self._clamp(r)
-        cands = sorted({self._clamp(math.floor(r * b) / b), self._clamp(math.ceil(r * b) / b)})
-        return max(cands, key=model.throughput)  # ties: the lower ratio
-
-    def _worth_jump(self, model: CostModel | None, target: float, r: float) -> bool:
-        """Whether the model predicts a gain beyond the hysteresis for moving to ``target``."""
-        if model is None or abs(target - r) < 1e-9:
-            return False
-        return model.throughput(target) >= model.throughput(r) * (1.0 + self.hysteresis)
-
-    def _threshold(self, se_a: float, se_b: float) -> float:
-        """Relative throughput difference that counts as real: the hysteresis, widened to two
-        standard errors of the difference when timings are noisier than that."""
-        return max(self.hysteresis, 2.0 * math.hypot(se_a, se_b))
-
-    def _thr0(self) -> float:
-        return self._threshold(self._se, self._se)
-
-    def _effect(self, model: CostModel, base: float, delta: float) -> float:
-        """Relative throughput change the model predicts for moving ``base`` by ``delta``."""
-        return abs(model.throughput(self._clamp(base + delta)) / model.throughput(base) - 1.0)
-
-    def _adaptive_step(self, model: CostModel | None, d: int, budget: float) -> float:
-        """The smallest step (halving from ``budget``) whose effect the model says shows."""
-        step = max(budget, self._min_step())
-        best = self._search.best
-        if model is None or best is None or not self._model_matches(model, best[0], best[1]):
-            return step  # a model that does not match the measurements cannot size steps
-        r, target = self._ratio, 2.5 * self._thr0()
-        while step / 2 >= self._min_step() and self._effect(model, r, d * step / 2) >= target:
-            step /= 2
-        return step
-
-    def _model_matches(self, model: CostModel, r: float, x: float) -> bool:
-        """Whether the model predicts the throughput measured at ``r`` (within noise or 5%);
-        only then may it break ties between measurements."""
-        return abs(model.throughput(r) / x - 1.0) <= max(2.0 * self._thr0(), 0.05)
-
-    def _clearly_above_floor(self, x: float) -> bool:
-        """Whether the cost model, scaled to this measurement, puts CPU-only well below it."""
-        model = self._est.model()
-        if model is None:
-            return False
-        pred_here = model.throughput(self._ratio)
-        if not finite(pred_here) or pred_here <= 0:
-            return False
-        cpu_only = model.throughput(self._bounds()[0]) * x / pred_here
-        return x > cpu_only * (1.0 + 2.0 * max(self.regime_tol, self._thr0()))

@@ -35,7 +35,9 @@ Signals per step, as the callback measures them (no CUDA synchronisation is adde
 
 ``accelerate`` is imported only by the recipe, never here: with ``accelerator=None`` this works
 in a plain PyTorch loop, and any object with ``device``, ``num_processes``, ``reduce`` (and,
-for multi-process evaluation, ``prepare_data_loader``) can stand in for an ``Accelerator``.
+for multi-process evaluation, ``prepare_data_loader``) can stand in for an ``Accelerator``
+(see :mod:`~ff_lightning.frontends.accelerate_ranks`; the arguments are checked in
+:mod:`~ff_lightning.frontends.accelerate_args`).
 """
 
 from __future__ import annotations
@@ -49,15 +51,20 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from ff_lightning.control.controller import Decision
-from ff_lightning.control.session import (
-    FusionSession,
-    _check_int,
-    build_controller,
-    check_fusion_args,
-    step_metrics,
-)
+from ff_lightning.control.session import FusionSession, _check_int, build_controller, step_metrics
 from ff_lightning.device.memory import MemoryGuard
 from ff_lightning.errors import ConfigError
+from ff_lightning.frontends.accelerate_args import check_accelerate_args
+from ff_lightning.frontends.accelerate_ranks import (
+    all_mean,
+    all_min,
+    is_main,
+    rank,
+    reduce_device,
+    resolve_device,
+    shard_eval_loader,
+    shard_train_loader,
+)
 from ff_lightning.frontends.datamodule import FusionDataModule
 from ff_lightning.report import FitRecorder
 
@@ -124,13 +131,8 @@ class FusionAccelerate:
         objective: str = "throughput",
         tolerance: float = 0.03,
     ) -> None:
-        if not isinstance(datamodule, FusionDataModule):
-            raise ConfigError(
-                "FusionAccelerate needs a FusionDataModule to route augmentation, got "
-                f"{type(datamodule).__name__}; wrap your datasets as `dm = FusionDataModule("
-                "train_dataset, val_dataset, policy='randaugment')` and pass `FusionAccelerate(dm)`"
-            )
-        mode = check_fusion_args(
+        mode = check_accelerate_args(
+            datamodule,
             mode,
             ratio,
             interval=interval,
@@ -138,21 +140,11 @@ class FusionAccelerate:
             log_every_n_steps=log_every_n_steps,
             reserve_mb=reserve_mb,
             warmup_steps=warmup_steps,
-            example="FusionAccelerate(dm, mode='fixed', ratio=0.3)",
             objective=objective,
             tolerance=tolerance,
+            log_fn=log_fn,
+            accelerator=accelerator,
         )
-        if log_fn is not None and not callable(log_fn):
-            raise ConfigError(
-                f"`log_fn` must be callable as log_fn(metrics, step=...), e.g. accelerator.log, got {log_fn!r}"
-            )
-        if accelerator is not None and not (
-            hasattr(accelerator, "device") and hasattr(accelerator, "num_processes")
-        ):
-            raise ConfigError(
-                "`accelerator` must be an accelerate.Accelerator (or have `device`, "
-                f"`num_processes` and `reduce`), got {type(accelerator).__name__}"
-            )
         self.controller = build_controller(
             mode, ratio, warmup_steps, controller_kwargs, objective=objective, tolerance=tolerance
         )
@@ -209,28 +201,15 @@ class FusionAccelerate:
     def train_loader(self) -> Any:
         """The routed training DataLoader, built once (persistent workers survive epochs)."""
         if self._train_loader is None:
-            loader = self._dm.train_dataloader()
-            world = self._world_size()
-            if world > 1:
-                # One shard per rank, padded to equal length so that every rank runs the same
-                # number of steps and reaches each decision (a collective) together. The
-                # routed batch sampler reads the epoch from it, as with Lightning's injection.
-                from torch.utils.data import DistributedSampler
-
-                loader.batch_sampler.sampler = DistributedSampler(
-                    self._dm.train_dataset,  # type: ignore[arg-type]
-                    num_replicas=world,
-                    rank=int(self.accelerator.process_index),
-                    shuffle=True,
-                    seed=self._dm.seed,
-                )
-            self._train_loader = loader
+            self._train_loader = shard_train_loader(
+                self._dm.train_dataloader(), self._dm.train_dataset, self.accelerator, self._dm.seed
+            )
         return self._train_loader
 
     def setup(self, device: torch.device | str | None = None) -> None:
         """Attach a memory guard for ``device`` to the DataModule; run once, lazily, by
         :meth:`train_epoch` (call it yourself to pick the device up front)."""
-        dev = self._resolve_device(device)
+        dev = resolve_device(device, self._device, self.accelerator)
         if self.session.guard is not None and dev == self._device:
             return
         note = self.session.attach(self._dm, dev)
@@ -242,9 +221,9 @@ class FusionAccelerate:
                 num_workers=self._dm.num_workers,
                 probe=self.session.guard.probe if self.session.guard is not None else None,
             )
-        if note and self._is_main():
+        if note and is_main(self.accelerator):
             log.info("FusionAccelerate: %s", note)
-        if self._is_main():
+        if is_main(self.accelerator):
             log.info(
                 "FusionAccelerate: mode=%s on %s, starting device share %.2f",
                 self.mode,
@@ -301,13 +280,11 @@ class FusionAccelerate:
                 f"the FusionDataModule has no {split} dataset; pass `{split}_dataset=` to "
                 "FusionDataModule to evaluate"
             )
-        dev = self._resolve_device(device)
+        dev = resolve_device(device, self._device, self.accelerator)
         loader = self._eval_loaders.get(split)
         if loader is None:
             loader = self._dm.val_dataloader() if split == "val" else self._dm.test_dataloader()
-            if self._world_size() > 1:
-                loader = self.accelerator.prepare_data_loader(loader, device_placement=False)
-            self._eval_loaders[split] = loader
+            loader = self._eval_loaders[split] = shard_eval_loader(loader, self.accelerator)
         return self._eval_iter(loader, dev)
 
     def decide(self) -> Decision:
@@ -317,9 +294,11 @@ class FusionAccelerate:
         ``every_n_steps`` steps (``interval="steps"``).
         """
         old = self.ratio
-        decision = self.session.decide(self._all_mean(), self._all_min(), self._reduce_device())
+        decision = self.session.decide(
+            all_mean(self.accelerator), all_min(self.accelerator), reduce_device(self.accelerator)
+        )
         msg = f"FusionAccelerate: device share {old:.2f} -> {self.ratio:.2f} ({decision.reason})"
-        if self._is_main():
+        if is_main(self.accelerator):
             log.info(msg)
             if self.log_fn is not None:
                 self.log_fn({"fusionflow/decided_ratio": self.ratio}, step=self.global_step)
@@ -332,7 +311,7 @@ class FusionAccelerate:
         decision = self.session.end_epoch()
         if decision is None:
             return
-        if self._is_main():
+        if is_main(self.accelerator):
             log.info("FusionAccelerate: %s", decision.reason)
             if self.log_fn is not None:
                 self.log_fn(
@@ -344,7 +323,7 @@ class FusionAccelerate:
     def finish(self) -> dict[str, Any] | None:
         """End of training: with ``report=True``, print the FusionFlow report on the main
         process and write it into ``report_dir``; returns it (``None`` elsewhere)."""
-        if self._recorder is None or not self._is_main():
+        if self._recorder is None or not is_main(self.accelerator):
             return None
         return self._recorder.finish(self.report_dir or ".", self.controller.history, self.ratio)
 
@@ -385,7 +364,7 @@ class FusionAccelerate:
             # Tensors only, non_blocking from pinned memory on CUDA (as Lightning moves them).
             batch = move_data_to_device(batch, device)
             # Augments the device share (chunked by the memory guard), normalises, batch ops.
-            stage.rank = self._rank()
+            stage.rank = rank(self.accelerator)
             images, targets = stage.finish(batch, dtype=dtype)
             yield (images, targets, indices) if with_indices else (images, targets)
             self._end_step()
@@ -416,49 +395,7 @@ class FusionAccelerate:
             self.last_metrics = step_metrics(
                 self.ratio, measured, self.session.guard, self.controller.workers
             )
-            if self.log_fn is not None and self._is_main():
+            if self.log_fn is not None and is_main(self.accelerator):
                 self.log_fn(self.last_metrics, step=self.global_step)
         if self.session.step_decision_due:
             self.decide()
-
-    # ------------------------------------------------------------------ helpers
-    def _world_size(self) -> int:
-        acc = self.accelerator
-        return int(getattr(acc, "num_processes", 1)) if acc is not None else 1
-
-    def _rank(self) -> int:
-        acc = self.accelerator
-        return int(getattr(acc, "process_index", 0) or 0) if acc is not None else 0
-
-    def _is_main(self) -> bool:
-        acc = self.accelerator
-        return bool(getattr(acc, "is_main_process", True)) if acc is not None else True
-
-    def _resolve_device(self, device: torch.device | str | None) -> torch.device:
-        if device is not None:
-            try:
-                return torch.device(device)
-            except (RuntimeError, TypeError):
-                raise ConfigError(
-                    f"`device` must be a torch.device or a name like 'cuda:0', got {device!r}"
-                ) from None
-        if self._device is not None:
-            return self._device
-        if self.accelerator is not None:
-            return torch.device(self.accelerator.device)
-        return torch.device("cpu")
-
-    def _reduce_device(self) -> torch.device:
-        acc = self.accelerator
-        return torch.device(acc.device) if acc is not None else torch.device("cpu")
-
-    def _all_mean(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        if self._world_size() <= 1:
-            return None
-        return lambda t: self.accelerator.reduce(t, reduction="mean")
-
-    def _all_min(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        # Accelerate's reduce has no minimum: gather every rank's value instead.
-        if self._world_size() <= 1 or not hasattr(self.accelerator, "gather"):
-            return None
-        return lambda t: self.accelerator.gather(t).min()

@@ -1,11 +1,8 @@
-"""The end-of-fit report: where a training run's time went, and what the controller did.
+"""The end-of-fit statistics: one record per training step in, a JSON-serialisable summary out.
 
-Pure: no Trainer. A front end feeds :meth:`FitReport.update` one record per training step and
-calls :meth:`FitReport.compute` at the end of the fit with the controller's decisions;
-:func:`format_report` renders the result as text, :func:`print_report` prints it with rich,
-:func:`write_report` writes ``fusionflow_report.json`` and :func:`plot_report` draws
-``fusionflow.png`` (matplotlib is optional). :class:`FitRecorder` is what a front end holds:
-it samples the memory probe (GPU utilisation, free memory, allocator counters) every step.
+Pure: no Trainer, no rendering. A front end feeds :meth:`FitReport.update` one record per
+training step and calls :meth:`FitReport.compute` at the end of the fit with the controller's
+decisions; :func:`verdict` says in one line what the numbers mean.
 
 A step record is anything with the fields of ``ff_lightning.control.records.StepStats``
 (``batch_size, n_device, data_wait_s, step_s, device_aug_s, cpu_aug_s, n_cpu, h2d_s, prep_s,
@@ -16,29 +13,14 @@ returned before the records were merged.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-__all__ = [
-    "LOADER_BOUND",
-    "FitRecorder",
-    "FitReport",
-    "format_report",
-    "plot_report",
-    "print_report",
-    "probe_sample",
-    "step_record",
-    "verdict",
-    "write_report",
-]
+__all__ = ["LOADER_BOUND", "FitReport", "step_record", "verdict"]
 
-REPORT_JSON = "fusionflow_report.json"
-REPORT_PNG = "fusionflow.png"
 LOADER_BOUND = 0.05  # a step waited for data longer than this share of it: the loader bound it
 _MB = 1.0 / (1024 * 1024)
 
@@ -319,189 +301,3 @@ def verdict(report: Mapping[str, Any]) -> str:
     if speedup is not None:
         return f"{text} and training ran {speedup:.2f}x the CPU-only speed measured at the start"
     return f"{text}; the CPU-only speed was not measured (mode {report.get('mode')!r})"
-
-
-def _f(v: Any, fmt: str = ".1f", unit: str = "") -> str:
-    return "n/a" if v is None else f"{v:{fmt}}{unit}"
-
-
-def format_report(report: Mapping[str, Any]) -> str:
-    """The report as plain text (what :func:`print_report` shows)."""
-    r = report
-    share = r["share"]
-    ratios = [share["start"], *share["decisions"]]
-    path = " -> ".join(_f(x, ".2f") for x in ratios)
-    workers = "" if r.get("num_workers") is None else f", {r['num_workers']} workers"
-    lines = [
-        f"FusionFlow report: mode {r['mode']} on {r['device']}{workers}",
-        f"  steps                {r['steps']} ({r['measured_steps']} measured), {r['samples']} samples",
-        f"  samples/s            {_f(r['samples_per_sec'])}",
-        f"  device share         {path}; final {_f(share['final'], '.2f')} "
-        f"(device augmented {_f(_pct(share['device_samples']), '.0f', '%')} of the samples)",
-        f"  data wait            {_f(_pct(r['data_wait_share']), '.0f', '%')} of step time, "
-        f"{_f(r['data_wait_ms'])} ms per step "
-        f"(loader-bound steps: {_f(_pct(r['loader_bound_share']), '.0f', '%')} of the time)",
-        f"  worker CPU           {_f(r['worker_cpu_ms_per_sample'], '.2f')} ms/sample augmenting, "
-        f"{_f(r['worker_prep_ms_per_sample'], '.2f')} ms/sample decoding and cropping",
-        "  device augmentation  "
-        + (
-            f"{r['device_aug_ms_per_sample']:.2f} ms/sample"
-            if r["device_aug_ms_per_sample"] is not None
-            else "none (no sample was augmented on the device)"
-        ),
-        f"  step / H2D           {_f(r['step_ms'])} ms / {_f(r['h2d_ms'], '.2f')} ms",
-    ]
-    util, mem = r.get("gpu_util_pct"), r.get("memory")
-    if util is not None:
-        lines.append(
-            f"  GPU utilisation      {util['mean']:.0f}% mean (min {util['min']:.0f}%, "
-            f"max {util['max']:.0f}%, NVML)"
-        )
-    if mem is not None:
-        lines.append(
-            f"  GPU memory           free >= {_f(mem['gpu_free_mb_min'], '.0f')} MiB (NVML), "
-            f"reserved <= {_f(mem['reserved_mb_max'], '.0f')} MiB, "
-            f"peak allocated {_f(mem['peak_allocated_mb_max'], '.0f')} MiB"
-        )
-    base = r.get("baseline_samples_per_sec")
-    lines.append(
-        f"  CPU-only baseline    {_f(base)} samples/s"
-        if base is not None
-        else "  CPU-only baseline    not measured"
-    )
-    saved = r.get("workers")
-    if saved:
-        pct = 100.0 * saved["saved"] / saved["configured"] if saved["configured"] else 0.0
-        lines.append(
-            f"  workers saved        {saved['saved']} of {saved['configured']} ({pct:.0f}%): "
-            f"{saved['final']} active at the end (objective cpu)"
-        )
-    lines.append("  decisions")
-    if not r["decisions"]:
-        lines.append("    (none)")
-    for d in r["decisions"]:
-        lines.append(
-            f"    {d['index']:>3} {d['kind']:<8} {_f(d['prev_ratio'], '.2f')} -> "
-            f"{_f(d['ratio'], '.2f')}  {d['reason']}"
-        )
-    lines.append(f"  verdict: {r['verdict']}")
-    return "\n".join(lines)
-
-
-def _pct(v: float | None) -> float | None:
-    return None if v is None else 100.0 * v
-
-
-def print_report(report: Mapping[str, Any], console: Any = None) -> None:
-    """Print :func:`format_report` with rich (plain ``print`` if rich cannot be imported)."""
-    text = format_report(report)
-    try:
-        from rich.console import Console
-        from rich.text import Text
-    except ImportError:  # pragma: no cover - rich is a dependency
-        print(text)
-        return
-    (console or Console()).print(Text(text), soft_wrap=True)  # long reasons stay on one line
-
-
-def write_report(report: Mapping[str, Any], directory: str | Path) -> Path:
-    """Write ``fusionflow_report.json`` into ``directory`` (created if needed)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / REPORT_JSON
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return path
-
-
-def plot_report(series: Mapping[str, list[float]], path: str | Path) -> str:
-    """Draw share, samples/s and data wait (and GPU utilisation when sampled) over steps.
-
-    Returns a one-line note: where the PNG went, or why there is none (matplotlib missing, no
-    steps). matplotlib is optional: ``pip install matplotlib`` (or ``ff-lightning[plot]``).
-    """
-    steps = list(series.get("step", []))
-    if not steps:
-        return "plot: no measured steps, nothing to draw"
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return "plot: skipped, matplotlib is not installed (pip install matplotlib)"
-    panels = [
-        ("ratio", "device share"),
-        ("samples_per_sec", "samples/s"),
-        ("data_wait_ms", "data wait (ms)"),
-    ]
-    if any(not math.isnan(v) for v in series.get("gpu_util", [])):
-        panels.append(("gpu_util", "GPU util (%)"))
-    fig = Figure(figsize=(8, 2.0 * len(panels) + 0.6))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, sharex=True)
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        ax.plot(steps, series[key], lw=1.0, drawstyle="steps-post" if key == "ratio" else None)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(-0.05, 1.05)
-    axes[-1].set_xlabel("training step")
-    fig.suptitle("FusionFlow: device share, throughput and data wait per step")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return f"plot: {out}"
-
-
-def probe_sample(probe: Any) -> dict[str, float | None]:
-    """One sample of a memory probe (``ff_lightning.device.probes``) for :meth:`FitReport.update`.
-
-    GPU utilisation (``utilization_percent``, NVML: the percent of the last sample period, 1/6 s
-    to 1 s by GPU, in which a kernel ran) and NVML free memory are driver queries, and the
-    allocator's reserved and peak bytes are host-side counters: none of them synchronises
-    CUDA, so this can run every step. A probe that knows nothing (CPU) gives ``None`` values.
-    """
-    if probe is None:
-        return {"gpu_util": None, "free_bytes": None, "reserved_bytes": None, "peak_bytes": None}
-    util = getattr(probe, "utilization_percent", None)
-    on = bool(getattr(probe, "available", False))
-    return {
-        "gpu_util": util() if util is not None else None,
-        "free_bytes": probe.free_bytes() if on else None,
-        "reserved_bytes": probe.reserved_bytes() if on else None,
-        "peak_bytes": probe.peak_allocated_bytes() if on else None,
-    }
-
-
-class FitRecorder:
-    """The report's side of a front end: one :meth:`step` per training step, :meth:`finish` at
-    the end of the fit (no Trainer; the Lightning callback and the Accelerate adapter call it).
-
-    Args:
-        mode, device, num_workers: shown in the report.
-        probe: the memory guard's probe, sampled every step (``None``: no device figures).
-    """
-
-    def __init__(self, *, mode: str, device: Any, num_workers: int | None, probe: Any = None):
-        self.report = FitReport(mode=mode, device=str(device), num_workers=num_workers)
-        self.probe = probe
-
-    def step(self, measured: Any) -> None:
-        """Record one step: what ``FusionSession.end_step`` returned (``None``: not measured)."""
-        sample = probe_sample(self.probe) if measured is not None else {}
-        self.report.update(measured, **sample)
-
-    def finish(
-        self,
-        directory: str | Path,
-        decisions: Iterable[Any],
-        final_ratio: float | None = None,
-        *,
-        console: Any = None,
-    ) -> dict[str, Any]:
-        """Compute the report, print it, write ``fusionflow_report.json`` and ``fusionflow.png``
-        into ``directory``; returns the report."""
-        rep = self.report.compute(decisions, final_ratio)
-        path = write_report(rep, directory)
-        note = plot_report(self.report.series, Path(directory) / REPORT_PNG)
-        print_report(rep, console)
-        (console.print if console is not None else print)(f"report: {path}; {note}")
-        return rep
