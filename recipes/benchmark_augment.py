@@ -44,6 +44,7 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--count-ops", action="store_true", help="only the kernel launches per apply_batch call"
     )
-    parser.add_argument("--out", default="benchmark_augment.json")
+    parser.add_argument("--out", default="outputs/benchmark_augment.json")
     args = parser.parse_args(argv)
     if args.vs_pil or args.count_ops:
         result = {}
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["vs_pil"] = vs_pil(args)
         if args.count_ops:
             result["count_ops"] = count_ops()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.out}")
@@ -403,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.ops:
         result["ops"] = bench_ops(x, args)
     print_table(rows, ratios, env)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
