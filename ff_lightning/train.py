@@ -84,6 +84,7 @@ def build_datamodule(cfg: DictConfig) -> Any:
         mixup_alpha=aug.mixup_alpha,
         cutmix_alpha=aug.cutmix_alpha,
         num_classes=data.num_classes,
+        device_decode=data.get("device_decode", "auto"),
     )
 
 

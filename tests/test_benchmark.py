@@ -194,3 +194,22 @@ def test_chart_is_skipped_without_matplotlib(
         assert write_chart(summarise(results, "cpu"), tmp_path / "benchmark.png") is None
     assert not (tmp_path / "benchmark.png").exists()
     assert "matplotlib is not installed" in caplog.text
+
+
+def test_decode_variants_parse_and_summarise() -> None:
+    from ff_lightning.bench.modes import split_variant
+
+    assert _parse_mode("auto+decode") == ("auto+decode", None)
+    assert split_variant("auto+decode") == ("auto", True)
+    assert split_variant("off-decode") == ("off", False)
+    assert split_variant("auto") == ("auto", None)
+    with pytest.raises(ConfigError, match="benchmark.modes"):
+        _parse_mode("ceiling+decode")
+    results = [
+        {"mode": "torchvision", "samples_per_sec": 100.0},
+        {"mode": "auto", "samples_per_sec": 120.0},
+        {"mode": "auto+decode", "samples_per_sec": 150.0},
+    ]
+    out = summarise(results, "cpu")
+    assert out["auto_decode_vs_auto"] == 150.0 / 120.0
+    assert out["auto_decode_vs_torchvision"] == 1.5

@@ -20,6 +20,8 @@ from ff_lightning.errors import ConfigError
 
 #: Named modes of ``benchmark.modes`` (a number in [0, 1] is a fixed ratio).
 MODES = ("torchvision", "off", "gpu", "auto", "ceiling")
+#: Suffixes that run a FusionFlow mode with a data setting changed for that run only.
+VARIANTS = {"+decode": True, "-decode": False}  # data.device_decode
 
 
 def parse_mode(mode: Any) -> tuple[str, float | None]:
@@ -32,9 +34,24 @@ def parse_mode(mode: Any) -> tuple[str, float | None]:
         return "fixed", float(mode)
     if mode in MODES:
         return str(mode), None
+    if isinstance(mode, str):
+        for suffix in VARIANTS:
+            base = mode.removesuffix(suffix)
+            if mode.endswith(suffix) and base in ("off", "gpu", "auto"):
+                return mode, None
     raise ConfigError(
-        f"`benchmark.modes` entries must be one of {MODES} or a ratio in [0, 1], got {mode!r}"
+        f"`benchmark.modes` entries must be one of {MODES}, one of 'off', 'gpu', 'auto' with "
+        f"{tuple(VARIANTS)} (device decode on/off for that run), or a ratio in [0, 1], "
+        f"got {mode!r}"
     )
+
+
+def split_variant(mode: str) -> tuple[str, bool | None]:
+    """``("auto", True)`` for ``"auto+decode"``: the FusionFlow mode and its device_decode."""
+    for suffix, decode in VARIANTS.items():
+        if mode.endswith(suffix):
+            return mode.removesuffix(suffix), decode
+    return mode, None
 
 
 def label(mode: str, ratio: float | None) -> str:

@@ -47,6 +47,13 @@ def summarise(results: list[dict[str, Any]], device: str) -> dict[str, Any]:
     for key, num, den in RATIOS:
         a, b = speeds_best.get(num), speeds_best.get(den)
         out[key] = a / b if a and b else None
+    if "auto+decode" in speeds:  # experiment=bench_decode: device decode on vs off, side by side
+        for key, den in (
+            ("auto_decode_vs_auto", "auto"),
+            ("auto_decode_vs_torchvision", "torchvision"),
+        ):
+            b = speeds.get(den)
+            out[key] = speeds["auto+decode"] / b if b else None
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ff_lightning.bench.clock import StepClock
 from ff_lightning.bench.modes import (
@@ -24,6 +24,7 @@ from ff_lightning.bench.modes import (
     ceiling_batches,
     label,
     parse_mode,
+    split_variant,
     stock_datamodule,
 )
 from ff_lightning.bench.progress import BenchProgress
@@ -74,6 +75,7 @@ def run_one(
     clock = StepClock(b.warmup_steps)
     extra = list(callbacks or [])
     fusion = None
+    given, decode = mode, None
     t0 = time.perf_counter()
     if mode == "ceiling":
         # Build the batches where the model will run, so Lightning's transfer is a no-op.
@@ -83,7 +85,13 @@ def run_one(
     elif mode == "torchvision":
         dm = stock_datamodule(cfg)
     else:
-        dm = build_datamodule(cfg)
+        mode, decode = split_variant(mode)
+        run_cfg = cfg
+        if decode is not None:  # "auto+decode" / "auto-decode": data.device_decode for this run
+            run_cfg = cfg.copy()
+            with open_dict(run_cfg):
+                run_cfg.data.device_decode = decode
+        dm = build_datamodule(run_cfg)
         kwargs: dict[str, Any] = {"mode": mode, "reserve_mb": cfg.fusionflow.reserve_mb}
         if mode == "fixed":
             kwargs["ratio"] = ratio
@@ -94,7 +102,7 @@ def run_one(
     trainer = _trainer(cfg, [*extra, clock], b.steps, out_dir)
     trainer.fit(model, datamodule=dm)
     result: dict[str, Any] = {
-        "mode": label(mode, ratio),
+        "mode": given if decode is not None else label(mode, ratio),
         "ratio": fusion.ratio if fusion is not None else (1.0 if mode == "ceiling" else None),
         "samples_per_sec": clock.samples_per_sec(),
         "steps": clock.steps,
