@@ -359,3 +359,44 @@ def test_costliest_first_sends_the_largest_files_to_the_device(tmp_path: Path) -
     largest = sorted(range(6), key=lambda i: -sizes[i])[:3]
     assert sorted(route.encoded.indices.tolist()) == sorted(largest)
     assert route.device_index.tolist() == sorted(largest)
+
+
+def test_decode_fallbacks_are_logged_as_a_metric(tmp_path: Path) -> None:
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ff_lightning import FusionFlow
+    from tests.test_datamodule import TinyNet
+
+    source = ImageFolderSource(_mixed_tree(tmp_path / "data"), "train")
+
+    class Net(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3 * SIZE * SIZE, 4)
+
+    logger = CSVLogger(str(tmp_path), name="logs")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[FusionFlow(mode="gpu", log_every_n_steps=1)],
+    )
+    dm = _dm(source, batch_size=4)
+    trainer.fit(Net(), datamodule=dm)
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("fusionflow/decode_fallbacks")]
+    # Two batches of 4; the first step is not measured (its wait includes start-up), the second
+    # logs the running count: all four non-baseline files of the epoch fell back to the host.
+    assert (
+        rows and float(rows[-1]["fusionflow/decode_fallbacks"]) == dm.device_stage.decode_fallbacks
+    )
+    assert dm.device_stage.decode_fallbacks == 4

@@ -103,10 +103,15 @@ def build_controller(
 
 
 def step_metrics(
-    ratio: float, stats: StepStats, guard: Any, workers: int | None = None
+    ratio: float,
+    stats: StepStats,
+    guard: Any,
+    workers: int | None = None,
+    decode_fallbacks: int | None = None,
 ) -> dict[str, float]:
     """The per-step ``fusionflow/*`` metrics (times in ms, memory in MiB) of one measured step;
-    ``fusionflow/workers`` when the controller chooses the worker count (``workers``)."""
+    ``fusionflow/workers`` when the controller chooses the worker count (``workers``) and
+    ``fusionflow/decode_fallbacks`` when the device decodes (``decode_fallbacks``)."""
     metrics = {
         "fusionflow/ratio": ratio,
         "fusionflow/data_wait_ms": stats.data_wait_s * 1e3,
@@ -118,6 +123,8 @@ def step_metrics(
     }
     if workers is not None:
         metrics["fusionflow/workers"] = float(workers)
+    if decode_fallbacks is not None:
+        metrics["fusionflow/decode_fallbacks"] = float(decode_fallbacks)
     if guard is not None:
         probe = guard.probe
         if getattr(probe, "available", False):
@@ -275,6 +282,14 @@ class FusionSession:
             self.controller.set_memory_cap(cap)
         self.steps_since_decision += 1
         return measured
+
+    @property
+    def decode_fallbacks(self) -> int | None:
+        """Device-decode samples decoded on the CPU instead (``None`` when decode is off)."""
+        stage = getattr(self.dm, "device_stage", None)
+        if stage is None or not getattr(stage, "device_decode", False):
+            return None
+        return int(stage.decode_fallbacks)
 
     @property
     def step_decision_due(self) -> bool:

@@ -393,7 +393,11 @@ class FusionAccelerate:
             self._recorder.step(measured)
         if measured is not None and self.global_step % self.log_every_n_steps == 0:
             self.last_metrics = step_metrics(
-                self.ratio, measured, self.session.guard, self.controller.workers
+                self.ratio,
+                measured,
+                self.session.guard,
+                self.controller.workers,
+                self.session.decode_fallbacks,
             )
             if self.log_fn is not None and is_main(self.accelerator):
                 self.log_fn(self.last_metrics, step=self.global_step)

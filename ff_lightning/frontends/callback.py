@@ -252,7 +252,13 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stats: Any) -> None:
         if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
             return
-        metrics = step_metrics(self.ratio, stats, self.session.guard, self.controller.workers)
+        metrics = step_metrics(
+            self.ratio,
+            stats,
+            self.session.guard,
+            self.controller.workers,
+            self.session.decode_fallbacks,
+        )
         util = probe_sample(self.session.guard.probe if self.session.guard else None)["gpu_util"]
         if util is not None:
             metrics["fusionflow/gpu_util"] = util  # NVML, percent; no CUDA sync
