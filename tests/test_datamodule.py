@@ -184,7 +184,7 @@ def test_user_module_hooks_run_in_the_documented_order() -> None:
         ({"crop_scale": (0.9, 0.1)}, r"`crop_scale` must satisfy"),
         ({"random_erasing": 2.0}, r"`random_erasing` must be a probability"),
         ({"mixup_alpha": 0.2}, r"`num_classes` is required"),
-        ({"std": (0.1, 0.0, 0.1)}, r"`mean` and `std` must be 3 numbers"),
+        ({"std": (0.1, 0.0, 0.1)}, r"`mean` and `std` must be 3 number\(s\) each"),
         ({"route_strategy": "fastest"}, r"`route_strategy` must be one of"),
         ({"policy": "randaugmnt"}, r"`policy` must be one of"),
         ({"policy": "randaug"}, r"`policy` must be one of .*got 'randaug'"),
@@ -253,7 +253,9 @@ def test_grayscale_and_rgba_tensors_are_accepted() -> None:
             c = (1, 4, 3, 1)[i]
             return torch.full((c, 20, 30), 100, dtype=torch.uint8), 0
 
-    dm = FusionDataModule(Odd(), image_size=16, batch_size=4, num_workers=0, policy="none")
+    dm = FusionDataModule(
+        Odd(), image_size=16, batch_size=4, num_workers=0, policy="none", channels=3
+    )
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 3, 16, 16)
 

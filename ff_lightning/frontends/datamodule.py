@@ -51,6 +51,9 @@ log = logging.getLogger("ff_lightning")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# One-channel default: ImageNet's statistics of the luma (the mean of the channel means and stds).
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
 OUTPUT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 
 # We call the LightningModule's batch-transfer hooks ourselves (see the module docstring), so
@@ -58,6 +61,17 @@ OUTPUT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 warnings.filterwarnings(
     "ignore", message=r".*overridden `on_(before|after)_batch_transfer` in both.*"
 )
+
+
+def _channels_of_first(dataset: Dataset) -> int:
+    """The channel count of the dataset's first image (1 or 3); 3 when it cannot be read."""
+    from ff_lightning.worker.geometry import channels_of
+
+    try:
+        item = dataset[0]
+    except Exception:  # a broken first item is reported, with its index, when it is loaded
+        return 3
+    return channels_of(item[0]) if isinstance(item, (tuple, list)) and item else 3
 
 
 class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
@@ -78,7 +92,11 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         crop_scale, crop_ratio: RandomResizedCrop's area and aspect ranges.
         hflip: random horizontal flip (p=0.5) in the workers.
         val_crop_fraction: validation resizes the short side to ``image_size / fraction``.
-        mean, std: normalisation applied on the device to every batch, one value per channel.
+        mean, std: normalisation applied on the device to every batch, one value per channel
+            (default: ImageNet's; for one channel ``(0.449,)``, ``(0.226,)``).
+        channels: 1 or 3, the channel count the model receives; images with another count are
+            converted (RGB to grayscale with torchvision's luma weights, or gray repeated).
+            ``None``: the first training image's (a ``L`` image or ``[1, H, W]`` tensor gives 1).
         normalize: ``True``: the model receives ``(x / 255 - mean) / std``; ``False``: floats in
             ``[0, 1]`` (for modules that augment further with ops expecting that range, such
             as kornia's ``ColorJitter``, and normalise themselves).
@@ -116,8 +134,9 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: bool = True,
         val_crop_fraction: float = 0.875,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels: int | None = None,
         normalize: bool = True,
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
@@ -174,9 +193,18 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             "val_crop_fraction", val_crop_fraction, 0.0, 1.0, low_open=True
         )
         self.hflip = bool(hflip)
-        if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
+        if channels is None:
+            channels = _channels_of_first(train_dataset)
+        self.channels = check_choice("channels", channels, (1, 3))
+        c = self.channels
+        if mean is None:
+            mean = IMAGENET_MEAN if c == 3 else GRAY_MEAN
+        if std is None:
+            std = IMAGENET_STD if c == 3 else GRAY_STD
+        if len(mean) != c or len(std) != c or any(float(s) <= 0 for s in std):
             raise ConfigError(
-                f"`mean` and `std` must be 3 numbers each with std > 0, got mean={mean!r}, std={std!r}"
+                f"`mean` and `std` must be {c} number(s) each (one per channel; channels={c}) "
+                f"with std > 0, got mean={mean!r}, std={std!r}"
             )
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -228,6 +256,13 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         self.device_decode = (
             reads_encoded_files(train_dataset) if device_decode == "auto" else bool(device_decode)
         )
+        if self.device_decode and self.channels != 3:
+            if device_decode is True:
+                raise ConfigError(
+                    "`device_decode=True` decodes RGB JPEGs and needs channels=3, got "
+                    f"channels={self.channels}; use device_decode='auto' or False"
+                )
+            self.device_decode = False  # auto: one-channel data is decoded in the workers
 
         if isinstance(policy, str):
             try:
@@ -324,6 +359,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             crop_ratio=self.crop_ratio,
             hflip=self.hflip,
             device_decode=self.device_decode,
+            channels=self.channels,
         )
         sampler = EpochSampler(self.train_dataset, shuffle=True, seed=self.seed)  # type: ignore[arg-type]
         batch_sampler = RoutedBatchSampler(
@@ -343,6 +379,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             return []
         ds = AugmentingDataset(
             dataset,
+            channels=self.channels,
             train=False,
             image_size=self.image_size,
             val_crop_fraction=self.val_crop_fraction,

@@ -24,12 +24,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.control.controller import StepStats
-from ff_lightning.errors import CorruptImageError
+from ff_lightning.errors import ConfigError, CorruptImageError
 from ff_lightning.routing.sampler import RoutedBatch
 from ff_lightning.worker.encoded import EncodedBatch, JpegHeader, jpeg_header
 from ff_lightning.worker.geometry import (
@@ -69,10 +70,12 @@ class AugmentingDataset(Dataset):
         hflip: bool = True,
         val_crop_fraction: float = 0.875,
         device_decode: bool = False,
+        channels: int = 3,
     ) -> None:
         from ff_lightning.sources.decoding import reads_encoded_files
 
         self.source = source
+        self.channels = channels
         # Only a source that hands out its files' bytes can leave samples encoded.
         self.device_decode = bool(device_decode) and train and reads_encoded_files(source)
 
@@ -94,10 +97,7 @@ class AugmentingDataset(Dataset):
             raise TypeError(
                 f"dataset item {index} must be a pair (image, int target), got {type(item).__name__}"
             )
-        image, target = item[0], item[1]
-        if isinstance(target, torch.Tensor):
-            target = int(target.item())
-        return to_uint8_chw(image), int(target)
+        return to_uint8_chw(item[0], self.channels), class_index(index, item[1])
 
     def __getitem__(self, key: RoutedBatch | int) -> dict[str, Any]:
         if isinstance(key, RoutedBatch):
@@ -210,7 +210,7 @@ class AugmentingDataset(Dataset):
         return data, None, image, target
 
     def _target(self, index: int, target: Any) -> int:
-        return int(target.item()) if isinstance(target, torch.Tensor) else int(target)
+        return class_index(index, target)
 
     def _train_batch_encoded(self, rb: RoutedBatch) -> dict[str, Any]:
         t0 = time.thread_time()
@@ -302,6 +302,27 @@ class AugmentingDataset(Dataset):
         if positions:
             pos = torch.tensor(positions)
             images[pos] = images[pos].flip(-1)
+
+
+def class_index(index: int, target: Any) -> int:
+    """``target`` as an int class index, or a ConfigError naming the item and the target."""
+    value = target
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ConfigError(
+                f"dataset item {index} has a target tensor of shape {tuple(value.shape)}; "
+                "targets must be one integer class index (0, 1, ...) per item"
+            )
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(
+            f"dataset item {index} has target {target!r} ({type(target).__name__}); targets "
+            "must be integer class indices (0, 1, ...): map labels to indices first, e.g. "
+            "`{name: i for i, name in enumerate(sorted(names))}`"
+        )
+    return int(value)
 
 
 def _size_of(image: Any) -> tuple[int, int]:

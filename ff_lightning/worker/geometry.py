@@ -33,6 +33,7 @@ __all__ = [
     "oriented_size",
     "place_decoded",
     "random_resized_crop_box",
+    "channels_of",
     "to_uint8_chw",
     "train_geometry_batch",
 ]
@@ -40,10 +41,12 @@ __all__ = [
 N_CROP_UNIFORMS = 22  # 10 tries of (scale, log-ratio), then the crop position
 
 
-def to_uint8_chw(image: object) -> torch.Tensor | Image.Image:
-    """Normalise a dataset item's image to an RGB PIL image or a uint8 ``[3, H, W]`` tensor."""
+def to_uint8_chw(image: object, channels: int = 3) -> torch.Tensor | Image.Image:
+    """A dataset item's image as a PIL image or a uint8 ``[C, H, W]`` tensor with ``channels``
+    channels (1: grayscale, ``L``; 3: RGB), converted when it has another count."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        mode = "L" if channels == 1 else "RGB"
+        return image if image.mode == mode else image.convert(mode)
     if isinstance(image, torch.Tensor):
         t = image
         if t.ndim == 2:
@@ -57,18 +60,30 @@ def to_uint8_chw(image: object) -> torch.Tensor | Image.Image:
                 f"dataset image tensors must have dtype torch.uint8 (values 0-255), got {t.dtype}; "
                 "convert with `(x * 255).round().clamp(0, 255).to(torch.uint8)`"
             )
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        elif t.shape[0] == 4:
+        if t.shape[0] == 4:
             t = t[:3]
-        elif t.shape[0] != 3:
+        elif t.shape[0] not in (1, 3):
             raise ValueError(
                 f"dataset image tensors must have 1, 3 or 4 channels first ([C, H, W]), got shape {tuple(t.shape)}"
             )
-        return t
+        if t.shape[0] == channels:
+            return t
+        if channels == 3:
+            return t.expand(3, -1, -1)
+        return TF.rgb_to_grayscale(t)  # torchvision's luma weights, as PIL's "L" conversion
     raise TypeError(
         f"dataset items must be (PIL.Image or uint8 tensor [C, H, W], int target), got an image of type {type(image).__name__}"
     )
+
+
+def channels_of(image: object) -> int:
+    """1 for a one-channel image (``L``/``I``/``1``/``LA`` PIL modes, ``[1, H, W]`` or ``[H, W]``
+    tensors), else 3."""
+    if isinstance(image, Image.Image):
+        return 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    if isinstance(image, torch.Tensor):
+        return 1 if image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 1) else 3
+    return 3
 
 
 def _size_of(img: torch.Tensor | Image.Image) -> tuple[int, int]:
@@ -150,7 +165,8 @@ def train_geometry_batch(
         ratio=ratio,
     )
     n = len(images)
-    out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    channels = channels_of(images[0]) if n else 3
+    out = torch.empty(n, channels, size, size, dtype=torch.uint8)
     crop_into(out, list(range(n)), images, boxes)
     if hflip and n:
         flips = flip_flags(seed, epoch, indices).nonzero().squeeze(1)
@@ -180,9 +196,9 @@ def crop_into(
     for j, (p, image, (top, left, h, w)) in enumerate(zip(positions, images, boxes, strict=True)):
         if isinstance(image, Image.Image):
             if hwc is None:
-                hwc = torch.empty(n, size, size, 3, dtype=torch.uint8)
+                hwc = torch.empty(n, size, size, int(out.shape[1]), dtype=torch.uint8)
             res = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-            hwc[j].numpy()[...] = np.asarray(res)
+            hwc[j].numpy()[...] = np.asarray(res).reshape(size, size, -1)
             pil_rows.append(j)
         else:
             out[p] = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
