@@ -66,3 +66,34 @@ def test_float_tensor_targets_that_are_whole_numbers_are_accepted() -> None:
     dm = FusionDataModule(Items(), image_size=8, batch_size=4, num_workers=0, policy="none")
     batch = next(iter(dm.train_dataloader()))
     assert batch["targets"].tolist() == (batch["route"].indices % 2).tolist()
+
+
+def test_data_on_error_is_a_recipe_key_and_raise_ends_in_one_line(tmp_path) -> None:
+    from ff_lightning.train import build_datamodule
+
+    root = tmp_path / "tree"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            from PIL import Image
+
+            Image.new("RGB", (20, 20), (10, 20, 30)).save(d / "ok.jpg")
+            (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    cfg = _compose(
+        [
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.num_classes=2",
+            "data.on_error=raise",
+            "data.num_workers=1",
+            "data.image_size=16",
+            "data.batch_size=4",
+        ]
+    )
+    assert cfg.data.source.on_error == "raise"
+    dm = build_datamodule(cfg)
+    with pytest.raises(CorruptImageError) as info:
+        next(iter(dm.train_dataloader()))
+    line = one_line(info.value)
+    assert "broken.jpg" in line and "\n" not in line
