@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ff_lightning.device.stage import DeviceStage
+from ff_lightning.device.stage import DeviceStage, output_dtype_for
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
 from ff_lightning.routing.loader import ResumableDataLoader
@@ -46,6 +46,7 @@ from ff_lightning.validation import (
     check_probability,
 )
 from ff_lightning.worker.dataset import AugmentingDataset, collate_batch, worker_init
+from ff_lightning.worker.geometry import channels_of_first
 
 log = logging.getLogger("ff_lightning")
 
@@ -61,17 +62,6 @@ OUTPUT_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 warnings.filterwarnings(
     "ignore", message=r".*overridden `on_(before|after)_batch_transfer` in both.*"
 )
-
-
-def _channels_of_first(dataset: Dataset) -> int:
-    """The channel count of the dataset's first image (1 or 3); 3 when it cannot be read."""
-    from ff_lightning.worker.geometry import channels_of
-
-    try:
-        item = dataset[0]
-    except Exception:  # a broken first item is reported, with its index, when it is loaded
-        return 3
-    return channels_of(item[0]) if isinstance(item, (tuple, list)) and item else 3
 
 
 class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
@@ -194,7 +184,7 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         )
         self.hflip = bool(hflip)
         if channels is None:
-            channels = _channels_of_first(train_dataset)
+            channels = channels_of_first(train_dataset)
         self.channels = check_choice("channels", channels, (1, 3))
         c = self.channels
         if mean is None:
@@ -405,19 +395,9 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
 
     def resolved_output_dtype(self) -> torch.dtype:
         """The dtype of the images handed to the model (``output_dtype`` resolved)."""
-        if self.output_dtype != "auto":
-            return getattr(torch, self.output_dtype)
         trainer = getattr(self, "trainer", None)
         plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
-        desired = getattr(plugin, "_desired_input_dtype", None)
-        if isinstance(desired, torch.dtype) and desired.is_floating_point:
-            return desired
-        precision = str(getattr(plugin, "precision", ""))
-        return {
-            "bf16-mixed": torch.bfloat16,
-            "16-mixed": torch.float16,
-            "64-true": torch.float64,
-        }.get(precision, torch.float32)
+        return output_dtype_for(self.output_dtype, plugin)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         module = self._user_module()

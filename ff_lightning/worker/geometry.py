@@ -34,6 +34,7 @@ __all__ = [
     "place_decoded",
     "random_resized_crop_box",
     "channels_of",
+    "channels_of_first",
     "to_uint8_chw",
     "train_geometry_batch",
 ]
@@ -84,6 +85,15 @@ def channels_of(image: object) -> int:
     if isinstance(image, torch.Tensor):
         return 1 if image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 1) else 3
     return 3
+
+
+def channels_of_first(dataset: object) -> int:
+    """The channel count (1 or 3) of a dataset's first image; 3 when it cannot be read."""
+    try:
+        item = dataset[0]  # type: ignore[index]
+    except Exception:  # a broken first item is reported, with its index, when it is loaded
+        return 3
+    return channels_of(item[0]) if isinstance(item, (tuple, list)) and item else 3
 
 
 def _size_of(img: torch.Tensor | Image.Image) -> tuple[int, int]:
