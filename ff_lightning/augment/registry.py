@@ -10,7 +10,6 @@ these entries.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,13 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment import _color, _geometry
+from ff_lightning.augment.reference import (
+    _ref,
+    _ref_identity,
+    _ref_rotate,
+    _ref_shear,
+    _ref_translate,
+)
 
 __all__ = ["INTERPOLATIONS", "REGISTRY", "FillArg", "OpDef", "_Ctx", "_run_identity"]
 
@@ -249,50 +255,6 @@ def _zero_shift(m: Tensor) -> Tensor:
 
 def _zero_angle(m: Tensor) -> Tensor:
     return torch.remainder(m, 360.0) == 0
-
-
-def _tv():
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF, InterpolationMode
-
-
-def _ref_identity(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
-    return image
-
-
-def _ref_shear(axis: int):
-    def ref(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
-        TF, Mode = _tv()
-        shear = [0.0, 0.0]
-        shear[axis] = math.degrees(math.atan(m))
-        return TF.affine_image(image, 0.0, [0, 0], 1.0, shear, Mode(interpolation), fill, [0, 0])
-
-    return ref
-
-
-def _ref_translate(axis: int):
-    def ref(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
-        TF, Mode = _tv()
-        t = [0, 0]
-        t[axis] = int(m)
-        return TF.affine_image(image, 0.0, t, 1.0, [0.0, 0.0], Mode(interpolation), fill)
-
-    return ref
-
-
-def _ref_rotate(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
-    TF, Mode = _tv()
-    return TF.rotate_image(image, m, Mode(interpolation), fill=fill)
-
-
-def _ref(fn_name: str, convert: Callable[[float], float | int] | None = None):
-    def ref(image: Tensor, m: float, interpolation: str, fill: FillArg) -> Tensor:
-        fn = getattr(_tv()[0], fn_name)
-        return fn(image) if convert is None else fn(image, convert(m))
-
-    return ref
 
 
 def _op(name, kind, cost, prepare, run, noop, reference) -> tuple[str, OpDef]:

@@ -40,6 +40,7 @@ from ff_lightning.worker.geometry import (
     flip_flags,
     oriented_size,
     place_decoded,
+    size_of,
     to_uint8_chw,
     train_geometry_batch,
 )
@@ -183,8 +184,6 @@ class AugmentingDataset(Dataset):
         stats = StepStats(
             batch_size=b,
             n_device=k,
-            data_wait_s=0.0,
-            step_s=0.0,
             cpu_aug_s=cpu_aug_s,
             n_cpu=b - k,
             prep_s=prep_s,
@@ -221,7 +220,7 @@ class AugmentingDataset(Dataset):
         read = [self._read(i) for i in idx]
         targets = torch.tensor([r[3] for r in read], dtype=torch.long)
         sizes = [
-            oriented_size(h.height, h.width, h.orientation) if h is not None else _size_of(im)
+            oriented_size(h.height, h.width, h.orientation) if h is not None else size_of(im)
             for _, h, im, _ in read
         ]
         crop = (self.seed, rb.epoch, tuple(self.crop_scale), tuple(self.crop_ratio))
@@ -266,9 +265,9 @@ class AugmentingDataset(Dataset):
                 targets[p] = target
                 img = image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
                 orientation = 1  # the source's image is upright already
-                if _size_of(img) != sizes[p]:  # a replacement sample (on_error="skip")
+                if size_of(img) != sizes[p]:  # a replacement sample (on_error="skip")
                     box = crop_boxes(
-                        [_size_of(img)],
+                        [size_of(img)],
                         seed=self.seed,
                         epoch=rb.epoch,
                         indices=[idx[p]],
@@ -323,12 +322,6 @@ def class_index(index: int, target: Any) -> int:
             "`{name: i for i, name in enumerate(sorted(names))}`"
         )
     return int(value)
-
-
-def _size_of(image: Any) -> tuple[int, int]:
-    if isinstance(image, torch.Tensor):
-        return int(image.shape[-2]), int(image.shape[-1])
-    return image.height, image.width
 
 
 def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:

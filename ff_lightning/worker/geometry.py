@@ -33,6 +33,7 @@ __all__ = [
     "oriented_size",
     "place_decoded",
     "random_resized_crop_box",
+    "size_of",
     "channels_of",
     "channels_of_first",
     "to_uint8_chw",
@@ -96,7 +97,7 @@ def channels_of_first(dataset: object) -> int:
     return channels_of(item[0]) if isinstance(item, (tuple, list)) and item else 3
 
 
-def _size_of(img: torch.Tensor | Image.Image) -> tuple[int, int]:
+def size_of(img: torch.Tensor | Image.Image) -> tuple[int, int]:
     if isinstance(img, Image.Image):
         return img.height, img.width
     return int(img.shape[-2]), int(img.shape[-1])
@@ -167,7 +168,7 @@ def train_geometry_batch(
 ) -> torch.Tensor:
     """Random resized crop of every image to ``size`` x ``size``, then the flips: uint8 ``[B, 3, S, S]``."""
     boxes = crop_boxes(
-        [_size_of(im) for im in images],
+        [size_of(im) for im in images],
         seed=seed,
         epoch=epoch,
         indices=indices,
