@@ -14,8 +14,10 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import v2
 
+import ff_lightning.augment.groups as groups
 import ff_lightning.augment.registry as registry
-from ff_lightning.augment.functional import OPS, apply_op, apply_ops_grouped
+from ff_lightning.augment.functional import OPS, _context, apply_op, apply_ops_grouped
+from ff_lightning.augment.registry import REGISTRY
 
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 SIGNED = GEOMETRIC + ("Brightness", "Color", "Contrast", "Sharpness")
@@ -322,6 +324,55 @@ def test_chunked_cpu_path_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -
         assert torch.equal(apply_op(images, op, SOME_MAGNITUDE[op]), whole[op]), op
 
 
+def test_chunked_lookup_tables_match_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every table-mapped op in one slot, chunks of 3 images cutting across the ops' spans.
+    lut_ops = [op for op in OPS if REGISTRY[op].lut is not None]
+    batch = 17
+    ids = torch.arange(batch) % len(lut_ops)
+    mags = torch.tensor([float(SOME_MAGNITUDE[lut_ops[k]]) for k in ids.tolist()])
+    images = make_images(batch, seed=18)
+    whole = apply_ops_grouped(images, ids, mags, lut_ops)
+    single = {op: apply_op(images, op, SOME_MAGNITUDE[op]) for op in lut_ops}
+    monkeypatch.setattr(groups, "LUT_CHUNK_ELEMENTS", 3 * H * W * 3)
+    assert torch.equal(apply_ops_grouped(images, ids, mags, lut_ops), whole)
+    for op in lut_ops:
+        assert torch.equal(apply_op(images, op, SOME_MAGNITUDE[op]), single[op]), op
+    for i, k in enumerate(ids.tolist()):
+        assert torch.equal(whole[i], single[lut_ops[k]][i]), (i, lut_ops[k])
+
+
+def test_a_slot_costs_one_group_per_kind_of_kernel() -> None:
+    # 14 ops in one slot: one table group, one affine, one shift, Color, Sharpness.
+    ids = torch.arange(2 * len(OPS)) % len(OPS)
+    mags = torch.tensor([float(SOME_MAGNITUDE[OPS[k]]) for k in ids.tolist()], dtype=torch.float64)
+    ctx = _context(make_images(1, seed=0), "nearest", 0)
+    planned = groups.plan_groups(ids, mags, OPS, ctx)
+    covered = sorted(i for g in planned for i in g.idx.tolist())
+    assert len(planned) == 5
+    assert covered == [i for i, k in enumerate(ids.tolist()) if OPS[k] != "Identity"]
+
+
+def test_nearest_index_cache_is_bounded_and_exact() -> None:
+    from ff_lightning.augment import _geometry
+
+    cache = _geometry._IndexCache(max_bytes=3 * 20 * 24 * 8)  # three 20x24 indices
+    shears = torch.linspace(-0.3, 0.3, 5, dtype=torch.float64)
+    zeros = torch.zeros_like(shears)
+    matrix = _geometry.inverse_affine(
+        zeros, _geometry.degrees(_geometry.atan(shears)), zeros, -12.0, -10.0
+    )
+    factors = _geometry.grid_factors(matrix, 20, 24)
+    fresh = [
+        _geometry.source_index(_geometry.grid(*_geometry.grid_terms(f[None], 20, 24)), 20, 24)
+        for f in factors
+    ]
+    for _ in range(2):
+        for f, expected in zip(factors, fresh, strict=True):
+            assert torch.equal(cache.get(f, 20, 24), expected)
+    assert cache._bytes <= cache.max_bytes and len(cache._entries) == 3
+    assert cache.get(factors[4], 20, 24) is cache.get(factors[4], 20, 24)  # a hit
+
+
 def test_nearest_index_fallback_for_huge_images(monkeypatch: pytest.MonkeyPatch) -> None:
     # Beyond 2**24 pixels the flat index is not exact in float32; rows and columns are
     # then sampled separately. Force that path on small images: same result.
@@ -331,6 +382,7 @@ def test_nearest_index_fallback_for_huge_images(monkeypatch: pytest.MonkeyPatch)
     mags = {"Rotate": torch.tensor([-30.0, 10.0, 45.0, 90.0, 135.0, 7.5]), "ShearY": 0.3}
     expected = {op: apply_op(images, op, m, fill=(1, 2, 3)) for op, m in mags.items()}
     monkeypatch.setattr(_geometry, "_FLOAT32_EXACT_INT", 1)
+    _geometry.INDEX_CACHE.clear()  # recompute: the cached indices came from the other path
     for op, m in mags.items():
         assert torch.equal(apply_op(images, op, m, fill=(1, 2, 3)), expected[op]), op
 

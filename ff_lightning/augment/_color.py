@@ -1,11 +1,21 @@
 """Batched per-sample colour kernels reproducing torchvision v2's uint8 arithmetic.
 
-Every kernel takes contiguous uint8 ``images`` ``[B, C, H, W]``, per-sample parameters with
-a leading batch dimension already on the images' device, and a contiguous uint8 ``out`` of
-the same shape that it fills (so chunked callers need no extra copy); ``out`` may be
-``images`` itself (every kernel reads what it needs before it writes). The float arithmetic
-follows torchvision operation by operation: float32, the same rounding, ``a * r + b * (1 - r)``
-as one fused multiply-add like its ``add_(..., alpha=)``, truncation on the way back to uint8.
+Two kinds:
+
+- **lookup tables.** Brightness, Contrast, Posterize, Solarize, AutoContrast, Equalize and
+  Invert map each pixel value through a function of the value and of per-sample (AutoContrast,
+  Equalize: per-channel) quantities only. Their ``*_lut`` builders evaluate torchvision's
+  arithmetic once on the 256 possible values and return uint8 tables ``[n, 1 or C, 256]``;
+  :func:`apply_luts` then maps a whole batch, whatever mix of these ops its samples carry, in
+  one gather (see ``ff_lightning.augment.groups``). One pass per batch instead of one group of
+  small calls per op is what makes the CPU route fast on small images.
+- **spatial / cross-channel kernels.** Color (blend with the luma) and Sharpness (3x3 blur)
+  take contiguous uint8 ``images`` ``[B, C, H, W]`` and a contiguous uint8 ``out`` of the same
+  shape that they fill; ``out`` may be ``images`` itself.
+
+The float arithmetic follows torchvision operation by operation: float32, the same rounding,
+``a * r + b * (1 - r)`` as one fused multiply-add like its ``add_(..., alpha=)``, truncation on
+the way back to uint8.
 """
 
 from __future__ import annotations
@@ -14,15 +24,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "autocontrast",
-    "brightness",
+    "apply_luts",
+    "autocontrast_lut",
+    "brightness_lut",
     "color",
-    "contrast",
-    "equalize",
-    "invert",
-    "posterize",
+    "contrast_lut",
+    "equalize_lut",
+    "invert_lut",
+    "lut_index",
+    "posterize_lut",
     "sharpness",
-    "solarize",
+    "solarize_lut",
 ]
 
 
@@ -61,26 +73,12 @@ def _grayscale(images: Tensor) -> Tensor:
     return gray.floor_().unsqueeze(1)
 
 
-def brightness(images: Tensor, factor: Tensor, out: Tensor) -> Tensor:
-    """``adjust_brightness`` with per-sample ``factor`` (float32 ``[B]``, non-negative)."""
-    acc = torch.mul(images, _per_sample(factor))  # uint8 * float32: one float32 pass
-    return _store(acc.clamp_(max=255), out)
-
-
 def color(images: Tensor, factor: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
     """``adjust_saturation``: blend with the floored grayscale image (identity on one channel,
     as torchvision and PIL)."""
     if images.shape[1] == 1:
         return out.copy_(images)
     return _blend(images, _grayscale(images), factor, alpha, out)
-
-
-def contrast(images: Tensor, factor: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
-    """``adjust_contrast``: blend with the mean of the floored grayscale image."""
-    gray = _grayscale(images)
-    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-    # A full plane of the mean: addcmul_ with two per-sample scalars is not vectorised.
-    return _blend(images, gray.copy_(mean.expand_as(gray)), factor, alpha, out)
 
 
 def sharpness(images: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
@@ -112,54 +110,80 @@ def sharpness(images: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
     return out
 
 
-def posterize(images: Tensor, out: Tensor, mask: Tensor) -> Tensor:
-    """Keep the most significant bits: ``images & mask`` (uint8 ``[B]``, ``(255 << (8 - bits)) & 255``)."""
-    return torch.bitwise_and(images, _per_sample(mask), out=out)
+# ==================================================================== lookup tables
+def _ramp(device: torch.device) -> Tensor:
+    """uint8 ``[1, 1, 256]``: every pixel value once."""
+    return torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 256)
 
 
-def solarize(images: Tensor, out: Tensor, threshold: Tensor, flip: Tensor) -> Tensor:
-    """Invert pixels ``>= threshold`` (uint8 ``[B]``) where ``flip`` (uint8 ``[B]``) is 255."""
-    # x >= t  <=>  max(x, t) == x; uint8 maximum/eq are vectorised on CPU, ge is not.
-    hit = torch.maximum(images, _per_sample(threshold)).eq_(images)
-    return torch.bitwise_xor(images, hit.mul_(_per_sample(flip)), out=out)
+def brightness_lut(images: Tensor, index: Tensor, base: int, factor: Tensor) -> Tensor:
+    """``adjust_brightness(factor)`` (float32 ``[n]``, non-negative): ``clamp(x * f)``, truncated."""
+    acc = torch.mul(_ramp(factor.device), factor.view(-1, 1, 1))  # uint8 * float32 -> float32
+    return acc.clamp_(max=255).to(torch.int16).to(torch.uint8)
 
 
-def invert(images: Tensor, out: Tensor) -> Tensor:
-    """``255 - images``."""
-    return torch.bitwise_not(images, out=out)
+def contrast_lut(images: Tensor, index: Tensor, base: int, factor: Tensor, alpha: Tensor) -> Tensor:
+    """``adjust_contrast``: blend each value with the mean of the image's floored luma."""
+    n = images.shape[0]
+    mean = _grayscale(images).mean(dim=(1, 2, 3)).view(n, 1, 1)
+    acc = torch.mul(_ramp(images.device), factor.view(n, 1, 1))  # uint8 * float32: [n, 1, 256]
+    # A full row of the mean, as the image's plane of it in torchvision's ``_blend``.
+    other = torch.empty_like(acc).copy_(mean.expand(n, 1, 256))
+    acc.addcmul_(other, alpha.view(n, 1, 1))
+    return acc.clamp_(0, 255).to(torch.int16).to(torch.uint8)
 
 
-def _apply_lut(images: Tensor, lut: Tensor, out: Tensor, index: Tensor) -> Tensor:
-    """``out[b, c, p] = lut[b * C + c, index[b * C + c, p]]``, ``lut`` uint8 ``[B * C, 256]``,
-    ``index`` the int64 pixel values ``[B * C, H * W]``."""
-    bsz, ch, height, width = images.shape
-    torch.gather(lut, 1, index, out=out.view(bsz * ch, height * width))
-    return out
+def posterize_lut(images: Tensor, index: Tensor, base: int, mask: Tensor) -> Tensor:
+    """Keep the most significant bits: ``x & mask`` (uint8 ``[n]``, ``(255 << (8 - bits)) & 255``)."""
+    return torch.bitwise_and(_ramp(mask.device), mask.view(-1, 1, 1))
 
 
-def autocontrast(images: Tensor, out: Tensor) -> Tensor:
+def solarize_lut(
+    images: Tensor, index: Tensor, base: int, threshold: Tensor, flip: Tensor
+) -> Tensor:
+    """Invert values ``>= threshold`` (uint8 ``[n]``) where ``flip`` (uint8 ``[n]``) is 255."""
+    ramp = _ramp(threshold.device)
+    hit = torch.ge(ramp, threshold.view(-1, 1, 1)).to(torch.uint8)
+    return torch.bitwise_xor(ramp, hit.mul_(flip.view(-1, 1, 1)))
+
+
+def invert_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
+    """``255 - x``."""
+    return torch.bitwise_not(_ramp(images.device)).expand(images.shape[0], 1, 256)
+
+
+def autocontrast_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
     """Stretch each channel of each image to the full ``[0, 255]`` range.
 
     ``(x - lo) / ((hi - lo) / 255)`` in float32, clamped and truncated (channels with
-    ``hi == lo`` are left as they are): torchvision's float32 operations, pixel by pixel
-    (five vectorised passes; cheaper on CPU than a per-channel lookup table's gather).
+    ``hi == lo`` are left as they are): torchvision's float32 operations on every value.
     """
-    bsz, ch = images.shape[:2]
-    lo = images.amin(dim=(2, 3), keepdim=True).to(torch.float32)
-    hi = images.amax(dim=(2, 3), keepdim=True).to(torch.float32)
+    lo = images.amin(dim=(2, 3)).unsqueeze(-1).to(torch.float32)  # [n, C, 1]
+    hi = images.amax(dim=(2, 3)).unsqueeze(-1).to(torch.float32)
     flat = hi == lo
     inv_scale = (hi - lo).mul_(1.0 / 255).masked_fill_(flat, 1.0)
     lo = lo.masked_fill_(flat, 0.0)
-    return _store(images.sub(lo).div_(inv_scale).clamp_(0, 255), out)
+    values = _ramp(images.device).to(torch.float32)
+    return values.sub(lo).div_(inv_scale).clamp_(0, 255).to(torch.int16).to(torch.uint8)
 
 
-def equalize(images: Tensor, out: Tensor) -> Tensor:
-    """Histogram equalisation per channel with PIL's (and torchvision's) LUT scheme."""
+def equalize_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
+    """Histogram equalisation per channel with PIL's (and torchvision's) table scheme.
+
+    ``index`` holds the images' values offset by ``256 * row`` (rows counted from ``base``):
+    one ``bincount`` (CPU) or ``index_add_`` (elsewhere, no synchronisation) gives every
+    channel's histogram.
+    """
     bsz, ch, height, width = images.shape
     rows, npix = bsz * ch, height * width
-    index = images.view(rows, npix).to(torch.int64)
-    hist = torch.zeros(rows, 256, dtype=torch.int32, device=images.device)
-    hist.scatter_add_(1, index, hist.new_ones(1, 1).expand(rows, npix))
+    top = (base + rows) * 256
+    flat = index.reshape(-1)
+    if flat.device.type == "cpu":
+        hist = torch.bincount(flat, minlength=top)
+    else:
+        hist = torch.zeros(top, dtype=torch.int32, device=flat.device)
+        hist.index_add_(0, flat, hist.new_ones(1).expand(flat.numel()))
+    hist = hist[base * 256 :].view(rows, 256)
     cum = hist.cumsum(dim=1, dtype=torch.int64)
     last = cum.argmax(dim=1, keepdim=True)  # first bin holding the total: last non-empty bin
     num_non_max = npix - hist.gather(1, last).to(torch.int64)
@@ -173,5 +197,28 @@ def equalize(images: Tensor, out: Tensor) -> Tensor:
     lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1)
     # Channels with a single non-empty bin (step == 0) are left unchanged.
     identity = torch.arange(256, device=images.device).expand(rows, 256)
-    lut = torch.where(step != 0, lut, identity).to(torch.uint8)
-    return _apply_lut(images, lut, out, index)
+    return torch.where(step != 0, lut, identity).to(torch.uint8).view(bsz, ch, 256)
+
+
+_OFFSETS: dict[tuple[int, str], Tensor] = {}
+
+
+def lut_index(images: Tensor) -> Tensor:
+    """int32 ``[B * C, H * W]``: each pixel's value plus ``256 * (its image's row b * C + c)``,
+    the position of its entry in the stacked tables ``[B, C, 256]``."""
+    bsz, ch = images.shape[:2]
+    rows = bsz * ch
+    key = (rows, str(images.device))
+    offsets = _OFFSETS.get(key)
+    if offsets is None:
+        if len(_OFFSETS) > 64:
+            _OFFSETS.clear()
+        offsets = torch.arange(0, rows * 256, 256, dtype=torch.int32, device=images.device)
+        offsets = _OFFSETS.setdefault(key, offsets.view(rows, 1))
+    return torch.add(images.view(rows, -1), offsets)  # uint8 + int32 -> int32, one pass
+
+
+def apply_luts(luts: Tensor, index: Tensor, out: Tensor) -> Tensor:
+    """``out`` (uint8, ``index.numel()`` values) = ``luts.view(-1)[index]``: one gather."""
+    torch.index_select(luts.view(-1), 0, index.view(-1), out=out.view(-1))
+    return out

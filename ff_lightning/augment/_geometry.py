@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
@@ -34,6 +35,7 @@ from torch import Tensor
 from torch.nn.functional import grid_sample
 
 __all__ = [
+    "INDEX_CACHE",
     "atan",
     "axes",
     "degrees",
@@ -226,30 +228,63 @@ def _padded(images: Tensor, fill_u8: Tensor) -> Tensor:
     return pad
 
 
+class _IndexCache:
+    """Nearest-warp source indices (int64 ``[1, H*W]``) by matrix and image size, least
+    recently used out first beyond ``max_bytes``.
+
+    RandAugment's fixed magnitude gives two matrices per op and size; TrivialAugment's 31 bins
+    about sixty. The index is a pure function of the float32 grid factors and the size, so
+    a hit is the same tensor a fresh computation gives.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, factors: Tensor, height: int, width: int) -> Tensor:
+        key = (tuple(factors.view(torch.int32).view(-1).tolist()), height, width)
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            return hit
+        terms = grid_terms(factors.view(1, 3, 2), height, width)
+        index = source_index(grid(*terms), height, width)
+        size = index.numel() * index.element_size()
+        while self._entries and self._bytes + size > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+        if size <= self.max_bytes:
+            self._entries[key] = index
+            self._bytes += size
+        return index
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+#: The CPU warps' cache (per process: every DataLoader worker has its own).
+INDEX_CACHE = _IndexCache()
+
+
 def warp_nearest_rows(
     src: Tensor, dst: Tensor, rows: Sequence[int], factors: Tensor, fill_u8: Tensor
 ) -> None:
     """CPU: ``dst[b] = warp(src[b])`` for ``b`` in ``rows`` (``factors[j]`` for ``rows[j]``).
 
-    The source index is computed once per distinct matrix (RandAugment's fixed magnitude
-    gives two per op) and each image is gathered in cache with it. ``dst`` may be ``src``.
+    The source index of each distinct matrix comes from :data:`INDEX_CACHE` and each image
+    is gathered in cache with it. ``dst`` may be ``src``.
     """
     _, ch, height, width = src.shape
-    uniq, inverse = torch.unique(
-        factors.view(len(rows), 6).view(torch.int32), dim=0, return_inverse=True
-    )
     pad = torch.empty(ch, 1 + height * width, dtype=torch.uint8)
     pad[:, 0].copy_(fill_u8)
     body = pad[:, 1:]
-    members: list[list[int]] = [[] for _ in range(len(uniq))]
-    for j, u in enumerate(inverse.tolist()):
-        members[u].append(rows[j])
-    for u, batch_rows in enumerate(members):
-        terms = grid_terms(uniq[u].view(torch.float32).view(1, 3, 2), height, width)
-        index = source_index(grid(*terms), height, width).expand(ch, height * width)
-        for b in batch_rows:
-            body.copy_(src[b].view(ch, -1))
-            torch.gather(pad, 1, index, out=dst[b].view(ch, -1))
+    flat = factors.view(len(rows), 6)
+    for j, b in enumerate(rows):
+        index = INDEX_CACHE.get(flat[j], height, width).expand(ch, height * width)
+        body.copy_(src[b].view(ch, -1))
+        torch.gather(pad, 1, index, out=dst[b].view(ch, -1))
 
 
 def warp_nearest_batch(

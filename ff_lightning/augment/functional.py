@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment._device import HostPack
+from ff_lightning.augment.groups import plan_groups
 from ff_lightning.augment.registry import (
     INTERPOLATIONS,
     REGISTRY,
@@ -126,49 +127,29 @@ def _apply_grouped(
 ) -> Tensor:
     """``dst[i] = op(names[ids[i]])(x[i], m[i])``; ``ids``/``m`` on the host; ``dst`` may be ``x``.
 
-    Samples are grouped by op on the host; samples on which an op is exactly the identity
-    join the identity group when they are many. All groups' indices and per-sample
-    parameters travel to the device in one pinned copy.
+    Samples are grouped by kind of kernel on the host (:mod:`ff_lightning.augment.groups`);
+    samples no group covers are copied. All groups' indices and per-sample parameters travel
+    to the device in one pinned copy.
     """
     batch = x.shape[0]
-    distinct = ids.unique().tolist()
-    groups: list[tuple[OpDef, Tensor | None]] = []
-    covered = 0
-    for k in distinct:
-        op = REGISTRY[names[k]]
-        if op.kind == "identity":
-            continue
-        idx = None if len(distinct) == 1 else (ids == k).nonzero().squeeze(1)
-        if op.noop is not None:
-            mk = m if idx is None else m[idx]
-            active = ~op.noop(mk)
-            count = int(active.sum())
-            if count == 0:
-                continue
-            if 2 * count <= mk.shape[0]:  # few active: restrict the group to them
-                idx = active.nonzero().squeeze(1) if idx is None else idx[active]
-        groups.append((op, idx))
-        covered += batch if idx is None else idx.shape[0]
+    groups = plan_groups(ids, m, names, ctx)
+    covered = sum(batch if g.idx is None else g.idx.shape[0] for g in groups)
     rest: Tensor | None = None
     if dst is not x and covered < batch:
         if not groups:
             return dst.copy_(x)
         mask = torch.ones(batch, dtype=torch.bool)
-        for _, idx in groups:
-            mask[slice(None) if idx is None else idx] = False
+        for g in groups:
+            mask[slice(None) if g.idx is None else g.idx] = False
         rest = mask.nonzero().squeeze(1)
     pack = HostPack()
-    slots = []
-    for op, idx in groups:
-        mk = m if idx is None else m[idx]
-        slots.append((pack.add(idx), [pack.add(t) for t in op.prepare(mk, ctx)]))
+    slots = [(pack.add(g.idx), [pack.add(t) for t in g.tensors]) for g in groups]
     rest_slot = pack.add(rest)
     on_device = pack.to(x.device)  # the one host-to-device copy of this call
     if rest is not None:
         _run_identity(ctx, x, dst, rest, on_device[rest_slot], ())
-    for (op, idx), (idx_slot, param_slots) in zip(groups, slots, strict=True):
-        params = tuple(on_device[s] for s in param_slots)
-        op.run(ctx, x, dst, idx, on_device[idx_slot], params)
+    for g, (idx_slot, param_slots) in zip(groups, slots, strict=True):
+        g.run(ctx, x, dst, on_device[idx_slot], [on_device[s] for s in param_slots])
     return dst
 
 

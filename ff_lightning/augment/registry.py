@@ -10,6 +10,7 @@ these entries.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ class _Ctx:
 Runner = Callable[
     [_Ctx, Tensor, Tensor, "Tensor | None", "Tensor | None", tuple[Tensor, ...]], None
 ]
+# Table builders: ``lut(images, index, base, *params)``; see ``OpDef.lut``.
+LutBuilder = Callable[..., Tensor]
 
 
 @dataclass(frozen=True)
@@ -68,19 +71,30 @@ class OpDef:
             the costliest samples; see ``Policy.estimate_cost``).
         prepare: host float64 magnitudes ``[G]`` -> the kernel's per-sample host tensors.
         run: the group runner (see above).
-        noop: host float64 magnitudes -> bool mask of samples on which the op is exactly
-            the identity (``None``: never, or not worth knowing).
+        noop: magnitude (a Python float) -> whether the op is exactly the identity there
+            (``None``: never, or not worth knowing).
         reference: torchvision v2's kernel on one ``[3, H, W]`` image with a Python-float
             magnitude, as ``_AutoAugmentBase._apply_image_or_video_transform`` calls it.
+        lut: for ops that map each pixel value through a per-sample (or per-channel) table:
+            ``lut(images, index, base, *params)`` -> uint8 ``[n, 1 or C, 256]`` (see
+            :mod:`ff_lightning.augment._color`); ``run`` is then ``None``: every such op of a
+            slot is applied in one gather (``ff_lightning.augment.groups``).
+        family: ops that share ``run`` ("affine": Shear/Rotate, "shift": Translate): samples
+            of every op of a family run as one group, their per-sample tensors concatenated.
+        per_sample: how many of the leading prepared tensors have one row per sample (the
+            rest, the fill colour, are shared); ``None``: all of them.
     """
 
     name: str
     kind: str
     cost: float
     prepare: Callable[[Tensor, _Ctx], tuple[Tensor, ...]]
-    run: Runner
-    noop: Callable[[Tensor], Tensor] | None
+    run: Runner | None
+    noop: Callable[[float], bool] | None
     reference: Callable[[Tensor, float, str, FillArg], Tensor]
+    lut: LutBuilder | None = None
+    family: str | None = None
+    per_sample: int | None = None
 
 
 def _rows(images: Tensor) -> Tensor:
@@ -245,28 +259,53 @@ def _run_identity(ctx, src, dst, idx, idx_dev, params) -> None:
         _rows(dst).index_copy_(0, idx_dev, _rows(src).index_select(0, idx_dev))
 
 
-def _zero(m: Tensor) -> Tensor:
+def _zero(m: float) -> bool:
     return m == 0
 
 
-def _zero_shift(m: Tensor) -> Tensor:
-    return torch.trunc(m) == 0
+def _zero_shift(m: float) -> bool:
+    return math.trunc(m) == 0
 
 
-def _zero_angle(m: Tensor) -> Tensor:
-    return torch.remainder(m, 360.0) == 0
+def _zero_angle(m: float) -> bool:
+    return m % 360.0 == 0  # Python's % has torch.remainder's sign convention
 
 
-def _op(name, kind, cost, prepare, run, noop, reference) -> tuple[str, OpDef]:
-    return name, OpDef(name, kind, cost, prepare, run, noop, reference)
+def _op(name, kind, cost, prepare, run, noop, reference, **extra) -> tuple[str, OpDef]:
+    return name, OpDef(name, kind, cost, prepare, run, noop, reference, **extra)
 
+
+def _lut_op(name, cost, prepare, lut, noop, reference) -> tuple[str, OpDef]:
+    return _op(name, "colour", cost, prepare, None, noop, reference, lut=lut)
+
+
+_AFFINE = {"family": "affine", "per_sample": 4}  # factors, x terms, y terms, offsets
+_SHIFT = {"family": "shift", "per_sample": 1}  # (tx, ty)
 
 #: Every op, in torchvision's order; ``OPS`` is its tuple of names.
 REGISTRY: dict[str, OpDef] = dict(
     [
         _op("Identity", "identity", 0.0, _no_params, _run_identity, None, _ref_identity),
-        _op("ShearX", "geometric", 2.0, _prepare_shear(0), _run_warp, _zero, _ref_shear(0)),
-        _op("ShearY", "geometric", 2.0, _prepare_shear(1), _run_warp, _zero, _ref_shear(1)),
+        _op(
+            "ShearX",
+            "geometric",
+            2.0,
+            _prepare_shear(0),
+            _run_warp,
+            _zero,
+            _ref_shear(0),
+            **_AFFINE,
+        ),
+        _op(
+            "ShearY",
+            "geometric",
+            2.0,
+            _prepare_shear(1),
+            _run_warp,
+            _zero,
+            _ref_shear(1),
+            **_AFFINE,
+        ),
         _op(
             "TranslateX",
             "geometric",
@@ -275,6 +314,7 @@ REGISTRY: dict[str, OpDef] = dict(
             _run_translate,
             _zero_shift,
             _ref_translate(0),
+            **_SHIFT,
         ),
         _op(
             "TranslateY",
@@ -284,14 +324,23 @@ REGISTRY: dict[str, OpDef] = dict(
             _run_translate,
             _zero_shift,
             _ref_translate(1),
+            **_SHIFT,
         ),
-        _op("Rotate", "geometric", 2.0, _prepare_rotate, _run_warp, _zero_angle, _ref_rotate),
         _op(
+            "Rotate",
+            "geometric",
+            2.0,
+            _prepare_rotate,
+            _run_warp,
+            _zero_angle,
+            _ref_rotate,
+            **_AFFINE,
+        ),
+        _lut_op(
             "Brightness",
-            "colour",
             1.0,
-            _prepare_blend,
-            _dense(lambda x, out, f, a: _color.brightness(x, f, out)),
+            lambda m, ctx: _prepare_blend(m, ctx)[:1],
+            _color.brightness_lut,
             _zero,
             _ref("adjust_brightness_image", lambda m: 1.0 + m),
         ),
@@ -304,12 +353,11 @@ REGISTRY: dict[str, OpDef] = dict(
             _zero,
             _ref("adjust_saturation_image", lambda m: 1.0 + m),
         ),
-        _op(
+        _lut_op(
             "Contrast",
-            "colour",
             2.0,
             _prepare_blend,
-            _dense(lambda x, out, f, a: _color.contrast(x, f, a, out)),
+            _color.contrast_lut,
             _zero,
             _ref("adjust_contrast_image", lambda m: 1.0 + m),
         ),
@@ -322,44 +370,31 @@ REGISTRY: dict[str, OpDef] = dict(
             _zero,
             _ref("adjust_sharpness_image", lambda m: 1.0 + m),
         ),
-        _op(
+        _lut_op(
             "Posterize",
-            "colour",
             0.2,
             _prepare_posterize,
-            _dense(_color.posterize),
+            _color.posterize_lut,
             None,
             _ref("posterize_image", int),
         ),
-        _op(
+        _lut_op(
             "Solarize",
-            "colour",
             0.6,
             _prepare_solarize,
-            _dense(_color.solarize),
+            _color.solarize_lut,
             None,
             _ref("solarize_image", lambda m: 255.0 * m),
         ),
-        _op(
+        _lut_op(
             "AutoContrast",
-            "colour",
             1.8,
             _no_params,
-            _dense(_color.autocontrast),
+            _color.autocontrast_lut,
             None,
             _ref("autocontrast_image"),
         ),
-        _op(
-            "Equalize",
-            "colour",
-            4.1,
-            _no_params,
-            _dense(_color.equalize),
-            None,
-            _ref("equalize_image"),
-        ),
-        _op(
-            "Invert", "colour", 0.15, _no_params, _dense(_color.invert), None, _ref("invert_image")
-        ),
+        _lut_op("Equalize", 4.1, _no_params, _color.equalize_lut, None, _ref("equalize_image")),
+        _lut_op("Invert", 0.15, _no_params, _color.invert_lut, None, _ref("invert_image")),
     ]
 )
