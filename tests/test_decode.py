@@ -349,6 +349,48 @@ def test_decode_chunks_to_the_memory_budget_at_full_resolution(tmp_path: Path) -
         assert torch.equal(ref[i][0], got[i][0])
 
 
+def test_a_decode_that_runs_out_of_memory_caps_the_share(tmp_path: Path) -> None:
+    import ff_lightning.device.decode as decode
+    from ff_lightning.control.controller import Controller
+    from ff_lightning.control.session import FusionSession
+
+    source = ImageFolderSource(_jpeg_tree(tmp_path, 6), "train")
+    ref, _ = _by_index(_dm(source), 0.5)
+    dm = _dm(source)
+    ctl = Controller(mode="fixed", ratio=0.5)
+    session = FusionSession(
+        ctl, interval="epoch", every_n_steps=50, reserve_mb=0, probe=FakeProbe(free=1 << 40)
+    )
+    session.attach(dm, torch.device("cpu"))
+    real = decode.decode_jpeg
+    calls: list[int] = []
+
+    def running_out(files: Any, **kw: Any) -> Any:
+        # The batch's 3 device-routed files: 3 at once runs out, 1 fits, then the next 1 runs
+        # out too; the guard decodes the last 2 on the host (the 4th call).
+        calls.append(len(files) if isinstance(files, list) else 1)
+        if len(calls) in (1, 3):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(files, **kw)
+
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    decode.decode_jpeg = running_out
+    try:
+        x = dm.device_stage.augment(batch["images"], batch["route"], batch["targets"])
+    finally:
+        decode.decode_jpeg = real
+    assert calls == [3, 1, 1, 2]
+    # One of the batch's 6 samples decoded on the device before memory ran out: a share of
+    # the whole batch, not of its device part (which would be 1/3).
+    assert dm.device_stage.decode_guard.ratio_cap == pytest.approx(1 / 6)
+    assert dm.device_stage.ratio_cap == pytest.approx(1 / 6)
+    session.end_step(0.0)
+    assert ctl.memory_cap == pytest.approx(1 / 6)
+    assert ctl.ratio <= 1 / 6 + 1e-9
+    for i, img in zip(batch["route"].indices.tolist(), x, strict=True):
+        assert torch.equal(img, ref[i][0])  # nothing lost: the host decoded the rest alike
+
+
 def test_costliest_first_sends_the_largest_files_to_the_device(tmp_path: Path) -> None:
     source = ImageFolderSource(_jpeg_tree(tmp_path, 6), "train")
     dm = _dm(source)

@@ -271,7 +271,8 @@ class FusionSession:
             self.controller.observe(stats)
             measured = stats
         self.prev_end = now
-        cap = self.guard.ratio_cap if self.guard is not None else None
+        # The augmentation's and the decode's guards: either running out caps the share.
+        cap = stage.ratio_cap if self.guard is not None else None
         if self.agreed_cap is not None:
             # Never rise above the cap all ranks agreed on, or the ranks would drift apart.
             cap = self.agreed_cap if cap is None else min(cap, self.agreed_cap)

@@ -140,7 +140,7 @@ class DeviceDecoder:
             slots,
             enc,
             self._decode_chunk,  # the guard's last resort: the same steps on the host
-            total=m,
+            total=int(images.shape[0]),  # its ratio cap is then a share of the whole batch
             out=slots,
             sample_bytes_hint=enc.decoded_bytes(),
         )

@@ -144,6 +144,16 @@ class DeviceStage:
         return self._decode_guard[1]
 
     @property
+    def ratio_cap(self) -> float | None:
+        """The lowest device share a memory guard suggested after running out of memory, for
+        the augmentation or for the decode (``None``: no cap)."""
+        caps = [self.guard.ratio_cap] if self._guard is not None else []
+        if self._decode_guard is not None and self._decode_guard[0] is self._guard:
+            caps.append(self._decode_guard[1].ratio_cap)
+        caps = [c for c in caps if c is not None]
+        return min(caps) if caps else None
+
+    @property
     def decode_fallbacks(self) -> int:
         """Samples routed to device decode that were decoded on the CPU instead (logged as
         ``fusionflow/decode_fallbacks``): not baseline JPEGs, or undecodable on the device."""
