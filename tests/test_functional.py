@@ -341,14 +341,15 @@ def test_chunked_lookup_tables_match_single_pass(monkeypatch: pytest.MonkeyPatch
         assert torch.equal(whole[i], single[lut_ops[k]][i]), (i, lut_ops[k])
 
 
-def test_a_slot_costs_one_group_per_kind_of_kernel() -> None:
-    # 14 ops in one slot: one table group, one affine, one shift, Color, Sharpness.
+def test_a_slot_groups_ops_by_kernel() -> None:
+    # 14 ops in one slot: one table group (3 ops), one affine (3), one shift (2), and the six
+    # direct kernels: 9 groups, covering every sample but the Identity ones.
     ids = torch.arange(2 * len(OPS)) % len(OPS)
     mags = torch.tensor([float(SOME_MAGNITUDE[OPS[k]]) for k in ids.tolist()], dtype=torch.float64)
     ctx = _context(make_images(1, seed=0), "nearest", 0)
     planned = groups.plan_groups(ids, mags, OPS, ctx)
     covered = sorted(i for g in planned for i in g.idx.tolist())
-    assert len(planned) == 5
+    assert len(planned) == 9
     assert covered == [i for i, k in enumerate(ids.tolist()) if OPS[k] != "Identity"]
 
 

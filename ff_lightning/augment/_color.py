@@ -2,16 +2,16 @@
 
 Two kinds:
 
-- **lookup tables.** Brightness, Contrast, Posterize, Solarize, AutoContrast, Equalize and
-  Invert map each pixel value through a function of the value and of per-sample (AutoContrast,
-  Equalize: per-channel) quantities only. Their ``*_lut`` builders evaluate torchvision's
-  arithmetic once on the 256 possible values and return uint8 tables ``[n, 1 or C, 256]``;
-  :func:`apply_luts` then maps a whole batch, whatever mix of these ops its samples carry, in
-  one gather (see ``ff_lightning.augment.groups``). One pass per batch instead of one group of
-  small calls per op is what makes the CPU route fast on small images.
-- **spatial / cross-channel kernels.** Color (blend with the luma) and Sharpness (3x3 blur)
-  take contiguous uint8 ``images`` ``[B, C, H, W]`` and a contiguous uint8 ``out`` of the same
-  shape that they fill; ``out`` may be ``images`` itself.
+- **lookup tables.** Contrast, AutoContrast and Equalize map each pixel value through a
+  function of the value and of per-image (AutoContrast, Equalize: per-channel) statistics.
+  Their ``*_lut`` builders evaluate torchvision's arithmetic once on the 256 possible values
+  and return uint8 tables ``[n, 1 or C, 256]``; :func:`apply_luts` then maps the samples of all
+  three ops in one gather (see ``ff_lightning.augment.groups``): one group instead of three, and
+  one integer pass per pixel instead of several float passes.
+- **direct kernels.** Brightness, Posterize, Solarize and Invert (one or two cheap passes: a
+  table's gather would cost more per pixel than they do), Color (blend with the luma) and
+  Sharpness (3x3 blur) take contiguous uint8 ``images`` ``[B, C, H, W]`` and a contiguous uint8
+  ``out`` of the same shape that they fill; ``out`` may be ``images`` itself.
 
 The float arithmetic follows torchvision operation by operation: float32, the same rounding,
 ``a * r + b * (1 - r)`` as one fused multiply-add like its ``add_(..., alpha=)``, truncation on
@@ -26,15 +26,15 @@ from torch import Tensor
 __all__ = [
     "apply_luts",
     "autocontrast_lut",
-    "brightness_lut",
+    "brightness",
     "color",
     "contrast_lut",
     "equalize_lut",
-    "invert_lut",
+    "invert",
     "lut_index",
-    "posterize_lut",
+    "posterize",
     "sharpness",
-    "solarize_lut",
+    "solarize",
 ]
 
 
@@ -110,16 +110,33 @@ def sharpness(images: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
     return out
 
 
+def brightness(images: Tensor, factor: Tensor, out: Tensor) -> Tensor:
+    """``adjust_brightness`` with per-sample ``factor`` (float32 ``[B]``, non-negative)."""
+    acc = torch.mul(images, _per_sample(factor))  # uint8 * float32: one float32 pass
+    return _store(acc.clamp_(max=255), out)
+
+
+def posterize(images: Tensor, out: Tensor, mask: Tensor) -> Tensor:
+    """Keep the most significant bits: ``images & mask`` (uint8 ``[B]``)."""
+    return torch.bitwise_and(images, _per_sample(mask), out=out)
+
+
+def solarize(images: Tensor, out: Tensor, threshold: Tensor, flip: Tensor) -> Tensor:
+    """Invert pixels ``>= threshold`` (uint8 ``[B]``) where ``flip`` (uint8 ``[B]``) is 255."""
+    # x >= t  <=>  max(x, t) == x; uint8 maximum/eq are vectorised on CPU, ge is not.
+    hit = torch.maximum(images, _per_sample(threshold)).eq_(images)
+    return torch.bitwise_xor(images, hit.mul_(_per_sample(flip)), out=out)
+
+
+def invert(images: Tensor, out: Tensor) -> Tensor:
+    """``255 - images``."""
+    return torch.bitwise_not(images, out=out)
+
+
 # ==================================================================== lookup tables
 def _ramp(device: torch.device) -> Tensor:
     """uint8 ``[1, 1, 256]``: every pixel value once."""
     return torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 256)
-
-
-def brightness_lut(images: Tensor, index: Tensor, base: int, factor: Tensor) -> Tensor:
-    """``adjust_brightness(factor)`` (float32 ``[n]``, non-negative): ``clamp(x * f)``, truncated."""
-    acc = torch.mul(_ramp(factor.device), factor.view(-1, 1, 1))  # uint8 * float32 -> float32
-    return acc.clamp_(max=255).to(torch.int16).to(torch.uint8)
 
 
 def contrast_lut(images: Tensor, index: Tensor, base: int, factor: Tensor, alpha: Tensor) -> Tensor:
@@ -131,25 +148,6 @@ def contrast_lut(images: Tensor, index: Tensor, base: int, factor: Tensor, alpha
     other = torch.empty_like(acc).copy_(mean.expand(n, 1, 256))
     acc.addcmul_(other, alpha.view(n, 1, 1))
     return acc.clamp_(0, 255).to(torch.int16).to(torch.uint8)
-
-
-def posterize_lut(images: Tensor, index: Tensor, base: int, mask: Tensor) -> Tensor:
-    """Keep the most significant bits: ``x & mask`` (uint8 ``[n]``, ``(255 << (8 - bits)) & 255``)."""
-    return torch.bitwise_and(_ramp(mask.device), mask.view(-1, 1, 1))
-
-
-def solarize_lut(
-    images: Tensor, index: Tensor, base: int, threshold: Tensor, flip: Tensor
-) -> Tensor:
-    """Invert values ``>= threshold`` (uint8 ``[n]``) where ``flip`` (uint8 ``[n]``) is 255."""
-    ramp = _ramp(threshold.device)
-    hit = torch.ge(ramp, threshold.view(-1, 1, 1)).to(torch.uint8)
-    return torch.bitwise_xor(ramp, hit.mul_(flip.view(-1, 1, 1)))
-
-
-def invert_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
-    """``255 - x``."""
-    return torch.bitwise_not(_ramp(images.device)).expand(images.shape[0], 1, 256)
 
 
 def autocontrast_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
@@ -215,7 +213,8 @@ def lut_index(images: Tensor) -> Tensor:
             _OFFSETS.clear()
         offsets = torch.arange(0, rows * 256, 256, dtype=torch.int32, device=images.device)
         offsets = _OFFSETS.setdefault(key, offsets.view(rows, 1))
-    return torch.add(images.view(rows, -1), offsets)  # uint8 + int32 -> int32, one pass
+    # Widen, then add in place: two vectorised passes beat one type-promoting add.
+    return images.view(rows, -1).to(torch.int32).add_(offsets)
 
 
 def apply_luts(luts: Tensor, index: Tensor, out: Tensor) -> Tensor:

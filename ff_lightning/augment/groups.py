@@ -1,21 +1,23 @@
 """How one op slot of a batch is cut into vectorised calls ("groups").
 
 Every distinct op of a slot used to be its own group: a row selection, a handful of small
-kernels and a scatter back. On a CPU the fixed cost of that (about 0.3-1 ms of dispatch per
-group on the 2-core machine) is paid once per op, whatever the group's size, and RandAugment
-spreads 64 samples over 14 ops: at 96 px most of ``apply_batch``'s time was that fixed cost.
-Groups are now formed per *kind of kernel*:
+kernels and a scatter back, with the parameters prepared by a dozen torch calls on tiny
+tensors. On a CPU that fixed cost (0.3-1 ms per group on the 2-core development machine) is
+paid once per op whatever the group's size, and RandAugment spreads 64 samples over 14 ops:
+at 96 px most of ``apply_batch``'s time was that fixed cost. Now:
 
-- **one lookup-table group** for every op that maps each pixel value through a per-sample
-  table (Brightness, Contrast, Posterize, Solarize, AutoContrast, Equalize, Invert): the
-  tables of all its samples are built on the 256 possible values and applied in one gather;
+- the planning runs on Python lists, and each op's parameters are prepared once per distinct
+  magnitude (cached: a policy's magnitudes come from a few bins);
+- **one lookup-table group** takes Contrast, AutoContrast and Equalize: tables built on the
+  256 possible values from each image's statistics, applied in one gather;
 - **one affine group** (ShearX, ShearY, Rotate) and **one shift group** (TranslateX,
-  TranslateY): the ops share a kernel whose parameters are per-sample rows, so their samples
-  run as one call with the rows concatenated;
-- Color and Sharpness stay one group each (cross-channel and spatial kernels).
+  TranslateY): ops that share a kernel whose parameters are per-sample rows run as one call
+  with the rows concatenated;
+- Brightness, Posterize, Solarize, Invert, Color and Sharpness stay one group each (their
+  direct kernels cost less per pixel than a table's gather; measured with
+  ``recipes/benchmark_augment.py --vs-pil`` at 96 and 224 px).
 
-So a slot costs at most five groups (plus the identity copy when writing to a new tensor),
-and every sample's result is the same as its op alone would give (the tests compare both).
+Every sample's result is the one its op alone gives (the tests compare both).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def _prepare(op: OpDef, ctx: _Ctx, mags: list[float]) -> list[Tensor]:
 
 
 class _LutGroup(Group):
-    """Every table-mapped op of a slot: tables ``[n, C, 256]`` per op, one gather for all."""
+    """The table-mapped ops of a slot: tables ``[n, C, 256]`` per op, one gather for all."""
 
     def __init__(self, members: list[Member], ctx: _Ctx) -> None:
         # Equalize first: its histogram reads the index rows from offset 0.

@@ -336,11 +336,12 @@ REGISTRY: dict[str, OpDef] = dict(
             _ref_rotate,
             **_AFFINE,
         ),
-        _lut_op(
+        _op(
             "Brightness",
+            "colour",
             1.0,
             lambda m, ctx: _prepare_blend(m, ctx)[:1],
-            _color.brightness_lut,
+            _dense(lambda x, out, f: _color.brightness(x, f, out)),
             _zero,
             _ref("adjust_brightness_image", lambda m: 1.0 + m),
         ),
@@ -370,19 +371,21 @@ REGISTRY: dict[str, OpDef] = dict(
             _zero,
             _ref("adjust_sharpness_image", lambda m: 1.0 + m),
         ),
-        _lut_op(
+        _op(
             "Posterize",
+            "colour",
             0.2,
             _prepare_posterize,
-            _color.posterize_lut,
+            _dense(_color.posterize),
             None,
             _ref("posterize_image", int),
         ),
-        _lut_op(
+        _op(
             "Solarize",
+            "colour",
             0.6,
             _prepare_solarize,
-            _color.solarize_lut,
+            _dense(_color.solarize),
             None,
             _ref("solarize_image", lambda m: 255.0 * m),
         ),
@@ -395,6 +398,8 @@ REGISTRY: dict[str, OpDef] = dict(
             _ref("autocontrast_image"),
         ),
         _lut_op("Equalize", 4.1, _no_params, _color.equalize_lut, None, _ref("equalize_image")),
-        _lut_op("Invert", 0.15, _no_params, _color.invert_lut, None, _ref("invert_image")),
+        _op(
+            "Invert", "colour", 0.15, _no_params, _dense(_color.invert), None, _ref("invert_image")
+        ),
     ]
 )
