@@ -507,3 +507,51 @@ def test_simulator_regime_change_and_determinism():
     sa = [a.step(0.5) for _ in range(10)]
     assert sa == [b.step(0.5) for _ in range(10)]
     assert all(s.step_s < 0.5 for s in sa[:5]) and all(s.step_s > 0.5 for s in sa[5:])
+
+
+def _windows(controller, pipe, factors):
+    """One decision window per factor; every timing of the window scaled by it (the whole
+    machine slower or faster for a while, as on a shared host)."""
+    from dataclasses import replace
+
+    out = []
+    for f in factors:
+        for _ in range(STEPS):
+            s = pipe.step(controller.ratio)
+            controller.observe(
+                replace(
+                    s,
+                    step_s=s.step_s * f,
+                    data_wait_s=s.data_wait_s * f,
+                    device_aug_s=s.device_aug_s * f,
+                )
+            )
+        out.append(controller.decide())
+    return out
+
+
+def test_a_false_alarm_makes_the_next_regime_change_wait_for_confirmation():
+    pipe = pipeline(**REGIMES["balanced"])
+    ctl = Controller()
+    settled = [d for d in _windows(ctl, pipe, [1.0] * 10)][-1]
+    assert settled.kind == "hold"
+    r0 = settled.ratio
+    # A machine-wide slowdown of one window: the first one is taken as a regime change ...
+    first = _windows(ctl, pipe, [1.3] + [1.0] * 8)
+    assert "regime change" in first[0].reason
+    # ... which settles back where it was (within one sample): a false alarm.
+    assert first[-1].kind == "hold" and abs(first[-1].ratio - r0) <= 1 / B + 1e-9
+    assert ctl._search.false_alarms == 1
+    # ... so the next single outlier window is held through, out of the reference ...
+    second = _windows(ctl, pipe, [1.3, 1.0])
+    assert second[0].kind == "hold" and "1 more window(s) agree" in second[0].reason
+    r1 = first[-1].ratio
+    assert second[0].ratio == r1 and "regime change" not in second[1].reason
+    # ... while a change that lasts (two windows in a row) is acted on.
+    third = _windows(ctl, pipe, [1.3, 1.3])
+    assert "regime change if" in third[0].reason and "regime change (" in third[1].reason
+    state = ctl.state_dict()
+    restored = Controller()
+    restored.load_state_dict(state)
+    assert restored._search.false_alarms == ctl._search.false_alarms
+    assert restored._search.alarm_from == ctl._search.alarm_from

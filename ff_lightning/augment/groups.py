@@ -86,15 +86,15 @@ def _prepared(op: OpDef, ctx: _Ctx, value: float) -> tuple[Tensor, ...]:
 
 def _prepare(op: OpDef, ctx: _Ctx, mags: list[float]) -> list[Tensor]:
     """``op.prepare`` of the magnitudes ``mags``: per-sample tensors with one row per
-    magnitude, then the shared ones."""
+    magnitude, then the shared ones (the fill colour: the cached tensors themselves, which
+    runners only read)."""
     distinct = {v: _prepared(op, ctx, v) for v in dict.fromkeys(mags)}
     first = next(iter(distinct.values()))
     k = len(first) if op.per_sample is None else op.per_sample
-    if len(distinct) == 1:
-        rows = [t.expand(len(mags), *t.shape[1:]).contiguous() for t in first[:k]]
-    else:
-        per = [distinct[v] for v in mags]
-        rows = [torch.cat([p[j] for p in per]) for j in range(k)]
+    # New tensors every call (``cat`` never aliases its input): kernels get rows they may
+    # own, never the cached ones.
+    per = [distinct[v] for v in mags]
+    rows = [torch.cat([p[j] for p in per]) for j in range(k)]
     return [*rows, *first[k:]]
 
 

@@ -251,6 +251,7 @@ class AutoRule(Evidence):
                 # Floor: never settle below the measured CPU-only speed.
                 sr.best = Point(lo, sr.baseline, 0.0)
                 sr.phase, sr.hold_ref = Phase.HOLD, None
+                self._settled_at(lo)
                 return self._decision(
                     lo,
                     f"revert: r={r:.2f} measured {x:.0f} samples/s, below CPU-only "
@@ -271,7 +272,19 @@ class AutoRule(Evidence):
                 )
         sr.phase, sr.last_move = Phase.HOLD, None
         sr.hold_ref = HoldRef(x, 1, self._model_r)
+        self._settled_at(r)
         return self._decision(r, f"{reason} ({x:.0f} samples/s)", kind, s)
+
+    def _settled_at(self, r: float) -> None:
+        """Count a regime change whose search came back to (within one step of) the share it
+        left as a false alarm (the next one then needs twice the windows); a real move resets
+        the count."""
+        sr = self._search
+        if sr.alarm_from is not None:
+            back = abs(r - sr.alarm_from) <= self._min_step() + 1e-9  # within one step
+            sr.false_alarms = sr.false_alarms + 1 if back else 0
+            sr.alarm_from = None
+        sr.strikes = 0
 
     def _after_floor_check(self, s: WindowSummary) -> Decision:
         sr, x = self._search, self._x
@@ -280,6 +293,7 @@ class AutoRule(Evidence):
         sr.phase = Phase.HOLD
         if best_x > x * (1.0 + self._threshold(self._se, best_se)):
             sr.hold_ref = HoldRef(best_x, 1, self._model_r)
+            self._settled_at(best_r)
             return self._decision(
                 best_r,
                 f"best: back to r={best_r:.2f} ({best_x / x - 1:+.1%} over CPU-only "
@@ -288,6 +302,7 @@ class AutoRule(Evidence):
                 s,
             )
         sr.best, sr.hold_ref = Point(self._ratio, x, self._se), HoldRef(x, 1, self._model_r)
+        self._settled_at(self._ratio)
         return self._decision(
             self._ratio,
             f"hold: CPU-only ({x:.0f} samples/s) is as fast as r={best_r:.2f}; staying",
@@ -307,15 +322,35 @@ class AutoRule(Evidence):
         drift = 0.0
         if self._model_r is not None and ref_model is not None:
             drift = abs(self._model_r - ref_model)
-        if abs(rel) > max(self.regime_tol, 3.0 * se) or drift > self.regime_tol:
-            if abs(rel) > max(self.regime_tol, 3.0 * se):
+        beyond = abs(rel) > max(self.regime_tol, 3.0 * se)
+        if beyond or drift > self.regime_tol:
+            # Signed count of windows in a row off the same way (a moved model optimum
+            # continues the current run).
+            step = (1 if rel > 0 else -1) if beyond else (1 if sr.strikes >= 0 else -1)
+            sr.strikes = sr.strikes + step if sr.strikes * step > 0 else step
+            needed = 2 ** min(sr.false_alarms, 3)
+            if abs(sr.strikes) < needed:
+                # Not (yet) a regime change: a noisy machine swings by more than the
+                # tolerance now and then, and every false alarm costs a window at a worse
+                # share. The outlier stays out of the reference.
+                left = needed - abs(sr.strikes)
+                return self._decision(
+                    r,
+                    f"hold: r={r:.2f} measured {x:.0f} samples/s ({rel:+.1%} vs reference); "
+                    f"a regime change if {left} more window(s) agree",
+                    "hold",
+                    s,
+                )
+            sr.strikes, sr.alarm_from = 0, r
+            if beyond:
                 self._on_regime_change(rel)  # the CPU objective raises the workers on a drop
             why = (
                 f"regime change (throughput {rel:+.0%} since settling)"
-                if abs(rel) > max(self.regime_tol, 3.0 * se)
+                if beyond
                 else f"regime change (model optimum moved {ref_model:.2f} -> {self._model_r:.2f})"
             )
             return self._regime_change(s, model, why)
+        sr.strikes = 0
         sr.hold_ref = HoldRef((ref_x * n_ref + x) / (n_ref + 1), n_ref + 1, ref_model)
         if (
             r > lo + 1e-9

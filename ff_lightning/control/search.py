@@ -60,6 +60,11 @@ class Search:
         last_move: ``"explore"``, ``"revert"``, ``"model"`` or ``None``.
         model_jumps: model jumps in this optimisation episode.
         hold_ref: reference throughput once settled.
+        strikes: settled windows in a row beyond the regime tolerance (signed: up or down);
+            a regime change needs ``2 ** false_alarms`` of them (capped at 8).
+        false_alarms: regime changes in a row whose search settled back on the share it
+            left (machine noise, most likely): each one doubles the windows the next needs.
+        alarm_from: the share a regime change left, until the search settles again.
     """
 
     steps: dict[int, float]
@@ -73,6 +78,9 @@ class Search:
     last_move: str | None = None
     model_jumps: int = 0
     hold_ref: HoldRef | None = None
+    strikes: int = 0
+    false_alarms: int = 0
+    alarm_from: float | None = None
 
     @classmethod
     def start(cls, max_step: float) -> Search:
@@ -99,6 +107,9 @@ class Search:
             "last_move": self.last_move,
             "model_jumps": self.model_jumps,
             "hold_ref": list(self.hold_ref) if self.hold_ref else None,
+            "strikes": self.strikes,
+            "false_alarms": self.false_alarms,
+            "alarm_from": self.alarm_from,
         }
 
     @classmethod
@@ -118,4 +129,7 @@ class Search:
             last_move=state.get("last_move"),
             model_jumps=int(state.get("model_jumps", 0)),
             hold_ref=HoldRef(*ref) if ref else None,
+            strikes=int(state.get("strikes", 0)),
+            false_alarms=int(state.get("false_alarms", 0)),
+            alarm_from=state.get("alarm_from"),
         )
