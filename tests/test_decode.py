@@ -442,3 +442,31 @@ def test_decode_fallbacks_are_logged_as_a_metric(tmp_path: Path) -> None:
         rows and float(rows[-1]["fusionflow/decode_fallbacks"]) == dm.device_stage.decode_fallbacks
     )
     assert dm.device_stage.decode_fallbacks == 4
+
+
+def test_place_decoded_is_torchvisions_resized_crop() -> None:
+    # The worker's crop kernel calls `interpolate` directly; it must stay torchvision's
+    # `resized_crop(antialias=True)` pixel for pixel, for every orientation and box.
+    import torchvision.transforms.v2.functional as TF
+
+    from ff_lightning.worker.geometry import orient, place_decoded
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    for _ in range(60):
+        img = torch.randint(
+            0, 256, (3, rand(20, 200), rand(20, 200)), dtype=torch.uint8, generator=g
+        )
+        o = rand(1, 8)
+        height, width = orient(img, o).shape[-2:]
+        h, w = rand(1, height), rand(1, width)
+        top, left, size = rand(0, height - h), rand(0, width - w), rand(8, 120)
+        flip = bool(rand(0, 1))
+        ref = TF.resized_crop(orient(img, o), top, left, h, w, [size, size], antialias=True)
+        ref = ref.flip(-1) if flip else ref
+        assert torch.equal(place_decoded(img, o, (top, left, h, w), size, flip), ref)
+    same = torch.randint(0, 256, (3, 30, 30), dtype=torch.uint8, generator=g)
+    assert torch.equal(place_decoded(same, 1, (0, 0, 30, 30), 30, False), same)

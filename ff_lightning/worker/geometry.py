@@ -261,8 +261,30 @@ def place_decoded(
     """The one kernel for a decoded JPEG, on either route: orient, crop ``box`` (in oriented
     coordinates) and resize to ``size`` x ``size`` (antialiased bilinear), then flip."""
     top, left, h, w = (int(v) for v in box)
-    x = TF.resized_crop(orient(image, orientation), top, left, h, w, [size, size], antialias=True)
+    x = orient(image, orientation)
+    if top < 0 or left < 0 or top + h > x.shape[-2] or left + w > x.shape[-1] or x.ndim != 3:
+        # A box beyond the image: torchvision pads the crop; let it.
+        x = TF.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+        return x.flip(-1) if flip else x
+    x = _resize_aa(x[:, top : top + h, left : left + w], size)
     return x.flip(-1) if flip else x
+
+
+def _resize_aa(image: torch.Tensor, size: int) -> torch.Tensor:
+    """torchvision's ``resize_image(antialias=True)`` (bilinear) of a uint8 ``[C, H, W]`` crop
+    to ``size x size``, without its per-call Python: uint8 straight through ``interpolate``
+    on CPU, float32 then rounded back elsewhere, as torchvision does."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image.clone()  # torchvision returns the input unchanged; a copy owns its memory
+    x = image.unsqueeze(0)
+    if x.device.type != "cpu":
+        x = x.to(torch.float32)
+    x = torch.nn.functional.interpolate(
+        x, size=[size, size], mode="bilinear", align_corners=False, antialias=True
+    )
+    if x.dtype != torch.uint8:
+        x = x.round_().to(torch.uint8)
+    return x[0]
 
 
 def eval_geometry(
