@@ -3,7 +3,7 @@
 For each policy (RandAugment, TrivialAugment) on the same device, threads, batch and image
 size, it times one batch of:
 
-- ``ours``: ``policy.sample`` + ``policy.apply_batch`` (per-sample ops, grouped by op);
+- ``ours``: ``policy.sample`` + ``policy.apply_batch`` (per-sample ops, grouped by kernel);
 - ``kornia``: ``kornia.augmentation.auto.RandAugment(n=2, m=9)`` / ``TrivialAugment()``
   on the batch (float input, conversion included; kornia draws one op set per batch);
 - ``tv-tensor``: torchvision v2's transform called per image on uint8 tensors;

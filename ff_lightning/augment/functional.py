@@ -209,9 +209,10 @@ def apply_ops_grouped(
 ) -> Tensor:
     """Apply op ``op_names[op_ids[i]]`` with magnitude ``magnitudes[i]`` to image ``i``.
 
-    Samples are grouped by op on the host; each group is transformed in one vectorised
-    call (cache-sized chunks on CPU) and written to its rows of the output, so the cost is
-    one vectorised call per distinct op and one host-to-device copy per call. Op ids and
+    Samples are grouped by kernel on the host (:mod:`ff_lightning.augment.groups`: one
+    lookup-table group, one affine and one shift group, one group per other op); each group
+    is transformed in one vectorised call (cache-sized chunks on CPU) and written to its rows
+    of the output, with one host-to-device copy per call. Op ids and
     magnitudes on an accelerator are read back once (a synchronisation); keep them on the
     host.
 

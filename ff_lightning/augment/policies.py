@@ -3,7 +3,7 @@
 A policy separates drawing from applying (principle 1): ``sample(indices, epoch, seed)``
 draws a :class:`~ff_lightning.augment.params.Params` record per sample from the
 counter-based RNG, keyed by ``(seed, epoch, index)`` alone; ``apply_batch`` (any device,
-samples grouped by op, principle 2) and ``apply_one`` (one image on the CPU, in a worker)
+samples grouped by kernel, principle 2) and ``apply_one`` (one image on the CPU, in a worker)
 apply exactly that record. The op tables, magnitude bins, signs and probabilities are
 torchvision v2's (``RandAugment``, ``TrivialAugmentWide``, ``AutoAugment``, ``AugMix``).
 

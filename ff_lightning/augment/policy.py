@@ -1,7 +1,7 @@
 """The policy base class: a space of ops, op slots per sample, and how to apply them.
 
 :class:`Policy` holds what every policy shares: magnitude tables for an image size, input
-checks, ``apply_batch`` (any device: samples grouped by op per slot), ``apply_one`` (one CPU
+checks, ``apply_batch`` (any device: samples grouped by kernel per slot), ``apply_one`` (one CPU
 image) and the CPU cost estimate routing reads. The five concrete policies live in
 :mod:`ff_lightning.augment.policies`.
 """

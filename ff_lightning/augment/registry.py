@@ -4,8 +4,8 @@ Each :class:`OpDef` holds the op's name, kind (identity / geometric / colour), r
 cost (routing's "costliest first" reads it), how its per-sample parameters are prepared on the
 host, the kernel that runs a group of samples, the test for "this magnitude is the identity"
 and torchvision's per-image reference (tests, and the ``apply_one_backend="torchvision"``
-option). :mod:`ff_lightning.augment.functional` validates, groups samples by op and calls
-these entries.
+option). :mod:`ff_lightning.augment.functional` validates; :mod:`ff_lightning.augment.groups`
+groups a slot's samples by kernel and calls these entries.
 """
 
 from __future__ import annotations

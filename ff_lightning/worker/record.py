@@ -9,7 +9,7 @@ stage applies ``params`` to the samples at ``device_index``, and the controller 
 (the worker fills its CPU stamps, the device stage its device fields, the front end the step
 timings). It deliberately has no ``.to`` method and is not a collection, so Lightning's
 ``transfer_batch_to_device`` and the DataLoader's pin-memory thread leave it on the host: the
-kernels group samples by op there, and reading device tensors back would synchronise.
+kernels plan their groups there, and reading device tensors back would synchronise.
 """
 
 from __future__ import annotations
