@@ -242,8 +242,12 @@ class _IndexCache:
         self._entries: OrderedDict[tuple, Tensor] = OrderedDict()
         self._bytes = 0
 
-    def get(self, factors: Tensor, height: int, width: int) -> Tensor:
-        key = (tuple(factors.view(torch.int32).view(-1).tolist()), height, width)
+    def get(self, factors: Tensor, height: int, width: int, bits: tuple | None = None) -> Tensor:
+        """The index of one matrix's float32 ``factors`` (``[3, 2]`` or 6 values); ``bits``:
+        their int32 bit patterns when the caller has them already (the cache key)."""
+        if bits is None:
+            bits = tuple(factors.view(torch.int32).view(-1).tolist())
+        key = (bits, height, width)
         hit = self._entries.get(key)
         if hit is not None:
             self._entries.move_to_end(key)
@@ -281,8 +285,9 @@ def warp_nearest_rows(
     pad[:, 0].copy_(fill_u8)
     body = pad[:, 1:]
     flat = factors.view(len(rows), 6)
+    keys = flat.view(torch.int32).tolist()  # every row's cache key in one call
     for j, b in enumerate(rows):
-        index = INDEX_CACHE.get(flat[j], height, width).expand(ch, height * width)
+        index = INDEX_CACHE.get(flat[j], height, width, tuple(keys[j])).expand(ch, height * width)
         body.copy_(src[b].view(ch, -1))
         torch.gather(pad, 1, index, out=dst[b].view(ch, -1))
 

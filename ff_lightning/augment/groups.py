@@ -84,18 +84,26 @@ def _prepared(op: OpDef, ctx: _Ctx, value: float) -> tuple[Tensor, ...]:
     return hit
 
 
-def _prepare(op: OpDef, ctx: _Ctx, mags: list[float]) -> list[Tensor]:
-    """``op.prepare`` of the magnitudes ``mags``: per-sample tensors with one row per
-    magnitude, then the shared ones (the fill colour: the cached tensors themselves, which
-    runners only read)."""
-    distinct = {v: _prepared(op, ctx, v) for v in dict.fromkeys(mags)}
-    first = next(iter(distinct.values()))
-    k = len(first) if op.per_sample is None else op.per_sample
+def _prepare(members: Sequence[Member], ctx: _Ctx) -> list[Tensor]:
+    """``prepare`` of every member's magnitudes, in order: per-sample tensors with one row per
+    sample, then the shared ones (the fill colour: the first member's cached tensors, which
+    runners only read). The members share a runner, so their prepared tensors line up."""
+    per: list[tuple[Tensor, ...]] = []
+    for op, _, mags in members:
+        distinct = {v: _prepared(op, ctx, v) for v in dict.fromkeys(mags)}
+        per.extend(distinct[v] for v in mags)
+    op = members[0][0]
+    k = len(per[0]) if op.per_sample is None else op.per_sample
     # New tensors every call (``cat`` never aliases its input): kernels get rows they may
     # own, never the cached ones.
-    per = [distinct[v] for v in mags]
-    rows = [torch.cat([p[j] for p in per]) for j in range(k)]
-    return [*rows, *first[k:]]
+    return [*(torch.cat([p[j] for p in per]) for j in range(k)), *per[0][k:]]
+
+
+def _samples(members: Sequence[Member]) -> Tensor | None:
+    """The members' samples, in order (one member may cover every sample: ``None``)."""
+    if len(members) == 1:
+        return members[0][1]
+    return torch.cat([m_idx for _, m_idx, _ in members])  # several ops: never None
 
 
 class _LutGroup(Group):
@@ -104,19 +112,16 @@ class _LutGroup(Group):
     def __init__(self, members: list[Member], ctx: _Ctx) -> None:
         # Equalize first: its histogram reads the index rows from offset 0.
         members = sorted(members, key=lambda e: e[0].name != "Equalize")
-        if len(members) == 1:
-            idx = members[0][1]
-        else:
-            idx = torch.cat([m_idx for _, m_idx, _ in members])  # several ops: never None
         self.spans: list[tuple[OpDef, int, int, int]] = []
         tensors: list[Tensor] = []
         start = 0
-        for op, _, mags in members:
-            prepared = _prepare(op, ctx, mags)
+        for member in members:
+            op, mags = member[0], member[2]
+            prepared = _prepare([member], ctx)
             self.spans.append((op, start, start + len(mags), len(prepared)))
             tensors.extend(prepared)
             start += len(mags)
-        super().__init__(idx, tensors)
+        super().__init__(_samples(members), tensors)
 
     def run(self, ctx, src, dst, idx_dev, params) -> None:
         n = src.shape[0] if self.idx is None else self.idx.shape[0]
@@ -124,11 +129,10 @@ class _LutGroup(Group):
         if src.device.type == "cpu":  # cache-sized chunks (see the registry's `_dense`)
             per = max(1, LUT_CHUNK_ELEMENTS // src[0].numel())
         for start in range(0, n, per):
-            self._run_chunk(src, dst, idx_dev, params, start, min(start + per, n), n)
+            self._run_chunk(src, dst, idx_dev, params, start, min(start + per, n))
 
-    def _run_chunk(self, src, dst, idx_dev, params, lo: int, hi: int, n: int) -> None:
+    def _run_chunk(self, src, dst, idx_dev, params, lo: int, hi: int) -> None:
         """Samples ``lo:hi`` of the group: their tables, then one gather."""
-        whole = self.idx is None and lo == 0 and hi == n
         if self.idx is None:
             part = src[lo:hi]
         else:
@@ -145,9 +149,7 @@ class _LutGroup(Group):
                 rows = slice((a - lo) * ch, (b - lo) * ch)
                 luts[a - lo : b - lo] = op.lut(part[a - lo : b - lo], index[rows], rows.start, *own)
             pos += count
-        if whole:
-            _color.apply_luts(luts, index, dst)
-        elif self.idx is None:
+        if self.idx is None:
             _color.apply_luts(luts, index, dst[lo:hi])
         else:
             mapped = _color.apply_luts(luts, index, torch.empty_like(part))
@@ -156,14 +158,7 @@ class _LutGroup(Group):
 
 def _family_group(members: list[Member], ctx: _Ctx) -> Group:
     """One group for ops sharing a runner: per-sample rows concatenated, shared tensors once."""
-    op = members[0][0]
-    prepared = [_prepare(m_op, ctx, mags) for m_op, _, mags in members]
-    if len(members) == 1:
-        return _OpGroup(op, members[0][1], prepared[0])
-    k = len(prepared[0]) if op.per_sample is None else op.per_sample
-    rows = [torch.cat([p[j] for p in prepared]) for j in range(k)]
-    idx = torch.cat([m_idx for _, m_idx, _ in members])
-    return _OpGroup(op, idx, [*rows, *prepared[0][k:]])
+    return _OpGroup(members[0][0], _samples(members), _prepare(members, ctx))
 
 
 def plan_groups(ids: Tensor, m: Tensor, names: Sequence[str], ctx: _Ctx) -> list[Group]:
@@ -199,7 +194,7 @@ def plan_groups(ids: Tensor, m: Tensor, names: Sequence[str], ctx: _Ctx) -> list
         elif op.family is not None:
             families.setdefault(op.family, []).append((op, idx, mags))
         else:
-            groups.append(_OpGroup(op, idx, _prepare(op, ctx, mags)))
+            groups.append(_family_group([(op, idx, mags)], ctx))
     if luts:
         groups.append(_LutGroup(luts, ctx))
     groups.extend(_family_group(members, ctx) for members in families.values())
