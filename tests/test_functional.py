@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 import ff_lightning.augment.groups as groups
 import ff_lightning.augment.registry as registry
+from ff_lightning.augment import _native
 from ff_lightning.augment.functional import OPS, _context, apply_op, apply_ops_grouped
 from ff_lightning.augment.registry import REGISTRY
 
@@ -325,8 +326,10 @@ def test_chunked_cpu_path_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_chunked_lookup_tables_match_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every table-mapped op in one slot, chunks of 3 images cutting across the ops' spans.
-    lut_ops = [op for op in OPS if REGISTRY[op].lut is not None]
+    # Every table-mapped op in one slot, chunks of 3 images cutting across the ops' spans
+    # (torch's chunked lookup: the native loop has no chunks).
+    monkeypatch.setitem(_native._state, "off", True)
+    lut_ops = [op for op in OPS if REGISTRY[op].lut is not None and REGISTRY[op].run is None]
     batch = 17
     ids = torch.arange(batch) % len(lut_ops)
     mags = torch.tensor([float(SOME_MAGNITUDE[lut_ops[k]]) for k in ids.tolist()])
@@ -341,15 +344,21 @@ def test_chunked_lookup_tables_match_single_pass(monkeypatch: pytest.MonkeyPatch
         assert torch.equal(whole[i], single[lut_ops[k]][i]), (i, lut_ops[k])
 
 
-def test_a_slot_groups_ops_by_kernel() -> None:
-    # 14 ops in one slot: one table group (3 ops), one affine (3), one shift (2), and the six
-    # direct kernels: 9 groups, covering every sample but the Identity ones.
+@pytest.mark.parametrize("native", [True, False])
+def test_a_slot_groups_ops_by_kernel(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 14 ops in one slot, torch kernels: one table group (3 ops), one affine (3), one shift (2),
+    # and the six direct kernels: 9 groups. Native loops: every op with a table (7) in one
+    # group, affine, shift, Color, Sharpness: 5. Every sample is covered but the Identity ones.
+    if native and _native.lib() is None:
+        pytest.skip("native kernels unavailable here")
+    monkeypatch.setitem(_native._state, "off", not native)
     ids = torch.arange(2 * len(OPS)) % len(OPS)
     mags = torch.tensor([float(SOME_MAGNITUDE[OPS[k]]) for k in ids.tolist()], dtype=torch.float64)
     ctx = _context(make_images(1, seed=0), "nearest", 0)
+    assert ctx.native is native
     planned = groups.plan_groups(ids, mags, OPS, ctx)
     covered = sorted(i for g in planned for i in g.idx.tolist())
-    assert len(planned) == 9
+    assert len(planned) == (5 if native else 9)
     assert covered == [i for i, k in enumerate(ids.tolist()) if OPS[k] != "Identity"]
 
 

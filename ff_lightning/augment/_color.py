@@ -20,17 +20,22 @@ the way back to uint8.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "TableStats",
     "apply_luts",
     "autocontrast_lut",
     "brightness",
     "color",
     "contrast_lut",
     "equalize_lut",
+    "histograms",
     "invert",
+    "kernel_lut",
     "lut_index",
     "posterize",
     "sharpness",
@@ -139,49 +144,116 @@ def _ramp(device: torch.device) -> Tensor:
     return torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 256)
 
 
-def contrast_lut(images: Tensor, index: Tensor, base: int, factor: Tensor, alpha: Tensor) -> Tensor:
+class TableStats:
+    """What a table builder may read of its ``n`` samples; each quantity is computed when first
+    asked. ``images``: uint8 ``[n, C, H, W]``; ``hist``: int64 ``[n, C, 256]`` per-channel
+    histograms; ``minmax``: per-channel ``(lo, hi)`` ``[n, C]`` (from the histograms when the
+    caller has them cheaper than a pass over the images); ``luma_mean``: float32 ``[n]`` (from
+    ``luma_sum``, int64 ``[n]`` exact sums, when given)."""
+
+    def __init__(
+        self,
+        n: int,
+        channels: int,
+        pixels: int,
+        device: torch.device,
+        images: Callable[[], Tensor],
+        hist: Callable[[], Tensor],
+        minmax_from_hist: bool = False,
+        luma_sum: Callable[[], Tensor] | None = None,
+    ) -> None:
+        self.n, self.channels, self.pixels, self.device = n, channels, pixels, device
+        self._images_fn, self._hist_fn = images, hist
+        self._minmax_from_hist = minmax_from_hist
+        self._luma_sum = luma_sum
+        self._images: Tensor | None = None
+        self._hist: Tensor | None = None
+
+    def images(self) -> Tensor:
+        if self._images is None:
+            self._images = self._images_fn()
+        return self._images
+
+    def hist(self) -> Tensor:
+        if self._hist is None:
+            self._hist = self._hist_fn()
+        return self._hist
+
+    def luma_mean(self) -> Tensor:
+        """float32 ``[n]``: the mean of each image's floored luma, as torch's ``mean``."""
+        # An integer sum below 2**24 is exact in float32, so torch's float32 sum is that
+        # integer whatever its order, and its mean divides it once.
+        if self._luma_sum is not None and 255 * self.pixels < 1 << 24:
+            return self._luma_sum().to(torch.float32).div_(self.pixels)
+        return _grayscale(self.images()).mean(dim=(1, 2, 3))
+
+    def minmax(self) -> tuple[Tensor, Tensor]:
+        if not self._minmax_from_hist:
+            images = self.images()
+            return images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+        seen = self.hist() > 0  # every channel has at least one pixel
+        lo = seen.to(torch.uint8).argmax(dim=2)  # first non-empty bin
+        hi = 255 - seen.flip(2).to(torch.uint8).argmax(dim=2)  # last non-empty bin
+        return lo, hi
+
+
+def histograms(index: Tensor, base: int, rows: int) -> Tensor:
+    """int64 ``[rows, 256]`` histograms from :func:`lut_index` rows ``base:base + rows`` (their
+    values are offset by ``256 * row``): one ``bincount`` (CPU) or ``index_add_`` (elsewhere,
+    no synchronisation)."""
+    top = (base + rows) * 256
+    flat = index.reshape(-1)
+    if flat.device.type == "cpu":
+        hist = torch.bincount(flat, minlength=top)
+    else:
+        hist = torch.zeros(top, dtype=torch.int64, device=flat.device)
+        hist.index_add_(0, flat, hist.new_ones(1).expand(flat.numel()))
+    return hist[base * 256 :].view(rows, 256)
+
+
+def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The table of a pointwise direct kernel ``kernel(images, out, *params)``: the kernel run on
+    the 256 values, once per sample (the same arithmetic, so the same result per value)."""
+
+    def lut(stats: TableStats, *params: Tensor) -> Tensor:
+        n = stats.n
+        ramp = _ramp(stats.device).view(1, 1, 1, 256).expand(n, 1, 1, 256).contiguous()
+        return kernel(ramp, torch.empty_like(ramp), *params).view(n, 1, 256)
+
+    return lut
+
+
+def contrast_lut(stats: TableStats, factor: Tensor, alpha: Tensor) -> Tensor:
     """``adjust_contrast``: blend each value with the mean of the image's floored luma."""
-    n = images.shape[0]
-    mean = _grayscale(images).mean(dim=(1, 2, 3)).view(n, 1, 1)
-    acc = torch.mul(_ramp(images.device), factor.view(n, 1, 1))  # uint8 * float32: [n, 1, 256]
+    n = stats.n
+    mean = stats.luma_mean().view(n, 1, 1)
+    acc = torch.mul(_ramp(stats.device), factor.view(n, 1, 1))  # uint8 * float32: [n, 1, 256]
     # A full row of the mean, as the image's plane of it in torchvision's ``_blend``.
     other = torch.empty_like(acc).copy_(mean.expand(n, 1, 256))
     acc.addcmul_(other, alpha.view(n, 1, 1))
     return acc.clamp_(0, 255).to(torch.int16).to(torch.uint8)
 
 
-def autocontrast_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
+def autocontrast_lut(stats: TableStats) -> Tensor:
     """Stretch each channel of each image to the full ``[0, 255]`` range.
 
     ``(x - lo) / ((hi - lo) / 255)`` in float32, clamped and truncated (channels with
     ``hi == lo`` are left as they are): torchvision's float32 operations on every value.
     """
-    lo = images.amin(dim=(2, 3)).unsqueeze(-1).to(torch.float32)  # [n, C, 1]
-    hi = images.amax(dim=(2, 3)).unsqueeze(-1).to(torch.float32)
+    lo, hi = stats.minmax()
+    lo = lo.unsqueeze(-1).to(torch.float32)  # [n, C, 1]
+    hi = hi.unsqueeze(-1).to(torch.float32)
     flat = hi == lo
     inv_scale = (hi - lo).mul_(1.0 / 255).masked_fill_(flat, 1.0)
     lo = lo.masked_fill_(flat, 0.0)
-    values = _ramp(images.device).to(torch.float32)
+    values = _ramp(stats.device).to(torch.float32)
     return values.sub(lo).div_(inv_scale).clamp_(0, 255).to(torch.int16).to(torch.uint8)
 
 
-def equalize_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
-    """Histogram equalisation per channel with PIL's (and torchvision's) table scheme.
-
-    ``index`` holds the images' values offset by ``256 * row`` (rows counted from ``base``):
-    one ``bincount`` (CPU) or ``index_add_`` (elsewhere, no synchronisation) gives every
-    channel's histogram.
-    """
-    bsz, ch, height, width = images.shape
-    rows, npix = bsz * ch, height * width
-    top = (base + rows) * 256
-    flat = index.reshape(-1)
-    if flat.device.type == "cpu":
-        hist = torch.bincount(flat, minlength=top)
-    else:
-        hist = torch.zeros(top, dtype=torch.int32, device=flat.device)
-        hist.index_add_(0, flat, hist.new_ones(1).expand(flat.numel()))
-    hist = hist[base * 256 :].view(rows, 256)
+def equalize_lut(stats: TableStats) -> Tensor:
+    """Histogram equalisation per channel with PIL's (and torchvision's) table scheme."""
+    rows, npix = stats.n * stats.channels, stats.pixels
+    hist = stats.hist().view(rows, 256)
     cum = hist.cumsum(dim=1, dtype=torch.int64)
     last = cum.argmax(dim=1, keepdim=True)  # first bin holding the total: last non-empty bin
     num_non_max = npix - hist.gather(1, last).to(torch.int64)
@@ -194,8 +266,8 @@ def equalize_lut(images: Tensor, index: Tensor, base: int) -> Tensor:
     )
     lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1)
     # Channels with a single non-empty bin (step == 0) are left unchanged.
-    identity = torch.arange(256, device=images.device).expand(rows, 256)
-    return torch.where(step != 0, lut, identity).to(torch.uint8).view(bsz, ch, 256)
+    identity = torch.arange(256, device=stats.device).expand(rows, 256)
+    return torch.where(step != 0, lut, identity).to(torch.uint8).view(stats.n, stats.channels, 256)
 
 
 _OFFSETS: dict[tuple[int, str], Tensor] = {}

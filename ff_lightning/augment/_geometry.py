@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import grid_sample
 
+from ff_lightning.augment import _native
+
 __all__ = [
     "INDEX_CACHE",
     "atan",
@@ -277,15 +279,20 @@ def warp_nearest_rows(
 ) -> None:
     """CPU: ``dst[b] = warp(src[b])`` for ``b`` in ``rows`` (``factors[j]`` for ``rows[j]``).
 
-    The source index of each distinct matrix comes from :data:`INDEX_CACHE` and each image
-    is gathered in cache with it. ``dst`` may be ``src``.
+    The source index of each distinct matrix comes from :data:`INDEX_CACHE`; the pixels are
+    gathered with it by the native loop (:mod:`ff_lightning.augment._native`), else image by
+    image with ``torch.gather``. ``dst`` may be ``src``.
     """
     _, ch, height, width = src.shape
+    flat = factors.view(len(rows), 6)
+    keys = flat.view(torch.int32).tolist()  # every row's cache key in one call
+    if _native.lib() is not None:  # one native loop over every row: no per-row torch calls
+        index = [INDEX_CACHE.get(flat[j], height, width, tuple(keys[j])) for j in range(len(rows))]
+        _native.gather(src, dst, rows, index, fill_u8)
+        return
     pad = torch.empty(ch, 1 + height * width, dtype=torch.uint8)
     pad[:, 0].copy_(fill_u8)
     body = pad[:, 1:]
-    flat = factors.view(len(rows), 6)
-    keys = flat.view(torch.int32).tolist()  # every row's cache key in one call
     for j, b in enumerate(rows):
         index = INDEX_CACHE.get(flat[j], height, width, tuple(keys[j])).expand(ch, height * width)
         body.copy_(src[b].view(ch, -1))

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ff_lightning.augment import _native
 from ff_lightning.augment._device import HostPack
 from ff_lightning.augment.groups import plan_groups
 from ff_lightning.augment.registry import (
@@ -160,6 +161,7 @@ def _context(images: Tensor, interpolation: object, fill: object) -> _Ctx:
         channels=images.shape[1],
         interpolation=_check_interpolation(interpolation),
         fill=_check_fill(fill),
+        native=images.device.type == "cpu" and _native.lib() is not None,
     )
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _color
+from ff_lightning.augment import _color, _native
 from ff_lightning.augment.registry import REGISTRY, OpDef, _Ctx, _rows, _select
 
 __all__ = ["LUT_CHUNK_ELEMENTS", "Group", "plan_groups"]
@@ -125,11 +125,53 @@ class _LutGroup(Group):
 
     def run(self, ctx, src, dst, idx_dev, params) -> None:
         n = src.shape[0] if self.idx is None else self.idx.shape[0]
+        if ctx.native and src.device.type == "cpu":
+            self._run_native(src, dst, params, n)
+            return
         per = n
         if src.device.type == "cpu":  # cache-sized chunks (see the registry's `_dense`)
             per = max(1, LUT_CHUNK_ELEMENTS // src[0].numel())
         for start in range(0, n, per):
             self._run_chunk(src, dst, idx_dev, params, start, min(start + per, n))
+
+    def _tables(self, params, lo: int, hi: int, luts: Tensor, stats) -> None:
+        """Fill ``luts`` (``[hi - lo, C, 256]``) with the tables of samples ``lo:hi``;
+        ``stats(a, b)``: the :class:`~ff_lightning.augment._color.TableStats` of ``a:b``."""
+        pos = 0
+        for op, start, stop, count in self.spans:
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                assert op.lut is not None
+                own = tuple(p[a - start : b - start] for p in params[pos : pos + count])
+                luts[a - lo : b - lo] = op.lut(stats(a, b), *own)
+            pos += count
+
+    def _run_native(self, src, dst, params, n: int) -> None:
+        """Host images, native loops: statistics and the lookup straight on the batch rows
+        (no row selection, no index pass, no scatter back)."""
+        ch, npix = src.shape[1], src[0, 0].numel()
+        rows = self.idx
+        fused = _native.fused()
+
+        def _span(a: int, b: int) -> Tensor:
+            return torch.arange(a, b) if rows is None else rows[a:b]
+
+        def stats(a: int, b: int) -> _color.TableStats:
+            sub = None if rows is None else rows[a:b]
+            return _color.TableStats(
+                b - a,
+                ch,
+                npix,
+                src.device,
+                images=lambda: src[a:b] if sub is None else _select(src, sub),
+                hist=lambda: _native.hist(src, _span(a, b)),
+                minmax_from_hist=True,
+                luma_sum=(lambda: _native.luma_sum(src, _span(a, b))) if fused else None,
+            )
+
+        luts = torch.empty(n, ch, 256, dtype=torch.uint8)
+        self._tables(params, 0, n, luts, stats)
+        _native.lut_apply(src, dst, rows, luts)
 
     def _run_chunk(self, src, dst, idx_dev, params, lo: int, hi: int) -> None:
         """Samples ``lo:hi`` of the group: their tables, then one gather."""
@@ -137,18 +179,22 @@ class _LutGroup(Group):
             part = src[lo:hi]
         else:
             part = _select(src, idx_dev[lo:hi])
-        ch = part.shape[1]
+        ch, npix = part.shape[1], part[0, 0].numel()
         index = _color.lut_index(part)  # [(hi - lo) * C, H * W] int32, rows offset by 256
+
+        def stats(a: int, b: int) -> _color.TableStats:
+            rows = slice((a - lo) * ch, (b - lo) * ch)
+            return _color.TableStats(
+                b - a,
+                ch,
+                npix,
+                src.device,
+                images=lambda: part[a - lo : b - lo],
+                hist=lambda: _color.histograms(index[rows], rows.start, rows.stop - rows.start),
+            )
+
         luts = torch.empty(hi - lo, ch, 256, dtype=torch.uint8, device=src.device)
-        pos = 0
-        for op, start, stop, count in self.spans:
-            a, b = max(start, lo), min(stop, hi)
-            if a < b:
-                assert op.lut is not None
-                own = tuple(p[a - start : b - start] for p in params[pos : pos + count])
-                rows = slice((a - lo) * ch, (b - lo) * ch)
-                luts[a - lo : b - lo] = op.lut(part[a - lo : b - lo], index[rows], rows.start, *own)
-            pos += count
+        self._tables(params, lo, hi, luts, stats)
         if self.idx is None:
             _color.apply_luts(luts, index, dst[lo:hi])
         else:
@@ -189,7 +235,7 @@ def plan_groups(ids: Tensor, m: Tensor, names: Sequence[str], ctx: _Ctx) -> list
                 rows = active
         mags = [values[i] for i in rows]
         idx = None if len(rows) == batch else torch.tensor(rows, dtype=torch.int64)
-        if op.lut is not None:
+        if op.lut is not None and (op.run is None or ctx.native):
             luts.append((op, idx, mags))
         elif op.family is not None:
             families.setdefault(op.family, []).append((op, idx, mags))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _color, _geometry
+from ff_lightning.augment import _color, _geometry, _native
 from ff_lightning.augment.reference import (
     _ref,
     _ref_identity,
@@ -45,6 +45,9 @@ class _Ctx:
     channels: int
     interpolation: str
     fill: list[float] | None
+    #: host images and the native loops loaded (:mod:`ff_lightning.augment._native`): every
+    #: op with a table joins the slot's lookup-table group
+    native: bool = False
 
 
 # ==================================================================== the op registry
@@ -55,7 +58,7 @@ class _Ctx:
 Runner = Callable[
     [_Ctx, Tensor, Tensor, "Tensor | None", "Tensor | None", tuple[Tensor, ...]], None
 ]
-# Table builders: ``lut(images, index, base, *params)``; see ``OpDef.lut``.
+# Table builders: ``lut(stats, *params)`` (``stats``: ``_color.TableStats``); see ``OpDef.lut``.
 LutBuilder = Callable[..., Tensor]
 
 
@@ -76,9 +79,11 @@ class OpDef:
         reference: torchvision v2's kernel on one ``[3, H, W]`` image with a Python-float
             magnitude, as ``_AutoAugmentBase._apply_image_or_video_transform`` calls it.
         lut: for ops that map each pixel value through a per-sample (or per-channel) table:
-            ``lut(images, index, base, *params)`` -> uint8 ``[n, 1 or C, 256]`` (see
-            :mod:`ff_lightning.augment._color`); ``run`` is then ``None``: every such op of a
-            slot is applied in one gather (``ff_lightning.augment.groups``).
+            ``lut(stats, *params)`` -> uint8 ``[n, 1 or C, 256]`` (see
+            :mod:`ff_lightning.augment._color`). Every such op of a slot is applied in one
+            lookup (``ff_lightning.augment.groups``): always when ``run`` is ``None``, and on
+            host images with the native loops (``_Ctx.native``) for ops that also have a
+            direct kernel (cheaper than torch's table gather, dearer than the native lookup).
         family: ops that share ``run`` ("affine": Shear/Rotate, "shift": Translate): samples
             of every op of a family run as one group, their per-sample tensors concatenated.
         per_sample: how many of the leading prepared tensors have one row per sample (the
@@ -271,6 +276,33 @@ def _zero_angle(m: float) -> bool:
     return m % 360.0 == 0  # Python's % has torch.remainder's sign convention
 
 
+def _brightness(x: Tensor, out: Tensor, factor: Tensor) -> Tensor:
+    return _color.brightness(x, factor, out)
+
+
+_color_dense = _dense(lambda x, out, f, a: _color.color(x, f, a, out))
+
+
+def _run_color(ctx, src, dst, idx, idx_dev, params) -> None:
+    """Native loop on host 3-channel images where its float arithmetic is torch's, else the
+    torch kernel."""
+    if ctx.native and src.shape[1] == 3 and src.device.type == "cpu" and _native.fused():
+        _native.color(src, dst, idx, *params)
+    else:
+        _color_dense(ctx, src, dst, idx, idx_dev, params)
+
+
+_sharpness_dense = _dense(lambda x, out, f, a: _color.sharpness(x, a, out))
+
+
+def _run_sharpness(ctx, src, dst, idx, idx_dev, params) -> None:
+    """Native loop on host images where its float arithmetic is torch's, else torch."""
+    if ctx.native and src.device.type == "cpu" and _native.fused():
+        _native.sharpness(src, dst, idx, params[1])
+    else:
+        _sharpness_dense(ctx, src, dst, idx, idx_dev, params)
+
+
 def _op(name, kind, cost, prepare, run, noop, reference, **extra) -> tuple[str, OpDef]:
     return name, OpDef(name, kind, cost, prepare, run, noop, reference, **extra)
 
@@ -341,16 +373,17 @@ REGISTRY: dict[str, OpDef] = dict(
             "colour",
             1.0,
             lambda m, ctx: _prepare_blend(m, ctx)[:1],
-            _dense(lambda x, out, f: _color.brightness(x, f, out)),
+            _dense(_brightness),
             _zero,
             _ref("adjust_brightness_image", lambda m: 1.0 + m),
+            lut=_color.kernel_lut(_brightness),
         ),
         _op(
             "Color",
             "colour",
             1.8,
             _prepare_blend,
-            _dense(lambda x, out, f, a: _color.color(x, f, a, out)),
+            _run_color,
             _zero,
             _ref("adjust_saturation_image", lambda m: 1.0 + m),
         ),
@@ -367,7 +400,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "colour",
             3.6,
             _prepare_blend,
-            _dense(lambda x, out, f, a: _color.sharpness(x, a, out)),
+            _run_sharpness,
             _zero,
             _ref("adjust_sharpness_image", lambda m: 1.0 + m),
         ),
@@ -379,6 +412,7 @@ REGISTRY: dict[str, OpDef] = dict(
             _dense(_color.posterize),
             None,
             _ref("posterize_image", int),
+            lut=_color.kernel_lut(_color.posterize),
         ),
         _op(
             "Solarize",
@@ -388,6 +422,7 @@ REGISTRY: dict[str, OpDef] = dict(
             _dense(_color.solarize),
             None,
             _ref("solarize_image", lambda m: 255.0 * m),
+            lut=_color.kernel_lut(_color.solarize),
         ),
         _lut_op(
             "AutoContrast",
@@ -399,7 +434,14 @@ REGISTRY: dict[str, OpDef] = dict(
         ),
         _lut_op("Equalize", 4.1, _no_params, _color.equalize_lut, None, _ref("equalize_image")),
         _op(
-            "Invert", "colour", 0.15, _no_params, _dense(_color.invert), None, _ref("invert_image")
+            "Invert",
+            "colour",
+            0.15,
+            _no_params,
+            _dense(_color.invert),
+            None,
+            _ref("invert_image"),
+            lut=_color.kernel_lut(_color.invert),
         ),
     ]
 )

@@ -1,0 +1,351 @@
+/* Native CPU loops for ff_lightning's batched uint8 augmentation kernels.
+ *
+ * Built on first use by ff_lightning/augment/_native.py with the system C compiler and
+ * loaded through ctypes (no torch headers, no build step at install). Every function works on
+ * contiguous uint8 images [B, C, P] (P = H * W pixels per channel) and a list of the batch
+ * rows it touches (`rows`, n entries; NULL: rows 0..n-1). Results are bit-identical to the
+ * torch kernels they replace: tables and source indices are computed by the Python side with
+ * torch's own arithmetic, these loops only look values up, count them or sum them.
+ *
+ * Why: on a CPU each torch kernel is a separate pass over memory with a dtype conversion or
+ * a 64-bit index per byte; a table lookup or a gather written as one loop touches each byte
+ * once (about 3x less time per pixel for the table ops at 224 px, measured with
+ * recipes/benchmark_augment.py --vs-pil).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define ROW(j) ((rows) ? (rows)[(j)] : (int64_t)(j))
+
+/* One plane through one table: eight values read and written per step as one 64-bit word
+ * (byte order does not matter: byte k of the word is looked up into byte k). */
+static void ff_lut_plane(const uint8_t *s, uint8_t *d, int64_t P, const uint8_t *restrict lut) {
+    int64_t p = 0;
+    for (; p + 8 <= P; p += 8) {
+        uint64_t in, out = 0;
+        memcpy(&in, s + p, 8);
+        for (int k = 0; k < 8; ++k) out |= (uint64_t)lut[(in >> (8 * k)) & 0xFF] << (8 * k);
+        memcpy(d + p, &out, 8);
+    }
+    for (; p < P; ++p) d[p] = lut[s[p]];
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define FF_X86_SIMD 1
+#endif
+
+#ifdef FF_X86_SIMD
+/* The same with AVX2 byte shuffles: the table as 16 rows of 16; each row looks up the low
+ * nibble of every value (vpshufb) and is kept where the high nibble is that row's. */
+__attribute__((target("avx2"))) static void ff_lut_plane_avx2(const uint8_t *s, uint8_t *d,
+                                                               int64_t P, const uint8_t *lut) {
+    __m256i row[16];
+    for (int k = 0; k < 16; ++k)
+        row[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lut + 16 * k)));
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    int64_t p = 0;
+    for (; p + 32 <= P; p += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(s + p));
+        __m256i lo = _mm256_and_si256(v, nib);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+        __m256i acc = _mm256_setzero_si256();
+        for (int k = 0; k < 16; ++k) {
+            __m256i hit = _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)k));
+            acc = _mm256_or_si256(acc, _mm256_and_si256(_mm256_shuffle_epi8(row[k], lo), hit));
+        }
+        _mm256_storeu_si256((__m256i *)(d + p), acc);
+    }
+    ff_lut_plane(s + p, d + p, P - p, lut);
+}
+#endif
+
+/* dst[b, c, p] = luts[j, c, src[b, c, p]] for b = rows[j]; dst may be src. */
+void ff_lut_apply(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
+                  int64_t P, const uint8_t *luts) {
+#ifdef FF_X86_SIMD
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2");
+#endif
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        for (int64_t c = 0; c < C; ++c) {
+            const uint8_t *lut = luts + (j * C + c) * 256;
+            const uint8_t *s = src + (b * C + c) * P;
+            uint8_t *d = dst + (b * C + c) * P;
+#ifdef FF_X86_SIMD
+            if (avx2) {
+                ff_lut_plane_avx2(s, d, P, lut);
+                continue;
+            }
+#endif
+            ff_lut_plane(s, d, P, lut);
+        }
+    }
+}
+
+/* hist[j, c, v] = number of pixels of value v in channel c of image rows[j] (int64). */
+void ff_hist(const uint8_t *src, int64_t n, const int64_t *rows, int64_t C, int64_t P,
+             int64_t *hist) {
+    uint32_t part[4][256];
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        for (int64_t c = 0; c < C; ++c) {
+            const uint8_t *s = src + (b * C + c) * P;
+            int64_t *h = hist + (j * C + c) * 256;
+            memset(h, 0, 256 * sizeof(int64_t));
+            int64_t p = 0;
+            while (p < P) {
+                /* four partial histograms break the store-to-load chain of equal values;
+                   uint32 counters flushed every 2^30 pixels never overflow */
+                int64_t stop = P - p > (1LL << 30) ? p + (1LL << 30) : P;
+                memset(part, 0, sizeof(part));
+                for (; p + 4 <= stop; p += 4) {
+                    ++part[0][s[p]];
+                    ++part[1][s[p + 1]];
+                    ++part[2][s[p + 2]];
+                    ++part[3][s[p + 3]];
+                }
+                for (; p < stop; ++p) ++part[0][s[p]];
+                for (int v = 0; v < 256; ++v)
+                    h[v] += (int64_t)part[0][v] + part[1][v] + part[2][v] + part[3][v];
+            }
+        }
+    }
+}
+
+/* Nearest warp by source index: dst[b, c, p] = pad_c[index_j[p]] for b = rows[j], where
+ * pad_c[0] = fill[c] and pad_c[1 + q] = src[b, c, q]. `index` holds n pointers to int64 [P]
+ * arrays (entries in [0, P]). `scratch` holds C * (P + 1) bytes; dst may be src. */
+void ff_gather(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
+               int64_t P, const int64_t *const *index, const uint8_t *fill, uint8_t *scratch) {
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        const int64_t *restrict ix = index[j];
+        for (int64_t c = 0; c < C; ++c) {
+            uint8_t *pad = scratch + c * (P + 1);
+            pad[0] = fill[c];
+            memcpy(pad + 1, src + (b * C + c) * P, (size_t)P);
+        }
+        if (C == 3) {
+            const uint8_t *restrict p0 = scratch, *restrict p1 = scratch + (P + 1),
+                          *restrict p2 = scratch + 2 * (P + 1);
+            uint8_t *restrict d0 = dst + b * 3 * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P;
+            for (int64_t p = 0; p < P; ++p) {
+                int64_t q = ix[p];
+                d0[p] = p0[q];
+                d1[p] = p1[q];
+                d2[p] = p2[q];
+            }
+        } else {
+            for (int64_t c = 0; c < C; ++c) {
+                const uint8_t *restrict pad = scratch + c * (P + 1);
+                uint8_t *restrict d = dst + (b * C + c) * P;
+                for (int64_t p = 0; p < P; ++p) d[p] = pad[ix[p]];
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- luma (float32, fused)
+ * torchvision's luma in torch's CPU arithmetic: r * 0.2989f, then two `add_(x, alpha=)`
+ * steps, each one fused multiply-add in torch's AVX2/AVX-512 kernels, then floor. The fused
+ * versions need the FMA instruction (ff_has_fma); the Python side uses these only where
+ * torch's own kernels fuse (x86 with AVX2 or AVX-512). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define FF_FMA_TARGET __attribute__((target("avx2,fma")))
+int ff_has_fma(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2");
+}
+#else
+#define FF_FMA_TARGET
+int ff_has_fma(void) { return 0; }
+#endif
+
+FF_FMA_TARGET static inline float ff_luma(float r, float g, float b) {
+    float acc = r * 0.2989f;
+    acc = __builtin_fmaf(g, 0.587f, acc);
+    acc = __builtin_fmaf(b, 0.114f, acc);
+    return __builtin_floorf(acc);
+}
+
+#ifdef FF_X86_SIMD
+static inline __m256 ff_widen8(const uint8_t *p) __attribute__((target("avx2")));
+static inline __m256 ff_widen8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* The floored luma of 8 pixels, as ff_luma. */
+FF_FMA_TARGET static inline __m256 ff_luma8(const uint8_t *r, const uint8_t *g, const uint8_t *b) {
+    __m256 gray = _mm256_mul_ps(ff_widen8(r), _mm256_set1_ps(0.2989f));
+    gray = _mm256_fmadd_ps(ff_widen8(g), _mm256_set1_ps(0.587f), gray);
+    gray = _mm256_fmadd_ps(ff_widen8(b), _mm256_set1_ps(0.114f), gray);
+    return _mm256_floor_ps(gray);
+}
+#endif
+
+/* sums[j] = sum over pixels of the floored luma of image rows[j] (an exact integer);
+ * one channel: the sum of its values. */
+FF_FMA_TARGET void ff_luma_sum(const uint8_t *src, int64_t n, const int64_t *rows, int64_t C,
+                               int64_t P, int64_t *sums) {
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        const uint8_t *s = src + b * C * P;
+        int64_t total = 0;
+        if (C == 3) {
+            const uint8_t *r = s, *g = s + P, *bl = s + 2 * P;
+            int64_t p = 0;
+#ifdef FF_X86_SIMD
+            __m256i acc = _mm256_setzero_si256(); /* 8 int32 lanes, each < 2^31 for P < 2^23 */
+            const int64_t lanes = P < (1LL << 23) ? P : (1LL << 23);
+            for (; p + 8 <= lanes; p += 8)
+                acc = _mm256_add_epi32(acc, _mm256_cvttps_epi32(ff_luma8(r + p, g + p, bl + p)));
+            int32_t part8[8];
+            _mm256_storeu_si256((__m256i *)part8, acc);
+            for (int k = 0; k < 8; ++k) total += part8[k];
+#endif
+            while (p < P) { /* int32 partial sums: at most 2^23 pixels of 255 each */
+                int64_t stop = P - p > (1LL << 23) ? p + (1LL << 23) : P;
+                int32_t part = 0;
+                for (; p < stop; ++p) part += (int32_t)ff_luma(r[p], g[p], bl[p]);
+                total += part;
+            }
+        } else {
+            for (int64_t p = 0; p < P; ++p) total += s[p];
+        }
+        sums[j] = total;
+    }
+}
+
+/* adjust_saturation on 3-channel images: dst = trunc(clamp(fma(luma, alpha[j], x * ratio[j]),
+ * 0, 255)) per channel, as torch's mul_ then addcmul_ (fused) do it. dst may be src. */
+#ifdef FF_X86_SIMD
+/* 8 pixels of each channel: widen to float32, blend with the luma, clamp, truncate. */
+FF_FMA_TARGET static inline void ff_color8(const uint8_t *r, const uint8_t *g,
+                                           const uint8_t *bl, uint8_t *d0, uint8_t *d1,
+                                           uint8_t *d2, __m256 ra, __m256 al) {
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
+    __m256 x[3];
+    const uint8_t *in[3] = {r, g, bl};
+    uint8_t *out[3] = {d0, d1, d2};
+    for (int c = 0; c < 3; ++c)
+        x[c] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)in[c])));
+    __m256 gray = _mm256_mul_ps(x[0], _mm256_set1_ps(0.2989f));
+    gray = _mm256_fmadd_ps(x[1], _mm256_set1_ps(0.587f), gray);
+    gray = _mm256_fmadd_ps(x[2], _mm256_set1_ps(0.114f), gray);
+    gray = _mm256_floor_ps(gray);
+    for (int c = 0; c < 3; ++c) {
+        __m256 v = _mm256_fmadd_ps(gray, al, _mm256_mul_ps(x[c], ra));
+        v = _mm256_min_ps(_mm256_max_ps(v, zero), top);
+        __m256i i = _mm256_cvttps_epi32(v);
+        __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64((__m128i *)out[c], _mm_packus_epi16(w, w));
+    }
+}
+#define FF_HAVE_COLOR8 1
+#endif
+
+FF_FMA_TARGET void ff_color(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows,
+                            int64_t P, const float *ratio, const float *alpha) {
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        const uint8_t *s = src + b * 3 * P;
+        uint8_t *d = dst + b * 3 * P;
+        const float ra = ratio[j], al = alpha[j];
+        int64_t p = 0;
+#ifdef FF_HAVE_COLOR8
+        const __m256 ra8 = _mm256_set1_ps(ra), al8 = _mm256_set1_ps(al);
+        for (; p + 8 <= P; p += 8)
+            ff_color8(s + p, s + P + p, s + 2 * P + p, d + p, d + P + p, d + 2 * P + p, ra8, al8);
+#endif
+        for (; p < P; ++p) {
+            float x0 = s[p], x1 = s[P + p], x2 = s[2 * P + p];
+            float gray = ff_luma(x0, x1, x2);
+            float v[3] = {__builtin_fmaf(gray, al, x0 * ra), __builtin_fmaf(gray, al, x1 * ra),
+                          __builtin_fmaf(gray, al, x2 * ra)};
+            for (int c = 0; c < 3; ++c) {
+                float t = v[c] < 0.0f ? 0.0f : (v[c] > 255.0f ? 255.0f : v[c]);
+                d[c * P + p] = (uint8_t)(int32_t)t;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- sharpness
+ * adjust_sharpness as the torch kernel computes it: S = 3x3 box sum + 4 * centre (exact
+ * integers), blurred = round_half_even(float(S) * float(1/13)), out = trunc(clamp(
+ * fma(blurred - centre, alpha, centre), 0, 255)) inside, borders kept. dst may be src
+ * (`scratch`: H * W bytes). */
+FF_FMA_TARGET static inline uint8_t ff_sharp1(const uint8_t *s, int64_t W, float al) {
+    const float inv13 = (float)(1.0 / 13.0);
+    int32_t S = 4 * (int32_t)s[0];
+    for (int dy = -1; dy <= 1; ++dy)
+        for (int dx = -1; dx <= 1; ++dx) S += s[dy * W + dx];
+    float c = s[0];
+    float blurred = __builtin_rintf((float)S * inv13);
+    float v = __builtin_fmaf(blurred - c, al, c);
+    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+    return (uint8_t)(int32_t)v;
+}
+
+#ifdef FF_HAVE_COLOR8
+FF_FMA_TARGET static inline __m256i ff_load16(const uint8_t *p) {
+    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* 16 interior pixels starting at s (a pointer into the source plane). */
+FF_FMA_TARGET static inline void ff_sharp16(const uint8_t *s, int64_t W, uint8_t *d, __m256 al) {
+    const __m256 inv13 = _mm256_set1_ps((float)(1.0 / 13.0));
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
+    __m256i c16 = ff_load16(s);
+    __m256i S = _mm256_slli_epi16(c16, 2);
+    for (int dy = -1; dy <= 1; ++dy) {
+        const uint8_t *row = s + dy * W;
+        S = _mm256_add_epi16(S, ff_load16(row - 1));
+        S = _mm256_add_epi16(S, ff_load16(row));
+        S = _mm256_add_epi16(S, ff_load16(row + 1));
+    }
+    __m128i out[2];
+    for (int h = 0; h < 2; ++h) {
+        __m128i s16 = h ? _mm256_extracti128_si256(S, 1) : _mm256_castsi256_si128(S);
+        __m128i c8 = h ? _mm256_extracti128_si256(c16, 1) : _mm256_castsi256_si128(c16);
+        __m256 sf = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(s16));
+        __m256 cf = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(c8));
+        __m256 blurred = _mm256_round_ps(_mm256_mul_ps(sf, inv13),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(blurred, cf), al, cf);
+        v = _mm256_min_ps(_mm256_max_ps(v, zero), top);
+        __m256i i = _mm256_cvttps_epi32(v);
+        out[h] = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    }
+    _mm_storeu_si128((__m128i *)d, _mm_packus_epi16(out[0], out[1]));
+}
+#endif
+
+FF_FMA_TARGET void ff_sharpness(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows,
+                                int64_t C, int64_t H, int64_t W, const float *alpha,
+                                uint8_t *scratch) {
+    const int64_t P = H * W;
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        const float al = alpha[j];
+        for (int64_t c = 0; c < C; ++c) {
+            const uint8_t *plane = src + (b * C + c) * P;
+            uint8_t *d = dst + (b * C + c) * P;
+            memcpy(scratch, plane, (size_t)P); /* dst may be src */
+            if (d != plane) memcpy(d, plane, (size_t)P); /* borders */
+            if (H <= 2 || W <= 2) continue;
+            for (int64_t y = 1; y < H - 1; ++y) {
+                const uint8_t *s = scratch + y * W;
+                uint8_t *o = d + y * W;
+                int64_t x = 1;
+#ifdef FF_HAVE_COLOR8
+                const __m256 al8 = _mm256_set1_ps(al);
+                for (; x + 16 <= W - 1; x += 16) ff_sharp16(s + x, W, o + x, al8);
+#endif
+                for (; x < W - 1; ++x) o[x] = ff_sharp1(s + x, W, al);
+            }
+        }
+    }
+}
