@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ff_lightning.augment import _native
+
 __all__ = [
     "TableStats",
     "apply_luts",
@@ -161,11 +163,14 @@ class TableStats:
         hist: Callable[[], Tensor],
         minmax_from_hist: bool = False,
         luma_sum: Callable[[], Tensor] | None = None,
+        native: bool = False,
     ) -> None:
         self.n, self.channels, self.pixels, self.device = n, channels, pixels, device
         self._images_fn, self._hist_fn = images, hist
         self._minmax_from_hist = minmax_from_hist
         self._luma_sum = luma_sum
+        #: host statistics and the native loops loaded: builders may use the native tables
+        self.native = native
         self._images: Tensor | None = None
         self._hist: Tensor | None = None
 
@@ -213,12 +218,28 @@ def histograms(index: Tensor, base: int, rows: int) -> Tensor:
 
 def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """The table of a pointwise direct kernel ``kernel(images, out, *params)``: the kernel run on
-    the 256 values, once per sample (the same arithmetic, so the same result per value)."""
+    the 256 values (the same arithmetic, so the same result per value). Tables depend on the
+    parameters only; host tables are kept per parameter value (a policy draws few)."""
+    cache: dict[tuple, Tensor] = {}
+
+    def build(device: torch.device, params: tuple[Tensor, ...]) -> Tensor:
+        n = params[0].shape[0] if params else 1
+        ramp = _ramp(device).view(1, 1, 1, 256).expand(n, 1, 1, 256).contiguous()
+        return kernel(ramp, torch.empty_like(ramp), *params).view(n, 1, 256)
 
     def lut(stats: TableStats, *params: Tensor) -> Tensor:
-        n = stats.n
-        ramp = _ramp(stats.device).view(1, 1, 1, 256).expand(n, 1, 1, 256).contiguous()
-        return kernel(ramp, torch.empty_like(ramp), *params).view(n, 1, 256)
+        if stats.device.type != "cpu":
+            return build(stats.device, params).expand(stats.n, 1, 256)
+        keys = list(zip(*(p.tolist() for p in params))) if params else [()] * stats.n
+        todo = [key for key in dict.fromkeys(keys) if key not in cache]
+        if todo:
+            if len(cache) + len(todo) > 4096:
+                cache.clear()
+                todo = list(dict.fromkeys(keys))
+            rows = torch.tensor([keys.index(key) for key in todo], dtype=torch.int64)
+            built = build(stats.device, tuple(p.index_select(0, rows) for p in params))
+            cache.update((key, built[k : k + 1]) for k, key in enumerate(todo))
+        return torch.cat([cache[key] for key in keys])
 
     return lut
 
@@ -226,6 +247,8 @@ def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
 def contrast_lut(stats: TableStats, factor: Tensor, alpha: Tensor) -> Tensor:
     """``adjust_contrast``: blend each value with the mean of the image's floored luma."""
     n = stats.n
+    if stats.native and _native.fused():
+        return _native.contrast_luts(stats.luma_mean(), factor, alpha, 1)
     mean = stats.luma_mean().view(n, 1, 1)
     acc = torch.mul(_ramp(stats.device), factor.view(n, 1, 1))  # uint8 * float32: [n, 1, 256]
     # A full row of the mean, as the image's plane of it in torchvision's ``_blend``.
@@ -240,6 +263,8 @@ def autocontrast_lut(stats: TableStats) -> Tensor:
     ``(x - lo) / ((hi - lo) / 255)`` in float32, clamped and truncated (channels with
     ``hi == lo`` are left as they are): torchvision's float32 operations on every value.
     """
+    if stats.native:
+        return _native.autocontrast_luts(stats.hist())
     lo, hi = stats.minmax()
     lo = lo.unsqueeze(-1).to(torch.float32)  # [n, C, 1]
     hi = hi.unsqueeze(-1).to(torch.float32)
@@ -252,6 +277,8 @@ def autocontrast_lut(stats: TableStats) -> Tensor:
 
 def equalize_lut(stats: TableStats) -> Tensor:
     """Histogram equalisation per channel with PIL's (and torchvision's) table scheme."""
+    if stats.native:
+        return _native.equalize_luts(stats.hist(), stats.pixels)
     rows, npix = stats.n * stats.channels, stats.pixels
     hist = stats.hist().view(rows, 256)
     cum = hist.cumsum(dim=1, dtype=torch.int64)

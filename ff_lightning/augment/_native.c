@@ -349,3 +349,67 @@ FF_FMA_TARGET void ff_sharpness(const uint8_t *src, uint8_t *dst, int64_t n, con
         }
     }
 }
+
+/* ---------------------------------------------------------------- tables
+ * The lookup tables of Equalize, AutoContrast and Contrast, as the torch builders in
+ * _color.py compute them (integer arithmetic; float32 with the same operations). */
+
+/* PIL's equalisation table per histogram row (hist: int64 [rows, 256]; npix per row). */
+void ff_equalize_luts(const int64_t *hist, int64_t rows, int64_t npix, uint8_t *luts) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t *h = hist + r * 256;
+        uint8_t *lut = luts + r * 256;
+        int last = 255;
+        while (last > 0 && h[last] == 0) --last; /* last non-empty bin */
+        int64_t step = (npix - h[last]) / 255;
+        if (step == 0) {
+            for (int v = 0; v < 256; ++v) lut[v] = (uint8_t)v;
+            continue;
+        }
+        int64_t cum = 0;
+        lut[0] = 0;
+        for (int v = 1; v < 256; ++v) {
+            cum += h[v - 1];
+            int64_t q = (cum + step / 2) / step; /* non-negative: floor division */
+            lut[v] = (uint8_t)(q > 255 ? 255 : q);
+        }
+    }
+}
+
+/* AutoContrast's table per row from its histogram: (v - lo) / ((hi - lo) * (1/255)) in
+ * float32, clamped, truncated; the identity where hi == lo. */
+void ff_autocontrast_luts(const int64_t *hist, int64_t rows, uint8_t *luts) {
+    const float inv255 = (float)(1.0 / 255);
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t *h = hist + r * 256;
+        uint8_t *lut = luts + r * 256;
+        int lo = 0, hi = 255;
+        while (lo < 255 && h[lo] == 0) ++lo;
+        while (hi > 0 && h[hi] == 0) --hi;
+        if (hi <= lo) {
+            for (int v = 0; v < 256; ++v) lut[v] = (uint8_t)v;
+            continue;
+        }
+        const float flo = (float)lo, scale = ((float)hi - flo) * inv255;
+        for (int v = 0; v < 256; ++v) {
+            float t = ((float)v - flo) / scale;
+            t = t < 0.0f ? 0.0f : (t > 255.0f ? 255.0f : t);
+            lut[v] = (uint8_t)(int32_t)t;
+        }
+    }
+}
+
+/* Contrast's table per sample: trunc(clamp(fma(mean, alpha, v * factor), 0, 255)), the same
+ * table for every channel (luts: [n, C, 256]). */
+FF_FMA_TARGET void ff_contrast_luts(const float *mean, const float *factor, const float *alpha,
+                                    int64_t n, int64_t C, uint8_t *luts) {
+    for (int64_t j = 0; j < n; ++j) {
+        uint8_t *lut = luts + j * C * 256;
+        for (int v = 0; v < 256; ++v) {
+            float t = __builtin_fmaf(mean[j], alpha[j], (float)v * factor[j]);
+            t = t < 0.0f ? 0.0f : (t > 255.0f ? 255.0f : t);
+            lut[v] = (uint8_t)(int32_t)t;
+        }
+        for (int64_t c = 1; c < C; ++c) memcpy(lut + c * 256, lut, 256);
+    }
+}

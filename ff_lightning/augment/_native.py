@@ -110,8 +110,12 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
     so.ff_luma_sum.argtypes = [p, i64, p, i64, i64, p]
     so.ff_color.argtypes = [p, p, i64, p, i64, p, p]
     so.ff_sharpness.argtypes = [p, p, i64, p, i64, i64, i64, p, p]
+    so.ff_equalize_luts.argtypes = [p, i64, i64, p]
+    so.ff_autocontrast_luts.argtypes = [p, i64, p]
+    so.ff_contrast_luts.argtypes = [p, p, p, i64, i64, p]
     native = (so.ff_lut_apply, so.ff_hist, so.ff_gather, so.ff_luma_sum, so.ff_color)
-    for fn in (*native, so.ff_sharpness):
+    tables = (so.ff_equalize_luts, so.ff_autocontrast_luts, so.ff_contrast_luts)
+    for fn in (*native, *tables, so.ff_sharpness):
         fn.restype = None
     so.ff_has_fma.argtypes = []
     so.ff_has_fma.restype = ctypes.c_int
@@ -298,3 +302,40 @@ def sharpness(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> N
         alpha.data_ptr(),
         scratch.data_ptr(),
     )
+
+
+def equalize_luts(hist: Tensor, pixels: int) -> Tensor:
+    """uint8 ``[..., 256]``: PIL's equalisation table of each int64 histogram row."""
+    so = lib()
+    assert so is not None
+    hist = hist.contiguous()
+    assert hist.dtype == torch.int64 and hist.device.type == "cpu"
+    out = torch.empty(hist.shape, dtype=torch.uint8)
+    so.ff_equalize_luts(hist.data_ptr(), hist.numel() // 256, pixels, out.data_ptr())
+    return out
+
+
+def autocontrast_luts(hist: Tensor) -> Tensor:
+    """uint8 ``[..., 256]``: AutoContrast's table of each int64 histogram row."""
+    so = lib()
+    assert so is not None
+    hist = hist.contiguous()
+    assert hist.dtype == torch.int64 and hist.device.type == "cpu"
+    out = torch.empty(hist.shape, dtype=torch.uint8)
+    so.ff_autocontrast_luts(hist.data_ptr(), hist.numel() // 256, out.data_ptr())
+    return out
+
+
+def contrast_luts(mean: Tensor, factor: Tensor, alpha: Tensor, channels: int) -> Tensor:
+    """uint8 ``[n, C, 256]``: Contrast's table per sample (float32 ``[n]`` inputs); needs
+    :func:`fused`."""
+    so = lib()
+    assert so is not None and fused()
+    mean, factor, alpha = (t.to(torch.float32).contiguous().view(-1) for t in (mean, factor, alpha))
+    n = mean.numel()
+    assert factor.numel() == n and alpha.numel() == n
+    out = torch.empty(n, channels, 256, dtype=torch.uint8)
+    so.ff_contrast_luts(
+        mean.data_ptr(), factor.data_ptr(), alpha.data_ptr(), n, channels, out.data_ptr()
+    )
+    return out

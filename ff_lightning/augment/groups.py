@@ -167,6 +167,7 @@ class _LutGroup(Group):
                 hist=lambda: _native.hist(src, _span(a, b)),
                 minmax_from_hist=True,
                 luma_sum=(lambda: _native.luma_sum(src, _span(a, b))) if fused else None,
+                native=True,
             )
 
         luts = torch.empty(n, ch, 256, dtype=torch.uint8)
