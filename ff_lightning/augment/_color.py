@@ -230,7 +230,7 @@ def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def lut(stats: TableStats, *params: Tensor) -> Tensor:
         if stats.device.type != "cpu":
             return build(stats.device, params).expand(stats.n, 1, 256)
-        keys = list(zip(*(p.tolist() for p in params))) if params else [()] * stats.n
+        keys = list(zip(*(p.tolist() for p in params), strict=True)) if params else [()] * stats.n
         todo = [key for key in dict.fromkeys(keys) if key not in cache]
         if todo:
             if len(cache) + len(todo) > 4096:
