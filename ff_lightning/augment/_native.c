@@ -413,3 +413,23 @@ FF_FMA_TARGET void ff_contrast_luts(const float *mean, const float *factor, cons
         for (int64_t c = 1; c < C; ++c) memcpy(lut + c * 256, lut, 256);
     }
 }
+
+/* ---------------------------------------------------------------- normalisation
+ * out[b, c, p] = fma(src[b, c, p], scale[c], shift[c]) in float32: torch's
+ * addcmul(shift, src, scale) with its fused multiply-add, in one pass. */
+FF_FMA_TARGET void ff_normalize(const uint8_t *src, float *out, int64_t B, int64_t C, int64_t P,
+                                const float *scale, const float *shift) {
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t c = 0; c < C; ++c) {
+            const uint8_t *s = src + (b * C + c) * P;
+            float *o = out + (b * C + c) * P;
+            const float sc = scale[c], sh = shift[c];
+            int64_t p = 0;
+#ifdef FF_X86_SIMD
+            const __m256 sc8 = _mm256_set1_ps(sc), sh8 = _mm256_set1_ps(sh);
+            for (; p + 8 <= P; p += 8)
+                _mm256_storeu_ps(o + p, _mm256_fmadd_ps(ff_widen8(s + p), sc8, sh8));
+#endif
+            for (; p < P; ++p) o[p] = __builtin_fmaf((float)s[p], sc, sh);
+        }
+}

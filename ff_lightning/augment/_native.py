@@ -38,6 +38,7 @@ __all__ = [
     "hist",
     "lib",
     "luma_sum",
+    "normalize",
     "lut_apply",
     "sharpness",
 ]
@@ -113,9 +114,10 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
     so.ff_equalize_luts.argtypes = [p, i64, i64, p]
     so.ff_autocontrast_luts.argtypes = [p, i64, p]
     so.ff_contrast_luts.argtypes = [p, p, p, i64, i64, p]
+    so.ff_normalize.argtypes = [p, p, i64, i64, i64, p, p]
     native = (so.ff_lut_apply, so.ff_hist, so.ff_gather, so.ff_luma_sum, so.ff_color)
     tables = (so.ff_equalize_luts, so.ff_autocontrast_luts, so.ff_contrast_luts)
-    for fn in (*native, *tables, so.ff_sharpness):
+    for fn in (*native, *tables, so.ff_sharpness, so.ff_normalize):
         fn.restype = None
     so.ff_has_fma.argtypes = []
     so.ff_has_fma.restype = ctypes.c_int
@@ -337,5 +339,28 @@ def contrast_luts(mean: Tensor, factor: Tensor, alpha: Tensor, channels: int) ->
     out = torch.empty(n, channels, 256, dtype=torch.uint8)
     so.ff_contrast_luts(
         mean.data_ptr(), factor.data_ptr(), alpha.data_ptr(), n, channels, out.data_ptr()
+    )
+    return out
+
+
+def normalize(images: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """float32 ``images * scale + shift`` per channel (one fused multiply-add, as torch's
+    ``addcmul(shift, images, scale)``), in one pass; needs :func:`fused`."""
+    so = lib()
+    assert so is not None and fused()
+    _check(images)
+    bsz, ch = images.shape[:2]
+    scale = scale.to(torch.float32).contiguous().view(-1)
+    shift = shift.to(torch.float32).contiguous().view(-1)
+    assert scale.numel() == ch and shift.numel() == ch
+    out = torch.empty(images.shape, dtype=torch.float32)
+    so.ff_normalize(
+        images.data_ptr(),
+        out.data_ptr(),
+        bsz,
+        ch,
+        images[0, 0].numel(),
+        scale.data_ptr(),
+        shift.data_ptr(),
     )
     return out

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ff_lightning.augment import _native
 from ff_lightning.augment._device import h2d
 from ff_lightning.control.controller import StepStats
 from ff_lightning.device.timer import DeviceTimer
@@ -265,6 +266,14 @@ class DeviceStage:
             )
             self._constants[key] = consts
         scale, shift = consts
+        if (
+            dtype == torch.float32
+            and images.device.type == "cpu"
+            and images.ndim == 4
+            and images.is_contiguous()
+            and _native.fused()
+        ):
+            return _native.normalize(images, scale, shift)  # the same values, one pass
         out = torch.empty(images.shape, dtype=dtype, device=images.device)
         # uint8 * float32 promotes to float32 inside the kernel; the result is written in
         # `dtype` (bf16 under bf16 precision) without a second pass over the batch.

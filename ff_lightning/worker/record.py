@@ -24,6 +24,8 @@ from ff_lightning.worker.encoded import EncodedBatch
 
 __all__ = ["BatchRoute", "is_training_batch"]
 
+_BY_VALUE = ("indices", "device_index")
+
 
 class BatchRoute:
     """Host-side facts about one training batch.
@@ -69,12 +71,20 @@ class BatchRoute:
         return mask
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        state = {k: getattr(self, k) for k in self.__slots__}
+        # The two index tensors travel by value (a few hundred bytes): a tensor leaving a
+        # DataLoader worker otherwise gets its own shared-memory segment and file descriptor,
+        # which the main process maps on arrival (about 0.1-0.5 ms per tensor on CPU).
+        for k in _BY_VALUE:
+            state[k] = state[k].numpy()
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.encoded = None  # records pickled before the field existed
         for k, v in state.items():
-            setattr(self, k, v)
+            setattr(
+                self, k, torch.from_numpy(v) if k in _BY_VALUE and not torch.is_tensor(v) else v
+            )
 
     def __repr__(self) -> str:
         return (
