@@ -18,6 +18,7 @@ import threading
 import pytest
 
 from ff_lightning.control.controller import KINDS, Controller, Decision, StepStats
+from ff_lightning.control.window import WindowSummary
 from ff_lightning.testing.simulator import SimulatedPipeline, run_controller
 
 B, W, STEPS = 64, 4, 60  # batch size, workers, steps per decision window
@@ -555,3 +556,51 @@ def test_a_false_alarm_makes_the_next_regime_change_wait_for_confirmation():
     restored.load_state_dict(state)
     assert restored._search.false_alarms == ctl._search.false_alarms
     assert restored._search.alarm_from == ctl._search.alarm_from
+
+
+# ---------------------------------------------------------------------- idle workers
+@pytest.mark.parametrize("cpu_per_sample, explores", [(2e-4, False), (4e-3, True)])
+def test_a_wait_with_idle_workers_is_not_a_loader_bottleneck(
+    cpu_per_sample: float, explores: bool
+) -> None:
+    # 8 ms of wait in a 100 ms step. Workers that stamp 0.2 ms per sample (6.4 ms per batch
+    # each) are idle most of the step: the wait is the hand-over, and moving augmentation to
+    # the device cannot shorten it. Workers stamping 4 ms per sample are the bottleneck.
+    ctl = Controller(warmup_steps=0)
+    ctl.worker_cores = W
+    for _ in range(3):
+        for _ in range(8):
+            ctl.observe(
+                StepStats(
+                    batch_size=B,
+                    n_device=round(ctl.ratio * B),
+                    data_wait_s=8e-3,
+                    step_s=0.1,
+                    device_aug_s=0.0,
+                    cpu_aug_s=cpu_per_sample * B,
+                    prep_s=0.0,
+                    num_workers=W,
+                    ratio=ctl.ratio,
+                )
+            )
+        d = ctl.decide()
+        if not explores:
+            assert d.ratio == 0.0 and d.kind in ("model", "hold"), d.reason
+    first = ctl.history[1]
+    if explores:
+        assert first.ratio > 0.0 and "loader-bound" in first.reason, first.reason
+    else:
+        assert first.reason.startswith("model: device-bound"), first.reason
+
+
+def test_oversubscribed_workers_count_as_busy() -> None:
+    # Four workers stamping 60 ms of CPU per batch deliver a batch every 15 ms on four cores:
+    # idle against a 100 ms step. Sharing one core, they deliver one every 60 ms: busy.
+    def idle(cores: int) -> bool:
+        ctl = Controller()
+        ctl.worker_cores = cores
+        s = WindowSummary(step_s=0.1, wait_s=0.01, num_workers=4.0, loader_floor_s=0.06 / 4)
+        return ctl._workers_idle(s)
+
+    assert idle(4) is True
+    assert idle(1) is False

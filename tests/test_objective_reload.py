@@ -8,8 +8,10 @@ machine does and the controller's decisions are exact.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -103,8 +105,19 @@ class Spy(TinyNet):
             self.order.setdefault(epoch, []).extend(indices)
             self.n_device.setdefault(epoch, []).append(n_dev)
             if self.live_workers[-1] < 0:
-                self.live_workers[-1] = len(multiprocessing.active_children())
+                self.live_workers[-1] = _live_children(self.trainer.train_dataloader.num_workers)
         return batch
+
+
+def _live_children(expected: int, timeout_s: float = 10.0) -> int:
+    """Live child processes, once no more than ``expected`` or after ``timeout_s``: a replaced
+    loader's workers exit asynchronously (joined when its iterator is collected), so a busy
+    machine may still show them for a moment; a leaked loader would keep them for good."""
+    deadline = time.monotonic() + timeout_s
+    while len(multiprocessing.active_children()) > expected and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    return len(multiprocessing.active_children())
 
 
 def _fit(tmp_path: Path, fusion: FusionFlow, epochs: int = 3) -> tuple[Spy, Metrics, Any]:

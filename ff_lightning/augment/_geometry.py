@@ -38,6 +38,7 @@ from ff_lightning.augment import _native
 
 __all__ = [
     "INDEX_CACHE",
+    "INDEX_CACHE32",
     "atan",
     "axes",
     "degrees",
@@ -231,7 +232,7 @@ def _padded(images: Tensor, fill_u8: Tensor) -> Tensor:
 
 
 class _IndexCache:
-    """Nearest-warp source indices (int64 ``[1, H*W]``) by matrix and image size, least
+    """Nearest-warp source indices (``dtype``, ``[1, H*W]``) by matrix and image size, least
     recently used out first beyond ``max_bytes``.
 
     RandAugment's fixed magnitude gives two matrices per op and size; TrivialAugment's 31 bins
@@ -239,8 +240,9 @@ class _IndexCache:
     a hit is the same tensor a fresh computation gives.
     """
 
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, max_bytes: int = 64 << 20, dtype: torch.dtype = torch.int64) -> None:
         self.max_bytes = max_bytes
+        self.dtype = dtype
         self._entries: OrderedDict[tuple, Tensor] = OrderedDict()
         self._bytes = 0
 
@@ -255,7 +257,7 @@ class _IndexCache:
             self._entries.move_to_end(key)
             return hit
         terms = grid_terms(factors.view(1, 3, 2), height, width)
-        index = source_index(grid(*terms), height, width)
+        index = source_index(grid(*terms), height, width).to(self.dtype)
         size = index.numel() * index.element_size()
         while self._entries and self._bytes + size > self.max_bytes:
             _, old = self._entries.popitem(last=False)
@@ -270,8 +272,10 @@ class _IndexCache:
         self._bytes = 0
 
 
-#: The CPU warps' cache (per process: every DataLoader worker has its own).
+#: The CPU warps' caches (per process: every DataLoader worker has its own): int64 for
+#: ``torch.gather``, int32 for the native loop (half the bytes to stream per pixel).
 INDEX_CACHE = _IndexCache()
+INDEX_CACHE32 = _IndexCache(dtype=torch.int32)
 
 
 def warp_nearest_rows(
@@ -287,7 +291,9 @@ def warp_nearest_rows(
     flat = factors.view(len(rows), 6)
     keys = flat.view(torch.int32).tolist()  # every row's cache key in one call
     if _native.lib() is not None:  # one native loop over every row: no per-row torch calls
-        index = [INDEX_CACHE.get(flat[j], height, width, tuple(keys[j])) for j in range(len(rows))]
+        index = [
+            INDEX_CACHE32.get(flat[j], height, width, tuple(keys[j])) for j in range(len(rows))
+        ]
         _native.gather(src, dst, rows, index, fill_u8)
         return
     pad = torch.empty(ch, 1 + height * width, dtype=torch.uint8)

@@ -115,13 +115,13 @@ void ff_hist(const uint8_t *src, int64_t n, const int64_t *rows, int64_t C, int6
 }
 
 /* Nearest warp by source index: dst[b, c, p] = pad_c[index_j[p]] for b = rows[j], where
- * pad_c[0] = fill[c] and pad_c[1 + q] = src[b, c, q]. `index` holds n pointers to int64 [P]
+ * pad_c[0] = fill[c] and pad_c[1 + q] = src[b, c, q]. `index` holds n pointers to int32 [P]
  * arrays (entries in [0, P]). `scratch` holds C * (P + 1) bytes; dst may be src. */
 void ff_gather(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
-               int64_t P, const int64_t *const *index, const uint8_t *fill, uint8_t *scratch) {
+               int64_t P, const int32_t *const *index, const uint8_t *fill, uint8_t *scratch) {
     for (int64_t j = 0; j < n; ++j) {
         int64_t b = ROW(j);
-        const int64_t *restrict ix = index[j];
+        const int32_t *restrict ix = index[j];
         for (int64_t c = 0; c < C; ++c) {
             uint8_t *pad = scratch + c * (P + 1);
             pad[0] = fill[c];
@@ -132,7 +132,7 @@ void ff_gather(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows,
                           *restrict p2 = scratch + 2 * (P + 1);
             uint8_t *restrict d0 = dst + b * 3 * P, *restrict d1 = d0 + P, *restrict d2 = d1 + P;
             for (int64_t p = 0; p < P; ++p) {
-                int64_t q = ix[p];
+                int32_t q = ix[p];
                 d0[p] = p0[q];
                 d1[p] = p1[q];
                 d2[p] = p2[q];

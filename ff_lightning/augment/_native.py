@@ -214,7 +214,7 @@ def gather(
 ) -> None:
     """Nearest warp: ``dst[b, c, p] = (fill[c], *src[b, c])[index[j][p]]`` for ``b = rows[j]``.
 
-    ``index[j]``: int64 with ``H * W`` entries in ``[0, H * W]`` (0: the fill colour), as
+    ``index[j]``: int32 with ``H * W`` entries in ``[0, H * W]`` (0: the fill colour), as
     ``ff_lightning.augment._geometry.source_index`` computes them. ``dst`` may be ``src``.
     """
     so = lib()
@@ -225,7 +225,7 @@ def gather(
     npix = src[0, 0].numel()
     n = len(rows)
     for ix in index:
-        assert ix.dtype == torch.int64 and ix.is_contiguous() and ix.numel() == npix
+        assert ix.dtype == torch.int32 and ix.is_contiguous() and ix.numel() == npix
     rows_t = torch.tensor(list(rows), dtype=torch.int64)
     ptrs = (ctypes.c_void_p * n)(*(ix.data_ptr() for ix in index))
     fill_u8 = fill.to(torch.uint8).contiguous()

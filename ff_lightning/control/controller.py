@@ -34,6 +34,7 @@ from typing import Any
 from ff_lightning.control.checkpoint import Checkpoint
 from ff_lightning.control.cpu_objective import CpuObjective
 from ff_lightning.control.estimator import CostModel, Estimator
+from ff_lightning.control.evidence import worker_cores
 from ff_lightning.control.options import check_controller_args
 from ff_lightning.control.records import KINDS, MODES, Decision, StepStats
 from ff_lightning.control.rule import AutoRule
@@ -129,6 +130,8 @@ class Controller(CpuObjective, Checkpoint, AutoRule):
         self.warmup_steps = warmup_steps
         self.quantum = quantum
         self.regime_tol = float(regime_tol)
+        # Cores the DataLoader workers can use (judging whether they are busy at all).
+        self.worker_cores = worker_cores()
         self.min_steps = min_steps
         self.objective = objective
         self.tolerance = float(tolerance)

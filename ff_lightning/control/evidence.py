@@ -10,15 +10,33 @@ and the smallest step whose effect would show.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 from ff_lightning.control.estimator import CostModel, Estimator
 from ff_lightning.control.search import Search
 from ff_lightning.control.window import WindowSummary, finite
 
-__all__ = ["Evidence"]
+__all__ = ["Evidence", "worker_cores"]
 
 _LOADER_BOUND = 0.05  # mean wait above this share of the step: the loader is the bottleneck
+# Workers busy for less than this share of the step's own time (their stamped CPU seconds per
+# batch, over the cores they can use) are not what the step waits for.
+_IDLE_SHARE = 0.5
+
+
+def worker_cores() -> int:
+    """CPU cores this rank's DataLoader workers can use: the process's CPUs, shared among the
+    node's ranks (``LOCAL_WORLD_SIZE``), less one for the training process itself."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cpus // local - 1)
 
 
 class Evidence:
@@ -28,6 +46,7 @@ class Evidence:
     hysteresis: float
     quantum: float | None
     regime_tol: float
+    worker_cores: int
     # ... the ratio, the rule's state ...
     _ratio: float
     _search: Search
@@ -43,7 +62,21 @@ class Evidence:
         return 1 if self._loader_bound(s) else -1
 
     def _loader_bound(self, s: WindowSummary) -> bool:
-        return finite(s.wait_s) and s.wait_s > _LOADER_BOUND * s.step_s
+        """Waiting for data because the workers cannot keep up: a wait above ``_LOADER_BOUND`` of
+        the step, unless the workers are mostly idle (:meth:`_workers_idle`)."""
+        waits = finite(s.wait_s) and s.wait_s > _LOADER_BOUND * s.step_s
+        return waits and not self._workers_idle(s)
+
+    def _workers_idle(self, s: WindowSummary) -> bool:
+        """The workers' stamped CPU seconds per batch, spread over the cores they can use, are
+        under ``_IDLE_SHARE`` of the step's time outside the wait: what the step waits for is
+        then the hand-over itself (the batch's transfer from the worker, the fetch), or I/O,
+        and no share of augmentation moved to the device would shorten it."""
+        floor, w = s.loader_floor_s, s.num_workers
+        if not (finite(floor) and finite(w) and finite(s.step_s) and finite(s.wait_s)):
+            return False
+        busy = floor * max(1.0, w / max(1, self.worker_cores))
+        return busy < _IDLE_SHARE * (s.step_s - s.wait_s)
 
     def _model_target(self, model: CostModel) -> float:
         """The model's best ratio, on whole samples when the batch size is known (one sample

@@ -383,6 +383,15 @@ class AutoRule(Evidence):
         target = self._model_r
         if target is not None and self._worth_jump(model, target, r):
             return self._jump(target, f"model: {why}, cost model says r={target:.2f}", s)
+        if r <= self._bounds()[0] + 1e-9 and not self._loader_bound(s):
+            # At the lowest share and not waiting for the workers: as after the baseline, any
+            # device share could only lengthen the step.
+            return self._settle(
+                s,
+                f"hold: {why}; not waiting for the workers (wait {s.wait_s * 1e3:.1f} ms/step), "
+                f"r={r:.2f} stays",
+                "hold",
+            )
         return self._next_explore(s, model, f"{why}; ")
 
     def _jump(self, target: float, reason: str, s: WindowSummary) -> Decision:
