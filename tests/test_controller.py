@@ -559,13 +559,14 @@ def test_a_false_alarm_makes_the_next_regime_change_wait_for_confirmation():
 
 
 # ---------------------------------------------------------------------- idle workers
-@pytest.mark.parametrize("cpu_per_sample, explores", [(2e-4, False), (4e-3, True)])
+@pytest.mark.parametrize("cpu_per_sample, explores", [(2e-4, False), (6e-3, True)])
 def test_a_wait_with_idle_workers_is_not_a_loader_bottleneck(
     cpu_per_sample: float, explores: bool
 ) -> None:
-    # 8 ms of wait in a 100 ms step. Workers that stamp 0.2 ms per sample (6.4 ms per batch
-    # each) are idle most of the step: the wait is the hand-over, and moving augmentation to
-    # the device cannot shorten it. Workers stamping 4 ms per sample are the bottleneck.
+    # 8 ms of wait in a 100 ms step, 4 workers on 4 cores. Workers that stamp 0.2 ms per sample
+    # (a batch every 3.2 ms between them) are idle most of the step: the wait is the hand-over,
+    # and moving augmentation to the device cannot shorten it. Workers stamping 6 ms per
+    # sample (a batch every 96 ms) are the bottleneck.
     ctl = Controller(warmup_steps=0)
     ctl.worker_cores = W
     for _ in range(3):
@@ -594,12 +595,12 @@ def test_a_wait_with_idle_workers_is_not_a_loader_bottleneck(
 
 
 def test_oversubscribed_workers_count_as_busy() -> None:
-    # Four workers stamping 60 ms of CPU per batch deliver a batch every 15 ms on four cores:
-    # idle against a 100 ms step. Sharing one core, they deliver one every 60 ms: busy.
+    # Four workers stamping 80 ms of CPU per batch deliver a batch every 20 ms on four cores:
+    # idle against a 100 ms step. Sharing one core, they deliver one every 80 ms: busy.
     def idle(cores: int) -> bool:
         ctl = Controller()
         ctl.worker_cores = cores
-        s = WindowSummary(step_s=0.1, wait_s=0.01, num_workers=4.0, loader_floor_s=0.06 / 4)
+        s = WindowSummary(step_s=0.1, wait_s=0.01, num_workers=4.0, loader_floor_s=0.08 / 4)
         return ctl._workers_idle(s)
 
     assert idle(4) is True
