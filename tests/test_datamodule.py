@@ -276,3 +276,21 @@ def test_device_hook_adds_no_cuda_synchronisation(policy: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert x.is_cuda and x.dtype == torch.float32 and y.is_cuda
+
+
+def test_small_tensors_leave_a_worker_by_value() -> None:
+    # A batch pickled on its way out of a worker: the targets travel as bytes (no
+    # shared-memory segment to map), the images as a tensor; it arrives as a plain dict.
+    import pickle
+
+    from ff_lightning.worker.dataset import _WorkerBatch, collate_batch
+
+    batch = {"images": torch.zeros(8, 3, 64, 64, dtype=torch.uint8), "targets": torch.arange(8)}
+    assert collate_batch(batch) is batch  # in the main process: untouched
+    sent = _WorkerBatch(batch)
+    got = pickle.loads(pickle.dumps(sent))
+    assert type(got) is dict and set(got) == {"images", "targets"}
+    assert torch.equal(got["targets"], batch["targets"]) and got["targets"].dtype == torch.int64
+    assert torch.equal(got["images"], batch["images"])
+    reduced = sent.__reduce__()[1][0]
+    assert not torch.is_tensor(reduced["targets"]) and torch.is_tensor(reduced["images"])
