@@ -166,3 +166,19 @@ def test_the_build_is_cached_per_source(monkeypatch, tmp_path) -> None:
     _native._build()  # loads the cached file, compiles nothing
     assert list(tmp_path.glob("ff_native-*")) == built
     assert built[0].stat().st_mtime_ns == stamp
+
+
+@needs_native
+def test_autocontrast_tables_for_every_value_range() -> None:
+    # Every (lo, hi) pair a channel can have, each a ramp clamped to [lo, hi]: the native
+    # table (float32 division by (hi - lo) / 255) against torch's, and Equalize on the same.
+    lo, hi = torch.triu_indices(256, 256)  # every lo <= hi
+    n = (lo.numel() + 2) // 3
+    pad = 3 * n - lo.numel()
+    lo, hi = torch.cat([lo, lo[:pad]]), torch.cat([hi, hi[:pad]])
+    ramp = torch.arange(256).view(1, 256)
+    rows = torch.minimum(torch.maximum(ramp, lo.view(-1, 1)), hi.view(-1, 1))
+    x = rows.to(torch.uint8).view(n, 3, 1, 256)
+    for op in ("AutoContrast", "Equalize"):
+        native, reference = _both(lambda op=op: apply_op(x, op, 0.0))
+        assert torch.equal(native, reference), op
