@@ -69,9 +69,11 @@ class OpDef:
     Attributes:
         name: torchvision's op name.
         kind: ``"identity"``, ``"geometric"`` or ``"colour"``.
-        cost: rough single-thread CPU time per 224 px image relative to Brightness, from
-            ``recipes/benchmark_augment.py --ops`` with the batched kernels (used to route
-            the costliest samples; see ``Policy.estimate_cost``).
+        cost: rough single-thread CPU time per 224 px image relative to Brightness with the
+            native CPU loops, where DataLoader workers run (measured one op at a time on a
+            batch of 32 on the 2-core development machine; used to route the costliest
+            samples, see ``Policy.estimate_cost``). With the torch kernels Sharpness and
+            Equalize cost relatively more.
         prepare: host float64 magnitudes ``[G]`` -> the kernel's per-sample host tensors.
         run: the group runner (see above).
         noop: magnitude (a Python float) -> whether the op is exactly the identity there
@@ -321,7 +323,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "ShearX",
             "geometric",
-            2.0,
+            2.5,
             _prepare_shear(0),
             _run_warp,
             _zero,
@@ -331,7 +333,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "ShearY",
             "geometric",
-            2.0,
+            2.6,
             _prepare_shear(1),
             _run_warp,
             _zero,
@@ -341,7 +343,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "TranslateX",
             "geometric",
-            0.5,
+            1.3,
             _prepare_translate(0),
             _run_translate,
             _zero_shift,
@@ -351,7 +353,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "TranslateY",
             "geometric",
-            0.5,
+            1.3,
             _prepare_translate(1),
             _run_translate,
             _zero_shift,
@@ -361,7 +363,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "Rotate",
             "geometric",
-            2.0,
+            2.5,
             _prepare_rotate,
             _run_warp,
             _zero_angle,
@@ -381,7 +383,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "Color",
             "colour",
-            1.8,
+            0.8,
             _prepare_blend,
             _run_color,
             _zero,
@@ -389,7 +391,7 @@ REGISTRY: dict[str, OpDef] = dict(
         ),
         _lut_op(
             "Contrast",
-            2.0,
+            1.2,
             _prepare_blend,
             _color.contrast_lut,
             _zero,
@@ -398,7 +400,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "Sharpness",
             "colour",
-            3.6,
+            2.4,
             _prepare_blend,
             _run_sharpness,
             _zero,
@@ -407,7 +409,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "Posterize",
             "colour",
-            0.2,
+            0.9,
             _prepare_posterize,
             _dense(_color.posterize),
             None,
@@ -417,7 +419,7 @@ REGISTRY: dict[str, OpDef] = dict(
         _op(
             "Solarize",
             "colour",
-            0.6,
+            1.1,
             _prepare_solarize,
             _dense(_color.solarize),
             None,
@@ -426,17 +428,17 @@ REGISTRY: dict[str, OpDef] = dict(
         ),
         _lut_op(
             "AutoContrast",
-            1.8,
+            2.3,
             _no_params,
             _color.autocontrast_lut,
             None,
             _ref("autocontrast_image"),
         ),
-        _lut_op("Equalize", 4.1, _no_params, _color.equalize_lut, None, _ref("equalize_image")),
+        _lut_op("Equalize", 2.2, _no_params, _color.equalize_lut, None, _ref("equalize_image")),
         _op(
             "Invert",
             "colour",
-            0.15,
+            1.1,
             _no_params,
             _dense(_color.invert),
             None,
