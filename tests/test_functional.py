@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision.transforms import v2
 
 import ff_lightning.augment.groups as groups
-import ff_lightning.augment.registry as registry
+import ff_lightning.augment.runners as runners
 from ff_lightning.augment import _native
 from ff_lightning.augment.functional import OPS, _context, apply_op, apply_ops_grouped
 from ff_lightning.augment.registry import REGISTRY
@@ -318,9 +318,11 @@ def test_reference_conversion_matches_torchvision_auto_augment() -> None:
 
 
 def test_chunked_cpu_path_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The torch kernels' CPU chunks (the native loops have none): chunks of 3 images.
     images = make_images(10, seed=15)
     whole = {op: apply_op(images, op, SOME_MAGNITUDE[op]) for op in OPS}
-    monkeypatch.setattr(registry, "_CPU_CHUNK_ELEMENTS", 3 * H * W * 3)  # chunks of 3
+    monkeypatch.setitem(_native._state, "off", True)
+    monkeypatch.setattr(runners, "_CPU_CHUNK_ELEMENTS", 3 * H * W * 3)
     for op in OPS:
         assert torch.equal(apply_op(images, op, SOME_MAGNITUDE[op]), whole[op]), op
 
