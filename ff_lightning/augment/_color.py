@@ -5,13 +5,16 @@ Two kinds:
 - **lookup tables.** Contrast, AutoContrast and Equalize map each pixel value through a
   function of the value and of per-image (AutoContrast, Equalize: per-channel) statistics.
   Their ``*_lut`` builders evaluate torchvision's arithmetic once on the 256 possible values
-  and return uint8 tables ``[n, 1 or C, 256]``; :func:`apply_luts` then maps the samples of all
-  three ops in one gather (see ``ff_lightning.augment.groups``): one group instead of three, and
-  one integer pass per pixel instead of several float passes.
-- **direct kernels.** Brightness, Posterize, Solarize and Invert (one or two cheap passes: a
-  table's gather would cost more per pixel than they do), Color (blend with the luma) and
-  Sharpness (3x3 blur) take contiguous uint8 ``images`` ``[B, C, H, W]`` and a contiguous uint8
-  ``out`` of the same shape that they fill; ``out`` may be ``images`` itself.
+  from a :class:`TableStats` and return uint8 tables ``[n, 1 or C, 256]``; :func:`apply_luts`
+  then maps the samples of all three ops in one gather (see ``ff_lightning.augment.groups``).
+  On host images with the native loops (:mod:`ff_lightning.augment._native`) the statistics,
+  the tables and the lookup are native, and Brightness, Posterize, Solarize and Invert join the
+  same lookup through :func:`kernel_lut` (their direct kernels run on the 256 values).
+- **direct kernels.** Brightness, Posterize, Solarize and Invert (one or two cheap passes: with
+  torch, a table's gather would cost more per pixel than they do), Color (blend with the luma)
+  and Sharpness (3x3 blur) take contiguous uint8 ``images`` ``[B, C, H, W]`` and a contiguous
+  uint8 ``out`` of the same shape that they fill; ``out`` may be ``images`` itself. On host
+  images Color and Sharpness have native loops with the same arithmetic.
 
 The float arithmetic follows torchvision operation by operation: float32, the same rounding,
 ``a * r + b * (1 - r)`` as one fused multiply-add like its ``add_(..., alpha=)``, truncation on

@@ -13,9 +13,12 @@ at 96 px most of ``apply_batch``'s time was that fixed cost. Now:
 - **one affine group** (ShearX, ShearY, Rotate) and **one shift group** (TranslateX,
   TranslateY): ops that share a kernel whose parameters are per-sample rows run as one call
   with the rows concatenated;
-- Brightness, Posterize, Solarize, Invert, Color and Sharpness stay one group each (their
-  direct kernels cost less per pixel than a table's gather; measured with
-  ``recipes/benchmark_augment.py --vs-pil`` at 96 and 224 px).
+- with the torch kernels, Brightness, Posterize, Solarize, Invert, Color and Sharpness stay
+  one group each (their direct kernels cost less per pixel than torch's table gather; measured
+  with ``recipes/benchmark_augment.py --vs-pil`` at 96 and 224 px);
+- on host images with the native loops (``_Ctx.native``), every op with a table (the seven
+  colour-table ops) is one group: statistics, tables and the lookup are native, straight on the
+  batch rows (no selection or scatter), and Color and Sharpness run their native loops.
 
 Every sample's result is the one its op alone gives (the tests compare both).
 """
