@@ -152,9 +152,9 @@ def _ramp(device: torch.device) -> Tensor:
 class TableStats:
     """What a table builder may read of its ``n`` samples; each quantity is computed when first
     asked. ``images``: uint8 ``[n, C, H, W]``; ``hist``: int64 ``[n, C, 256]`` per-channel
-    histograms; ``minmax``: per-channel ``(lo, hi)`` ``[n, C]`` (from the histograms when the
-    caller has them cheaper than a pass over the images); ``luma_mean``: float32 ``[n]`` (from
-    ``luma_sum``, int64 ``[n]`` exact sums, when given)."""
+    histograms; ``luma_mean``: float32 ``[n]`` (from ``luma_sum``, int64 ``[n]`` exact sums,
+    when given). ``native``: host statistics with the native loops loaded, so builders may
+    build their tables natively."""
 
     def __init__(
         self,
@@ -164,15 +164,12 @@ class TableStats:
         device: torch.device,
         images: Callable[[], Tensor],
         hist: Callable[[], Tensor],
-        minmax_from_hist: bool = False,
         luma_sum: Callable[[], Tensor] | None = None,
         native: bool = False,
     ) -> None:
         self.n, self.channels, self.pixels, self.device = n, channels, pixels, device
         self._images_fn, self._hist_fn = images, hist
-        self._minmax_from_hist = minmax_from_hist
         self._luma_sum = luma_sum
-        #: host statistics and the native loops loaded: builders may use the native tables
         self.native = native
         self._images: Tensor | None = None
         self._hist: Tensor | None = None
@@ -196,13 +193,9 @@ class TableStats:
         return _grayscale(self.images()).mean(dim=(1, 2, 3))
 
     def minmax(self) -> tuple[Tensor, Tensor]:
-        if not self._minmax_from_hist:
-            images = self.images()
-            return images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
-        seen = self.hist() > 0  # every channel has at least one pixel
-        lo = seen.to(torch.uint8).argmax(dim=2)  # first non-empty bin
-        hi = 255 - seen.flip(2).to(torch.uint8).argmax(dim=2)  # last non-empty bin
-        return lo, hi
+        """Per-channel ``(lo, hi)`` ``[n, C]`` of the images."""
+        images = self.images()
+        return images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
 
 
 def histograms(index: Tensor, base: int, rows: int) -> Tensor:
@@ -222,7 +215,7 @@ def histograms(index: Tensor, base: int, rows: int) -> Tensor:
 def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """The table of a pointwise direct kernel ``kernel(images, out, *params)``: the kernel run on
     the 256 values (the same arithmetic, so the same result per value). Tables depend on the
-    parameters only; host tables are kept per parameter value (a policy draws few)."""
+    parameters only, and are kept per device and parameter value (a policy draws few)."""
     cache: dict[tuple, Tensor] = {}
 
     def build(device: torch.device, params: tuple[Tensor, ...]) -> Tensor:
@@ -231,9 +224,9 @@ def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
         return kernel(ramp, torch.empty_like(ramp), *params).view(n, 1, 256)
 
     def lut(stats: TableStats, *params: Tensor) -> Tensor:
-        if stats.device.type != "cpu":
-            return build(stats.device, params).expand(stats.n, 1, 256)
-        keys = list(zip(*(p.tolist() for p in params), strict=True)) if params else [()] * stats.n
+        dev = str(stats.device)
+        values = zip(*(p.tolist() for p in params), strict=True) if params else [()] * stats.n
+        keys = [(dev, *v) for v in values]
         todo = [key for key in dict.fromkeys(keys) if key not in cache]
         if todo:
             if len(cache) + len(todo) > 4096:

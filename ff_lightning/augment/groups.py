@@ -156,20 +156,16 @@ class _LutGroup(Group):
         rows = self.idx
         fused = _native.fused()
 
-        def _span(a: int, b: int) -> Tensor:
-            return torch.arange(a, b) if rows is None else rows[a:b]
-
         def stats(a: int, b: int) -> _color.TableStats:
-            sub = None if rows is None else rows[a:b]
+            sub = torch.arange(a, b) if rows is None else rows[a:b]  # batch rows of a:b
             return _color.TableStats(
                 b - a,
                 ch,
                 npix,
                 src.device,
-                images=lambda: src[a:b] if sub is None else _select(src, sub),
-                hist=lambda: _native.hist(src, _span(a, b)),
-                minmax_from_hist=True,
-                luma_sum=(lambda: _native.luma_sum(src, _span(a, b))) if fused else None,
+                images=lambda: src[a:b] if rows is None else _select(src, sub),
+                hist=lambda: _native.hist(src, sub),
+                luma_sum=(lambda: _native.luma_sum(src, sub)) if fused else None,
                 native=True,
             )
 

@@ -44,7 +44,7 @@ from ff_lightning.worker.geometry import (
     to_uint8_chw,
     train_geometry_batch,
 )
-from ff_lightning.worker.record import BatchRoute
+from ff_lightning.worker.record import BatchRoute, by_value, from_value
 
 __all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
 
@@ -332,32 +332,16 @@ def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-# Tensors up to this size leave a worker by value (see `_WorkerBatch`).
-_BY_VALUE_BYTES = 1 << 16
-
-
 class _WorkerBatch(dict):
-    """A batch on its way out of a DataLoader worker: it arrives as a plain ``dict``.
-
-    A tensor sent from a worker gets a shared-memory segment whose file descriptor the main
-    process receives and maps (about 1.7 ms per tensor in the benchmark's profile); the
-    targets (``B`` int64 values) cost less sent by value, as a NumPy array.
-    """
+    """A batch on its way out of a DataLoader worker: it arrives as a plain ``dict``, its small
+    tensors (the targets) sent by value (:func:`~ff_lightning.worker.record.by_value`)."""
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        items = {
-            k: v.numpy()
-            if isinstance(v, torch.Tensor)
-            and v.device.type == "cpu"
-            and v.numel() * v.element_size() <= _BY_VALUE_BYTES
-            else v
-            for k, v in self.items()
-        }
-        return (_plain_batch, (items,))
+        return (_plain_batch, ({k: by_value(v) for k, v in self.items()},))
 
 
 def _plain_batch(items: dict[str, Any]) -> dict[str, Any]:
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in items.items()}
+    return {k: from_value(v) for k, v in items.items()}
 
 
 def worker_init(worker_id: int) -> None:
