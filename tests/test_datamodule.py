@@ -283,7 +283,7 @@ def test_small_tensors_leave_a_worker_by_value() -> None:
     # shared-memory segment to map), the images as a tensor; it arrives as a plain dict.
     import pickle
 
-    from ff_lightning.worker.dataset import _WorkerBatch, collate_batch
+    from ff_lightning.pipeline.worker.dataset import _WorkerBatch, collate_batch
 
     batch = {"images": torch.zeros(8, 3, 64, 64, dtype=torch.uint8), "targets": torch.arange(8)}
     assert collate_batch(batch) is batch  # in the main process: untouched

@@ -15,14 +15,13 @@ import torch
 from PIL import Image
 
 from ff_lightning import FusionDataModule
-from ff_lightning.device.decode import decode_jpegs
-from ff_lightning.device.memory import MemoryGuard
 from ff_lightning.errors import ConfigError, CorruptImageError
-from ff_lightning.routing.sampler import RoutedBatch
+from ff_lightning.pipeline.batch import RoutedBatch
+from ff_lightning.pipeline.device.memory import MemoryGuard
+from ff_lightning.pipeline.jpeg import decode_jpegs, jpeg_header
 from ff_lightning.sources.datasets import ImageFolderSource, build_source
 from ff_lightning.sources.decoding import reads_encoded_files
 from ff_lightning.testing.probes import FakeProbe
-from ff_lightning.worker.encoded import jpeg_header
 from tests.test_datamodule import TensorImages
 
 SIZE = 32
@@ -330,7 +329,7 @@ def test_decode_chunks_to_the_memory_budget_at_full_resolution(tmp_path: Path) -
     probe = FakeProbe(free=int(2.5 * 3 * per_sample), reserved=0, allocated=0)
     dm.device_stage.guard = MemoryGuard(probe, reserve_mb=0)
     calls: list[int] = []
-    import ff_lightning.device.decode as decode
+    import ff_lightning.pipeline.jpeg as decode
 
     real = decode.decode_jpeg
 
@@ -350,7 +349,7 @@ def test_decode_chunks_to_the_memory_budget_at_full_resolution(tmp_path: Path) -
 
 
 def test_a_decode_that_runs_out_of_memory_caps_the_share(tmp_path: Path) -> None:
-    import ff_lightning.device.decode as decode
+    import ff_lightning.pipeline.jpeg as decode
     from ff_lightning.control.controller import Controller
     from ff_lightning.control.session import FusionSession
 
@@ -449,7 +448,7 @@ def test_place_decoded_is_torchvisions_resized_crop() -> None:
     # `resized_crop(antialias=True)` pixel for pixel, for every orientation and box.
     import torchvision.transforms.v2.functional as TF
 
-    from ff_lightning.worker.geometry import orient, place_decoded
+    from ff_lightning.pipeline.worker.geometry import orient, place_decoded
 
     g = torch.Generator().manual_seed(0)
 

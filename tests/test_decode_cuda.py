@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ff_lightning.device.decode import decode_jpegs
+from ff_lightning.pipeline.jpeg import decode_jpegs
 from ff_lightning.sources.datasets import ImageFolderSource
 from tests.test_decode import _dm, _jpeg_bytes, _jpeg_tree, _mad, _picture
 

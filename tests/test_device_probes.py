@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from ff_lightning.device.memory import MemoryGuard
-from ff_lightning.device.probes import (
+from ff_lightning.pipeline.device.memory import MemoryGuard
+from ff_lightning.pipeline.device.probes import (
     MemoryProbe,
     NullProbe,
     NvmlProbe,

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from ff_lightning.device import timer as timer_module
-from ff_lightning.device.timer import DeviceTimer
+from ff_lightning.pipeline.device import timer as timer_module
+from ff_lightning.pipeline.device.timer import DeviceTimer
 
 CUDA = torch.device("cuda")  # only a tag here: the fake events never touch a GPU
 

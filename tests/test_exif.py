@@ -14,8 +14,8 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning import FusionDataModule
+from ff_lightning.pipeline.worker.geometry import eval_geometry, orient
 from ff_lightning.sources.datasets import ImageFolderSource
-from ff_lightning.worker.geometry import eval_geometry, orient
 from tests.test_decode import _by_index, _mad, _picture
 
 SIZE = 24

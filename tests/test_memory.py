@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 
-from ff_lightning.device import memory as memory_module
-from ff_lightning.device.memory import MemoryGuard
-from ff_lightning.device.probes import NullProbe, NvmlProbe, make_probe
+from ff_lightning.pipeline.device import memory as memory_module
+from ff_lightning.pipeline.device.memory import MemoryGuard
+from ff_lightning.pipeline.device.probes import NullProbe, NvmlProbe, make_probe
 from ff_lightning.testing.probes import FakeProbe
 
 MB = 1 << 20

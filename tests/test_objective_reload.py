@@ -22,8 +22,8 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from ff_lightning import FusionDataModule, FusionFlow
-from ff_lightning.device import stage as stage_module
 from ff_lightning.frontends import callback as callback_module
+from ff_lightning.pipeline.device import stage as stage_module
 
 from .test_datamodule import TensorImages, TinyNet
 

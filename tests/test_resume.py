@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ff_lightning import FusionDataModule, FusionFlow
-from ff_lightning.routing.loader import ResumableDataLoader
+from ff_lightning.pipeline.loader import ResumableDataLoader
 from tests.test_datamodule import TensorImages, TinyNet
 
 

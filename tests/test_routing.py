@@ -8,14 +8,14 @@ from torch.utils.data import DistributedSampler
 
 from ff_lightning.augment import rng
 from ff_lightning.errors import ConfigError
-from ff_lightning.routing.sampler import (
+from ff_lightning.pipeline.routing import (
     EpochSampler,
     FixedShare,
     RoutedBatch,
     RoutedBatchSampler,
     Router,
 )
-from ff_lightning.worker.geometry import random_resized_crop_box
+from ff_lightning.pipeline.worker.geometry import random_resized_crop_box
 
 
 def sample_uniforms(seed: int, epoch: int, index: int, stream: int, n: int) -> list[float]:

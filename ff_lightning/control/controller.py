@@ -36,11 +36,12 @@ from ff_lightning.control.cpu_objective import CpuObjective
 from ff_lightning.control.estimator import CostModel, Estimator
 from ff_lightning.control.evidence import worker_cores
 from ff_lightning.control.options import check_controller_args
-from ff_lightning.control.records import KINDS, MODES, Decision, StepStats
+from ff_lightning.control.records import KINDS, MODES, Decision
 from ff_lightning.control.rule import AutoRule
 from ff_lightning.control.search import Phase, Search
 from ff_lightning.control.window import Window, WindowSummary, finite
 from ff_lightning.control.workers import OBJECTIVES, WorkerSearch
+from ff_lightning.pipeline.batch import StepStats
 
 __all__ = ["KINDS", "MODES", "OBJECTIVES", "Controller", "CostModel", "Decision", "StepStats"]
 

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from ff_lightning.control.controller import MODES, OBJECTIVES, Controller, Decision, StepStats
-from ff_lightning.device.memory import MemoryGuard
-from ff_lightning.device.probes import make_probe
 from ff_lightning.errors import ConfigError
+from ff_lightning.pipeline.device.memory import MemoryGuard
+from ff_lightning.pipeline.device.probes import make_probe
 from ff_lightning.validation import check_choice, check_float
 
 log = logging.getLogger("ff_lightning")

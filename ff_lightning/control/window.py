@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-from ff_lightning.control.records import StepStats
+from ff_lightning.pipeline.batch import StepStats
 
 __all__ = ["Window", "WindowSummary", "finite"]
 

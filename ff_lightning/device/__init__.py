@@ -1,1 +1,1 @@
-"""The device half of the pipeline: the device stage, its memory guard, probes and timer."""
+"""Moved under :mod:`ff_lightning.pipeline`; the modules here re-export from there."""

@@ -52,7 +52,6 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from ff_lightning.control.controller import Decision
 from ff_lightning.control.session import FusionSession, _check_int, build_controller, step_metrics
-from ff_lightning.device.memory import MemoryGuard
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.accelerate_args import check_accelerate_args
 from ff_lightning.frontends.accelerate_ranks import (
@@ -66,6 +65,7 @@ from ff_lightning.frontends.accelerate_ranks import (
     shard_train_loader,
 )
 from ff_lightning.frontends.datamodule import FusionDataModule
+from ff_lightning.pipeline.device.memory import MemoryGuard
 from ff_lightning.report import FitRecorder
 
 __all__ = ["FusionAccelerate"]
@@ -97,7 +97,7 @@ class FusionAccelerate:
         warmup_steps: steps ignored after each change of ratio (``None``: the loader's
             prefetch depth plus one, since batches already in flight carry the old split).
         probe: a memory probe to use instead of NVML/allocator detection (tests, custom
-            devices); see :mod:`ff_lightning.device.probes`.
+            devices); see :mod:`ff_lightning.pipeline.device.probes`.
         nvml_module: a ``pynvml``-like module for the NVML probe (tests).
         controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
             ``hysteresis``, ...).

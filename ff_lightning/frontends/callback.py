@@ -56,7 +56,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         warmup_steps: steps ignored after each change of ratio (``None``: the loader's
             prefetch depth plus one, since batches already in flight carry the old split).
         probe: a memory probe to use instead of NVML/allocator detection (tests, custom
-            devices); see :mod:`ff_lightning.device.probes`.
+            devices); see :mod:`ff_lightning.pipeline.device.probes`.
         controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
             ``hysteresis``, ...).
         report: at the end of the fit, print the FusionFlow report on rank 0 and write

@@ -2,12 +2,12 @@
 
 Data flow of one training batch (see design.md):
 
-1. main process: :class:`~ff_lightning.routing.sampler.RoutedBatchSampler` emits one routed
+1. main process: :class:`~ff_lightning.pipeline.routing.RoutedBatchSampler` emits one routed
    batch (indices, epoch, the controller's share) per batch;
-2. worker (:mod:`ff_lightning.worker.dataset`): decode, random-resized-crop + flip to a fixed
+2. worker (:mod:`ff_lightning.pipeline.worker.dataset`): decode, random-resized-crop + flip to a fixed
    size, draw the batch's policy parameters once, pick the device share (the costliest samples),
    augment the CPU share with one batched call, and return the batch with its route record;
-3. main process, on the device (:class:`~ff_lightning.device.stage.DeviceStage`, called from
+3. main process, on the device (:class:`~ff_lightning.pipeline.device.stage.DeviceStage`, called from
    the batch-transfer hooks): apply the same parameters to the device share (chunked by the
    memory guard), normalise, run the batch-level ops, and hand ``(images, targets)`` to the
    user's ``training_step``.
@@ -15,7 +15,7 @@ Data flow of one training batch (see design.md):
 Hook order when the user's LightningModule also overrides a batch-transfer hook (Lightning
 would otherwise call only the DataModule's): ``on_before_batch_transfer`` — the module's hook
 runs first and receives the raw batch dict (keys ``images`` uint8, ``targets`` and, for
-training, ``route``: a host-side :class:`~ff_lightning.worker.record.BatchRoute`), then ours;
+training, ``route``: a host-side :class:`~ff_lightning.pipeline.batch.BatchRoute`), then ours;
 ``on_after_batch_transfer`` — ours runs first (augment + normalise), then the module's
 receives ``(images, targets)``.
 """
@@ -32,11 +32,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ff_lightning.device.stage import DeviceStage, output_dtype_for
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
-from ff_lightning.routing.loader import ResumableDataLoader
-from ff_lightning.routing.sampler import EpochSampler, FixedShare, RoutedBatchSampler, Router
+from ff_lightning.pipeline.device.stage import DeviceStage, output_dtype_for
+from ff_lightning.pipeline.loader import ResumableDataLoader
+from ff_lightning.pipeline.routing import EpochSampler, FixedShare, RoutedBatchSampler, Router
+from ff_lightning.pipeline.worker.dataset import AugmentingDataset, collate_batch, worker_init
+from ff_lightning.pipeline.worker.geometry import channels_of_first
 from ff_lightning.validation import (
     check_bool,
     check_choice,
@@ -45,8 +47,6 @@ from ff_lightning.validation import (
     check_pair,
     check_probability,
 )
-from ff_lightning.worker.dataset import AugmentingDataset, collate_batch, worker_init
-from ff_lightning.worker.geometry import channels_of_first
 
 log = logging.getLogger("ff_lightning")
 

@@ -14,7 +14,7 @@ __all__ = ["FitRecorder", "probe_sample"]
 
 
 def probe_sample(probe: Any) -> dict[str, float | None]:
-    """One sample of a memory probe (``ff_lightning.device.probes``) for :meth:`FitReport.update`.
+    """One sample of a memory probe (``ff_lightning.pipeline.device.probes``) for :meth:`FitReport.update`.
 
     GPU utilisation (``utilization_percent``, NVML: the percent of the last sample period, 1/6 s
     to 1 s by GPU, in which a kernel ran) and NVML free memory are driver queries, and the

@@ -1,1 +1,1 @@
-"""Routing, in the main process: the sampler tags each sample of a batch ``cpu`` or ``device``."""
+"""Moved under :mod:`ff_lightning.pipeline`; the modules here re-export from there."""

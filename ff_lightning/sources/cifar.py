@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ff_lightning.errors import DatasetNotFoundError, FFLightningError
+from ff_lightning.validation import check_choice
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_URL", "Cifar10Source"]
 
@@ -37,9 +38,7 @@ CIFAR10_CLASSES = (
 
 
 def _check_split(split: object) -> str:
-    from ff_lightning.sources.datasets import check_split
-
-    return check_split(split)
+    return check_choice("split", split, tuple(_CIFAR_FILES))
 
 
 _CIFAR_DIR = "cifar-10-batches-py"

@@ -27,6 +27,7 @@ from ff_lightning.errors import (
 from ff_lightning.sources.cifar import CIFAR10_CLASSES, Cifar10Source
 from ff_lightning.sources.decoding import decode_file, reads_encoded_files, to_rgb
 from ff_lightning.sources.synthetic import ensure_synthetic_dataset
+from ff_lightning.validation import check_choice
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -54,9 +55,7 @@ MAX_CONSECUTIVE_FAILURES = 64
 
 def check_split(split: object) -> str:
     """Return ``split`` if it is one of :data:`SPLITS`, else raise :class:`ConfigError`."""
-    if split not in SPLITS:
-        raise ConfigError(f"`split` must be one of {SPLITS}, got {split!r}")
-    return split  # type: ignore[return-value]
+    return check_choice("split", split, SPLITS)
 
 
 def _check_on_error(on_error: object) -> str:

@@ -3,7 +3,7 @@ and the small protocol by which a source says it reads encoded files.
 
 Every decoded image is oriented as ``PIL.ImageOps.exif_transpose`` orients it (a phone photo
 tagged "rotate 90" comes back upright), in training and validation alike; the device decoder
-applies the same orientation after its own decode (:mod:`ff_lightning.device.decode`).
+applies the same orientation after its own decode (:mod:`ff_lightning.pipeline.device.decode`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Test doubles for the device's memory probes: a probe with settable numbers and a fake NVML
-module with a few GPUs (and MIG instances) for :func:`~ff_lightning.device.probes.make_probe`."""
+module with a few GPUs (and MIG instances) for :func:`~ff_lightning.pipeline.device.probes.make_probe`."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from ff_lightning.control.controller import Controller
-from ff_lightning.control.records import Decision, StepStats
+from ff_lightning.control.records import Decision
+from ff_lightning.pipeline.batch import StepStats
 
 __all__ = [
     "EpochTrace",

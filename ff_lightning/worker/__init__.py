@@ -1,1 +1,1 @@
-"""The worker half of the pipeline: what runs in each DataLoader worker process."""
+"""Moved under :mod:`ff_lightning.pipeline`; the modules here re-export from there."""

@@ -1,0 +1,1 @@
+"""The device half of the pipeline: the device stage, its memory guard, probes and timer."""
