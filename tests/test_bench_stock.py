@@ -128,7 +128,11 @@ def test_device_stage_prefers_the_stage_object() -> None:
             return batch["images"].float(), batch["targets"]
 
     class WithStage:
-        device_stage = Stage()
+        class pipeline:  # noqa: N801
+            @staticmethod
+            def transfer(batch, device):  # noqa: ANN001, ANN205
+                stage = Stage()
+                return stage.finish(stage.prepare(batch))
 
     class WithHook:
         def on_after_batch_transfer(self, batch, idx):  # noqa: ANN001, ANN202

@@ -351,7 +351,7 @@ def test_decode_chunks_to_the_memory_budget_at_full_resolution(tmp_path: Path) -
 def test_a_decode_that_runs_out_of_memory_caps_the_share(tmp_path: Path) -> None:
     import ff_lightning.pipeline.jpeg as decode
     from ff_lightning.control.controller import Controller
-    from ff_lightning.control.session import FusionSession
+    from ff_lightning.frontends.session import FusionSession
 
     source = ImageFolderSource(_jpeg_tree(tmp_path, 6), "train")
     ref, _ = _by_index(_dm(source), 0.5)
@@ -360,7 +360,7 @@ def test_a_decode_that_runs_out_of_memory_caps_the_share(tmp_path: Path) -> None
     session = FusionSession(
         ctl, interval="epoch", every_n_steps=50, reserve_mb=0, probe=FakeProbe(free=1 << 40)
     )
-    session.attach(dm, torch.device("cpu"))
+    session.attach(dm.pipeline, torch.device("cpu"))
     real = decode.decode_jpeg
     calls: list[int] = []
 

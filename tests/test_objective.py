@@ -10,14 +10,16 @@ the next 3 epoch ends and keeps it.
 from __future__ import annotations
 
 import json
+import types
 import warnings
 
 import pytest
 
 from ff_lightning.control.controller import Controller
-from ff_lightning.control.session import FusionSession, check_fusion_args
 from ff_lightning.control.workers import Stage, WorkerSearch
 from ff_lightning.errors import ConfigError
+from ff_lightning.frontends.options import FusionOptions
+from ff_lightning.frontends.session import FusionSession
 from ff_lightning.testing.simulator import SimulatedPipeline, run_epochs
 
 B, W, STEPS, PER_EPOCH, TOL = 64, 4, 40, 6, 0.03
@@ -218,7 +220,7 @@ def test_argument_checks_name_the_key(kwargs, message):
     )
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
-        check_fusion_args(args.pop("mode"), args.pop("ratio"), **args)
+        FusionOptions(**args)
 
 
 def test_fusionflow_rejects_a_string_ratio():
@@ -238,12 +240,16 @@ class _Stage:
 
 
 class _DM:
-    """What FusionSession.attach reads of a FusionDataModule."""
+    """What FusionSession.attach reads of a Pipeline."""
 
     def __init__(self, num_workers: int) -> None:
-        self.num_workers, self.prefetch_factor = num_workers, 2
-        self.router, self.device_stage = _Router(), _Stage()
+        self.num_workers = num_workers
+        self.options = types.SimpleNamespace(prefetch_factor=2)
+        self.router, self.stage = _Router(), _Stage()
         self.train_workers = num_workers
+
+    def bind(self, owner) -> None:
+        self.router.bind(owner)
 
     def set_num_workers(self, n: int) -> None:
         self.train_workers = n

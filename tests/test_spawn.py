@@ -22,7 +22,7 @@ def test_datamodule_and_callback_pickle_before_and_after_attaching() -> None:
     dm, cb = _dm(), FusionFlow(mode="fixed", ratio=0.5)
     for obj in (dm, cb, dm.train_dataloader().dataset, dm.router):
         pickle.loads(pickle.dumps(obj))
-    cb.session.attach(dm, torch.device("cpu"))  # binds the router to the controller
+    cb.session.attach(dm.pipeline, torch.device("cpu"))  # binds the router to the controller
     dm2 = pickle.loads(pickle.dumps(dm))
     assert dm2.ratio == 0.5  # the share still comes from a (copied) controller
 

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ff_lightning.errors import ConfigError
+from ff_lightning.pipeline.pipeline import move_to_device
 
 #: Named modes of ``benchmark.modes`` (a number in [0, 1] is a fixed ratio).
 MODES = ("torchvision", "off", "gpu", "auto", "ceiling")
@@ -101,20 +102,13 @@ def stock_datamodule(cfg: DictConfig) -> Any:
 # --------------------------------------------------------------------------- ceiling
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch.to(device) if hasattr(batch, "to") else batch
-
-
 def device_stage(dm: Any, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Our DataModule's device stage on one loader batch: ``(float images, targets)`` on ``device``."""
-    stage = getattr(dm, "device_stage", None)
-    if stage is None:  # a DataModule without a device-stage object: its Lightning hook
-        return dm.on_after_batch_transfer(_to(batch, device), 0)
-    return stage.finish(_to(stage.prepare(batch), device))
+    """One loader batch through a DataModule's transfer: ``(float images, targets)`` on
+    ``device`` (ours: the pipeline's transfer; the stock one: its Lightning hook)."""
+    pipeline = getattr(dm, "pipeline", None)
+    if pipeline is None:  # a DataModule without a pipeline: its Lightning hook
+        return dm.on_after_batch_transfer(move_to_device(batch, device), 0)
+    return pipeline.transfer(batch, device)
 
 
 def ceiling_batches(
@@ -124,7 +118,7 @@ def ceiling_batches(
     from ff_lightning.train import build_datamodule
 
     dm = build_datamodule(cfg)
-    dm.num_workers = 0
+    dm.set_num_workers(0)
     batches = []
     for i, batch in enumerate(dm.train_dataloader()):
         if i >= n:

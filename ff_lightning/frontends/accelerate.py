@@ -2,18 +2,19 @@
 
 The Lightning callback :class:`~ff_lightning.FusionFlow` times Trainer hooks and calls the pure
 controller. This adapter does the same for a plain PyTorch or Hugging Face Accelerate loop: it
-owns the iteration, so it can time what the hooks time, and it reuses the
-:class:`~ff_lightning.FusionDataModule` for everything else (the routed DataLoader, the
-batch-transfer hooks that augment the device share, normalise and run the batch ops, the timing
-records and the memory guard) and ``ff_lightning.control`` for the decisions::
+owns the iteration, so it can time what the hooks time, and it drives a
+:class:`~ff_lightning.pipeline.Pipeline` for everything else (the routed DataLoader, the
+transfer that augments the device share, normalises and runs the batch ops, the step records
+and the memory guard) and ``ff_lightning.control`` for the decisions. Neither Lightning nor
+Accelerate is imported::
 
     from accelerate import Accelerator
-    from ff_lightning import FusionDataModule
+    from ff_lightning.pipeline import Pipeline
     from ff_lightning.frontends.accelerate import FusionAccelerate
 
     accelerator = Accelerator()
-    dm = FusionDataModule(train_ds, val_ds, policy="randaugment", image_size=224, batch_size=64)
-    fusion = FusionAccelerate(dm, accelerator=accelerator, log_fn=accelerator.log)
+    pipeline = Pipeline(train_ds, val_ds, policy="randaugment", image_size=224, batch_size=64)
+    fusion = FusionAccelerate(pipeline, accelerator=accelerator, log_fn=accelerator.log)
     model, opt = accelerator.prepare(model, opt)
     accelerator.register_for_checkpointing(fusion)
     for epoch in range(epochs):
@@ -33,11 +34,11 @@ Signals per step, as the callback measures them (no CUDA synchronisation is adde
 - device augmentation time of the routed share (CUDA events polled, a wall clock on CPU);
 - the workers' CPU seconds stamped on each batch and the memory guard's ratio cap.
 
-``accelerate`` is imported only by the recipe, never here: with ``accelerator=None`` this works
-in a plain PyTorch loop, and any object with ``device``, ``num_processes``, ``reduce`` (and,
-for multi-process evaluation, ``prepare_data_loader``) can stand in for an ``Accelerator``
-(see :mod:`~ff_lightning.frontends.accelerate_ranks`; the arguments are checked in
-:mod:`~ff_lightning.frontends.accelerate_args`).
+A ``FusionDataModule`` is accepted too (its pipeline is used). ``accelerate`` is imported only
+by the recipe, never here: with ``accelerator=None`` this works in a plain PyTorch loop, and any
+object with ``device``, ``num_processes``, ``reduce`` (and, for multi-process evaluation,
+``prepare_data_loader``) can stand in for an ``Accelerator`` (see
+:mod:`~ff_lightning.frontends.accelerate_ranks`).
 """
 
 from __future__ import annotations
@@ -48,12 +49,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from ff_lightning.control.controller import Decision
-from ff_lightning.control.session import FusionSession, _check_int, build_controller, step_metrics
 from ff_lightning.errors import ConfigError
-from ff_lightning.frontends.accelerate_args import check_accelerate_args
 from ff_lightning.frontends.accelerate_ranks import (
     all_mean,
     all_min,
@@ -64,9 +62,12 @@ from ff_lightning.frontends.accelerate_ranks import (
     shard_eval_loader,
     shard_train_loader,
 )
-from ff_lightning.frontends.datamodule import FusionDataModule
+from ff_lightning.frontends.options import FusionOptions
+from ff_lightning.frontends.session import FusionSession, step_metrics
 from ff_lightning.pipeline.device.memory import MemoryGuard
+from ff_lightning.pipeline.pipeline import Pipeline
 from ff_lightning.report import FitRecorder
+from ff_lightning.validation import check_int
 
 __all__ = ["FusionAccelerate"]
 
@@ -75,112 +76,123 @@ log = logging.getLogger("ff_lightning")
 SPLITS = ("val", "test")
 
 
+def _pipeline_of(source: Any) -> Pipeline:
+    """The pipeline behind ``source`` (a Pipeline, or a FusionDataModule's)."""
+    if isinstance(source, Pipeline):
+        return source
+    pipeline = getattr(source, "pipeline", None)
+    if isinstance(pipeline, Pipeline):
+        return pipeline
+    raise ConfigError(
+        "FusionAccelerate needs a Pipeline (or a FusionDataModule) to route augmentation, got "
+        f"{type(source).__name__}; build one as `pipeline = Pipeline(train_dataset, "
+        "val_dataset, policy='randaugment')` and pass `FusionAccelerate(pipeline)`"
+    )
+
+
+def _check_loop_args(log_fn: Any, accelerator: Any) -> None:
+    if log_fn is not None and not callable(log_fn):
+        raise ConfigError(
+            "`log_fn` must be callable as log_fn(metrics, step=...), e.g. accelerator.log, "
+            f"got {log_fn!r}"
+        )
+    if accelerator is not None and not (
+        hasattr(accelerator, "device") and hasattr(accelerator, "num_processes")
+    ):
+        raise ConfigError(
+            "`accelerator` must be an accelerate.Accelerator (or have `device`, "
+            f"`num_processes` and `reduce`), got {type(accelerator).__name__}"
+        )
+
+
 class FusionAccelerate:
     """Split each batch's augmentation between DataLoader workers and the device, without a Trainer.
 
     Args:
-        datamodule: the :class:`~ff_lightning.FusionDataModule` holding the datasets and policy.
+        pipeline: the :class:`~ff_lightning.pipeline.Pipeline` holding the datasets and policy
+            (or a ``FusionDataModule``, whose pipeline is used).
         mode: ``"auto"`` (the controller picks the share), ``"off"`` (CPU workers only),
             ``"gpu"`` (all policy augmentation on the device) or ``"fixed"`` (``ratio``).
         ratio: device share for ``mode="fixed"`` (required there, rejected elsewhere).
-        interval: decide at the end of every ``"epoch"`` (default) or every ``every_n_steps``
-            ``"steps"``.
-        every_n_steps: steps between decisions when ``interval="steps"``.
-        reserve_mb: device memory (MiB) the memory guard leaves free for training.
         accelerator: an ``accelerate.Accelerator`` (or ``None`` for a plain PyTorch loop). Its
             ``device`` is the default device; with ``num_processes > 1`` the training set is
             sharded per rank and the statistics are averaged across ranks before each
             decision, so every rank routes alike.
         log_fn: called as ``log_fn(metrics, step=global_step)`` on the main process with the
             same ``fusionflow/*`` metrics the callback logs (``accelerator.log`` fits).
-        log_every_n_steps: how often the per-step metrics go to ``log_fn``.
-        warmup_steps: steps ignored after each change of ratio (``None``: the loader's
-            prefetch depth plus one, since batches already in flight carry the old split).
-        probe: a memory probe to use instead of NVML/allocator detection (tests, custom
-            devices); see :mod:`ff_lightning.pipeline.device.probes`.
-        nvml_module: a ``pynvml``-like module for the NVML probe (tests).
-        controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
-            ``hysteresis``, ...).
-        report: record each step for the FusionFlow report, which :meth:`finish` prints on
-            the main process and writes as ``fusionflow_report.json`` and ``fusionflow.png``.
-        report_dir: where :meth:`finish` writes them (default: the working directory).
-        objective: ``"throughput"`` or ``"cpu"`` (``mode="auto"``): as ``FusionFlow``'s, the
-            fewest workers within ``tolerance`` of the best throughput, decided at the end of
-            :meth:`train_epoch`; the next epoch's loader is built with that count.
-        tolerance: throughput loss the ``"cpu"`` objective accepts to save workers.
+        **options: the rest of :class:`~ff_lightning.frontends.options.FusionOptions`
+            (``objective``, ``tolerance``, ``interval``, ``every_n_steps``, ``reserve_mb``,
+            ``log_every_n_steps``, ``warmup_steps``, ``probe``, ``nvml_module``,
+            ``controller_kwargs``, ``report``, ``report_dir``). With ``objective="cpu"`` the
+            worker decision is taken at the end of :meth:`train_epoch` and the next epoch's
+            loader is built with that count; :meth:`finish` writes the report into
+            ``report_dir`` (default: the working directory).
     """
 
     def __init__(
         self,
-        datamodule: FusionDataModule,
+        pipeline: Any,
         mode: str = "auto",
         ratio: float | None = None,
         *,
-        interval: str = "epoch",
-        every_n_steps: int = 50,
-        reserve_mb: float = 1024.0,
         accelerator: Any = None,
         log_fn: Callable[..., Any] | None = None,
-        log_every_n_steps: int = 10,
-        warmup_steps: int | None = None,
-        probe: Any = None,
-        nvml_module: Any = None,
-        controller_kwargs: dict[str, Any] | None = None,
-        report: bool = False,
-        report_dir: str | None = None,
-        objective: str = "throughput",
-        tolerance: float = 0.03,
+        **options: Any,
     ) -> None:
-        mode = check_accelerate_args(
-            datamodule,
-            mode,
-            ratio,
-            interval=interval,
-            every_n_steps=every_n_steps,
-            log_every_n_steps=log_every_n_steps,
-            reserve_mb=reserve_mb,
-            warmup_steps=warmup_steps,
-            objective=objective,
-            tolerance=tolerance,
-            log_fn=log_fn,
-            accelerator=accelerator,
+        pipe = _pipeline_of(pipeline)
+        self.options = FusionOptions.build(
+            "FusionAccelerate",
+            "FusionAccelerate(pipeline, mode='fixed', ratio=0.3)",
+            mode=mode,
+            ratio=ratio,
+            **options,
         )
-        self.controller = build_controller(
-            mode, ratio, warmup_steps, controller_kwargs, objective=objective, tolerance=tolerance
-        )
-        self.controller.configure_workers(datamodule.num_workers)  # before any restored state
-
-        self.mode = mode
-        self.interval = interval
-        self.every_n_steps = every_n_steps
-        self.reserve_mb = float(reserve_mb)
+        _check_loop_args(log_fn, accelerator)
+        opts = self.options
+        self.controller = opts.controller()
+        self.controller.configure_workers(pipe.num_workers)  # before any restored state
         self.accelerator = accelerator
         self.log_fn = log_fn
-        self.log_every_n_steps = log_every_n_steps
-        self.warmup_steps = warmup_steps
         self.global_step = 0  # training steps run through this adapter, all epochs
-        self._dm = datamodule
-        # The controller owns the share from now on; the DataModule's router reads it.
-        datamodule.router.bind(self.controller)
+        self._pipeline = pipe
+        self._source = pipeline
+        # The controller owns the share from now on; the pipeline's router reads it.
+        pipe.bind(self.controller)
         self.session = FusionSession(
             self.controller,
-            interval=interval,
-            every_n_steps=every_n_steps,
-            reserve_mb=self.reserve_mb,
-            probe=probe,
-            nvml_module=nvml_module,
+            interval=opts.interval,
+            every_n_steps=opts.every_n_steps,
+            reserve_mb=float(opts.reserve_mb),
+            probe=opts.probe,
+            nvml_module=opts.nvml_module,
         )
         self._device: torch.device | None = None
         self._train_loader: Any = None
         self._eval_loaders: dict[str, Any] = {}
         self.last_metrics: dict[str, float] = {}
-        self.report, self.report_dir = bool(report), report_dir
         self._recorder: FitRecorder | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @property
+    def interval(self) -> str:
+        return self.options.interval
+
+    @property
+    def every_n_steps(self) -> int:
+        return self.session.every_n_steps
 
     # ------------------------------------------------------------------ public
     @property
-    def datamodule(self) -> FusionDataModule:
-        return self._dm
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    @property
+    def datamodule(self) -> Any:
+        """What was passed in (a ``FusionDataModule`` or the pipeline itself)."""
+        return self._source
 
     @property
     def ratio(self) -> float:
@@ -201,8 +213,9 @@ class FusionAccelerate:
     def train_loader(self) -> Any:
         """The routed training DataLoader, built once (persistent workers survive epochs)."""
         if self._train_loader is None:
+            pipe = self._pipeline
             self._train_loader = shard_train_loader(
-                self._dm.train_dataloader(), self._dm.train_dataset, self.accelerator, self._dm.seed
+                pipe.train_loader(), pipe.train_dataset, self.accelerator, pipe.options.seed
             )
         return self._train_loader
 
@@ -212,13 +225,13 @@ class FusionAccelerate:
         dev = resolve_device(device, self._device, self.accelerator)
         if self.session.guard is not None and dev == self._device:
             return
-        note = self.session.attach(self._dm, dev)
+        note = self.session.attach(self._pipeline, dev)
         self._device = dev
-        if self.report:
+        if self.options.report:
             self._recorder = FitRecorder(
                 mode=self.mode,
                 device=dev,
-                num_workers=self._dm.num_workers,
+                num_workers=self._pipeline.num_workers,
                 probe=self.session.guard.probe if self.session.guard is not None else None,
             )
         if note and is_main(self.accelerator):
@@ -255,9 +268,9 @@ class FusionAccelerate:
             max_steps: stop after this many steps (the epoch-end decision still happens).
             with_indices: also yield the dataset indices of the batch (``long [B]``, on the host).
         """
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         if max_steps is not None:
-            _check_int("max_steps", max_steps, 1)
+            check_int("max_steps", max_steps, 1)
         self.setup(device)
         loader = self.train_loader
         loader.batch_sampler.set_epoch(epoch)
@@ -274,16 +287,17 @@ class FusionAccelerate:
         """
         if split not in SPLITS:
             raise ConfigError(f"`split` must be one of {SPLITS}, got {split!r}")
-        dataset = self._dm.val_dataset if split == "val" else self._dm.test_dataset
+        pipe = self._pipeline
+        dataset = pipe.val_dataset if split == "val" else pipe.test_dataset
         if dataset is None:
             raise ConfigError(
-                f"the FusionDataModule has no {split} dataset; pass `{split}_dataset=` to "
-                "FusionDataModule to evaluate"
+                f"the pipeline has no {split} dataset; pass `{split}_dataset=` to the Pipeline "
+                "(or FusionDataModule) to evaluate"
             )
         dev = resolve_device(device, self._device, self.accelerator)
         loader = self._eval_loaders.get(split)
         if loader is None:
-            loader = self._dm.val_dataloader() if split == "val" else self._dm.test_dataloader()
+            loader = pipe.eval_loader(split)
             loader = self._eval_loaders[split] = shard_eval_loader(loader, self.accelerator)
         return self._eval_iter(loader, dev)
 
@@ -325,25 +339,28 @@ class FusionAccelerate:
         process and write it into ``report_dir``; returns it (``None`` elsewhere)."""
         if self._recorder is None or not is_main(self.accelerator):
             return None
-        return self._recorder.finish(self.report_dir or ".", self.controller.history, self.ratio)
+        return self._recorder.finish(
+            self.options.report_dir or ".", self.controller.history, self.ratio
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Plain-Python state (ratio, history, controller, the DataModule's counters); register
+        """Plain-Python state (ratio, history, controller, the pipeline's counters); register
         the adapter with ``accelerator.register_for_checkpointing`` to save it with the run."""
         return {
             "controller": self.controller.state_dict(),
             "global_step": self.global_step,
-            "datamodule": self._dm.state_dict(),
+            "pipeline": self._pipeline.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "datamodule" in state_dict:
-            self._dm.load_state_dict(state_dict["datamodule"])
+        saved = state_dict.get("pipeline", state_dict.get("datamodule"))  # earlier: "datamodule"
+        if saved is not None:
+            self._pipeline.load_state_dict(saved)
         self.controller.load_state_dict(state_dict["controller"])
         self.global_step = int(state_dict.get("global_step", self.global_step))
         self.session.steps_since_decision = 0
-        self.session.dm = self._dm
+        self.session.pipeline = self._pipeline
         if self.session.apply_workers():  # the restored worker count (CPU objective)
             self._train_loader = None
 
@@ -351,21 +368,17 @@ class FusionAccelerate:
     def _train_iter(
         self, loader: Any, device: torch.device, max_steps: int | None, with_indices: bool
     ) -> Iterator[tuple[torch.Tensor, ...]]:
-        stage = self._dm.device_stage
-        dtype = self._dm.resolved_output_dtype()
+        pipe = self._pipeline
+        dtype = pipe.output_dtype()
         # The gap across validation and epoch boundaries is not a training step.
         self.session.prev_end = None
         steps = 0
         for batch in loader:
-            # Stamps the moment the batch is in hand (the end of the data wait); the route
-            # record stays on the host, so no transfer syncs.
-            batch = stage.prepare(batch)
             indices = batch["route"].indices
-            # Tensors only, non_blocking from pinned memory on CUDA (as Lightning moves them).
-            batch = move_data_to_device(batch, device)
-            # Augments the device share (chunked by the memory guard), normalises, batch ops.
-            stage.rank = rank(self.accelerator)
-            images, targets = stage.finish(batch, dtype=dtype)
+            # prepare (the data wait ends; the route record stays on the host, so no transfer
+            # syncs), the move (non_blocking from pinned memory on CUDA), finish (the device
+            # share augmented, chunked by the memory guard; normalised; batch ops).
+            images, targets = pipe.transfer(batch, device, dtype=dtype, rank=rank(self.accelerator))
             yield (images, targets, indices) if with_indices else (images, targets)
             self._end_step()
             steps += 1
@@ -378,11 +391,10 @@ class FusionAccelerate:
     def _eval_iter(
         self, loader: Any, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        stage = self._dm.device_stage
-        dtype = self._dm.resolved_output_dtype()
+        pipe = self._pipeline
+        dtype = pipe.output_dtype()
         for batch in loader:
-            batch = move_data_to_device(stage.prepare(batch), device)
-            yield stage.finish(batch, dtype=dtype)
+            yield pipe.transfer(batch, device, dtype=dtype)
 
     def _end_step(self) -> None:
         """The loop body has handed control back: the step is over (the callback's
@@ -391,7 +403,7 @@ class FusionAccelerate:
         self.global_step += 1
         if self._recorder is not None:
             self._recorder.step(measured)
-        if measured is not None and self.global_step % self.log_every_n_steps == 0:
+        if measured is not None and self.global_step % self.options.log_every_n_steps == 0:
             self.last_metrics = step_metrics(
                 self.ratio,
                 measured,

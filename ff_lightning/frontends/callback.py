@@ -24,14 +24,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from ff_lightning.control.session import (
-    FusionSession,
-    build_controller,
-    check_fusion_args,
-    step_metrics,
-)
 from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.namespaces import CALLBACK_BASES
+from ff_lightning.frontends.options import FusionOptions
+from ff_lightning.frontends.session import FusionSession, step_metrics
 from ff_lightning.report import FitRecorder, probe_sample
 
 log = logging.getLogger("ff_lightning")
@@ -43,78 +39,57 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
     Args:
         mode: ``"auto"`` (the controller picks the share), ``"off"`` (CPU workers only),
             ``"gpu"`` (all policy augmentation on the device) or ``"fixed"`` (``ratio``).
-        ratio: device share for ``mode="fixed"`` (required there); ignored otherwise.
-        objective: ``"throughput"`` (default: the fastest share for the configured workers)
-            or ``"cpu"`` (``mode="auto"``): then, one worker at a time at epoch ends, the
-            fewest DataLoader workers whose throughput stays within ``tolerance`` of the best;
-            the training loader is rebuilt through Lightning's dataloader reload.
-        tolerance: throughput loss the ``"cpu"`` objective accepts to save workers (0.03: 3%).
-        interval: decide every ``"epoch"`` (default) or every ``every_n_steps`` ``"steps"``.
-        every_n_steps: steps between decisions when ``interval="steps"``.
-        reserve_mb: device memory (MiB) the memory guard leaves free for training.
-        log_every_n_steps: how often the per-step ``fusionflow/*`` metrics are logged.
-        warmup_steps: steps ignored after each change of ratio (``None``: the loader's
-            prefetch depth plus one, since batches already in flight carry the old split).
-        probe: a memory probe to use instead of NVML/allocator detection (tests, custom
-            devices); see :mod:`ff_lightning.pipeline.device.probes`.
-        controller_kwargs: extra arguments for the controller (``min_ratio``, ``max_ratio``,
-            ``hysteresis``, ...).
-        report: at the end of the fit, print the FusionFlow report on rank 0 and write
-            ``fusionflow_report.json`` and ``fusionflow.png`` (see :mod:`ff_lightning.report`).
-        report_dir: where they go (default: the trainer's ``log_dir``, else ``default_root_dir``).
+        ratio: device share for ``mode="fixed"`` (required there); rejected otherwise.
+        **options: the rest of :class:`~ff_lightning.frontends.options.FusionOptions`:
+            ``objective``, ``tolerance``, ``interval``, ``every_n_steps``, ``reserve_mb``,
+            ``log_every_n_steps``, ``warmup_steps``, ``probe``, ``nvml_module``,
+            ``controller_kwargs``, ``report``, ``report_dir`` (each documented there). With
+            ``objective="cpu"`` the training loader is rebuilt through Lightning's dataloader
+            reload when the worker count changes; ``report_dir`` defaults to the trainer's
+            ``log_dir``, else ``default_root_dir``.
     """
 
-    def __init__(
-        self,
-        mode: str = "auto",
-        ratio: float | None = None,
-        *,
-        interval: str = "epoch",
-        every_n_steps: int = 50,
-        reserve_mb: float = 1024.0,
-        log_every_n_steps: int = 10,
-        warmup_steps: int | None = None,
-        probe: Any = None,
-        nvml_module: Any = None,
-        controller_kwargs: dict[str, Any] | None = None,
-        report: bool = False,
-        report_dir: str | None = None,
-        objective: str = "throughput",
-        tolerance: float = 0.03,
-    ) -> None:
-        mode = check_fusion_args(
-            mode,
-            ratio,
-            interval=interval,
-            every_n_steps=every_n_steps,
-            log_every_n_steps=log_every_n_steps,
-            reserve_mb=reserve_mb,
-            warmup_steps=warmup_steps,
-            example="FusionFlow(mode='fixed', ratio=0.3)",
-            objective=objective,
-            tolerance=tolerance,
+    def __init__(self, mode: str = "auto", ratio: float | None = None, **options: Any) -> None:
+        self.options = FusionOptions.build(
+            "FusionFlow", "FusionFlow(mode='fixed', ratio=0.3)", mode=mode, ratio=ratio, **options
         )
-        self.mode = mode
-        self.interval = interval
-        self.every_n_steps = every_n_steps
-        self.reserve_mb = float(reserve_mb)
-        self.log_every_n_steps = log_every_n_steps
-        self.warmup_steps = warmup_steps
-        self.objective, self.tolerance = objective, float(tolerance)
-        self.controller = build_controller(
-            mode, ratio, warmup_steps, controller_kwargs, objective=objective, tolerance=tolerance
-        )
+        opts = self.options
+        self.controller = opts.controller()
         self._user_reload: int | None = None  # the Trainer's own value while we ask a reload
         self.session = FusionSession(
             self.controller,
-            interval=interval,
-            every_n_steps=every_n_steps,
-            reserve_mb=self.reserve_mb,
-            probe=probe,
-            nvml_module=nvml_module,
+            interval=opts.interval,
+            every_n_steps=opts.every_n_steps,
+            reserve_mb=float(opts.reserve_mb),
+            probe=opts.probe,
+            nvml_module=opts.nvml_module,
         )
-        self.report, self.report_dir = bool(report), report_dir
         self._recorder: FitRecorder | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @property
+    def interval(self) -> str:
+        return self.options.interval
+
+    @property
+    def every_n_steps(self) -> int:
+        """Steps between decisions (raised to the warm-up plus a window when shorter)."""
+        return self.session.every_n_steps
+
+    @property
+    def objective(self) -> str:
+        return self.options.objective
+
+    @property
+    def tolerance(self) -> float:
+        return float(self.options.tolerance)
+
+    @property
+    def report(self) -> bool:
+        return self.options.report
 
     # ------------------------------------------------------------------ public
     @property
@@ -143,12 +118,11 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
                 "`dm = FusionDataModule(train_dataset, val_dataset, policy='randaugment')` and call "
                 "`trainer.fit(model, datamodule=dm)`"
             )
-        self.session.dm = dm
+        self.session.pipeline = dm.pipeline
         if stage != "fit":
             return
         device = pl_module.device if pl_module.device.type != "meta" else torch.device("cpu")
-        note = self.session.attach(dm, device)
-        self.every_n_steps = self.session.every_n_steps  # raised there when below the warm-up
+        note = self.session.attach(dm.pipeline, device)
         if note:
             rank_zero_info(f"FusionFlow: {note}")
         if self.report:
@@ -194,7 +168,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_reload(trainer)
         if self._recorder is not None and trainer.is_global_zero:
-            directory = self.report_dir or trainer.log_dir or trainer.default_root_dir
+            directory = self.options.report_dir or trainer.log_dir or trainer.default_root_dir
             self._recorder.finish(directory, self.controller.history, self.ratio)
 
     # ---------------------------------------------------------------- decision
@@ -250,7 +224,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ logging
     def _maybe_log(self, trainer: L.Trainer, pl_module: L.LightningModule, stats: Any) -> None:
-        if trainer.logger is None or trainer.global_step % self.log_every_n_steps != 0:
+        if trainer.logger is None or trainer.global_step % self.options.log_every_n_steps != 0:
             return
         metrics = step_metrics(
             self.ratio,
@@ -284,5 +258,5 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.controller.load_state_dict(state_dict["controller"])
-        if self.session.dm is not None:  # restored before the first training loader is built
+        if self.session.pipeline is not None:  # restored before the first training loader
             self.session.apply_workers()

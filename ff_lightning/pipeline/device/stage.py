@@ -191,6 +191,25 @@ class DeviceStage:
             x, targets = self._batch_ops(x, targets)
         return x, targets
 
+    def close_step(self, prev_end: float | None, now: float, num_workers: int) -> StepStats | None:
+        """The finished record of the latest training batch, for the step that ran from
+        ``prev_end`` (the previous step's end; ``None`` after a clock reset) to ``now``.
+
+        Fills in the data wait (``prev_end`` to :meth:`prepare`), the step time, the device
+        augmentation time of the regions that have finished (CUDA events are polled, never
+        synchronised) and the worker count. ``None`` when the step cannot be measured: the
+        first step after a reset (its wait includes worker start-up or validation).
+        """
+        stats = self.last
+        device_aug_s = sum(self.timer.collect())
+        if prev_end is None or stats is None or self.ready_at is None:
+            return None
+        stats.data_wait_s = max(0.0, self.ready_at - prev_end)
+        stats.step_s = now - prev_end
+        stats.device_aug_s = device_aug_s
+        stats.num_workers = int(num_workers)
+        return stats
+
     # ------------------------------------------------------------------ pieces
     def augment(self, images: Tensor, route: BatchRoute, targets: Tensor | None = None) -> Tensor:
         """Decode the route's encoded samples into their slots, then apply the route's

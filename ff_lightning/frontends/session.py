@@ -1,7 +1,10 @@
-"""Pieces shared by the two front ends of the controller, the Lightning ``FusionFlow`` callback
-and the ``FusionAccelerate`` adapter: argument checks, controller construction, the per-step
-``fusionflow/*`` metrics and :class:`FusionSession`, which drives the controller. The front
-ends only tick the clock, log and talk to other ranks."""
+"""The driver shared by the front ends of the controller, the Lightning ``FusionFlow`` callback
+and the ``FusionAccelerate`` adapter: the per-step ``fusionflow/*`` metrics and
+:class:`FusionSession`, which connects one controller to one
+:class:`~ff_lightning.pipeline.Pipeline`. The front ends only tick the clock, log and talk to
+other ranks. Their options (and the controller built from them) are
+:class:`~ff_lightning.frontends.options.FusionOptions`.
+"""
 
 from __future__ import annotations
 
@@ -13,93 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ff_lightning.control.controller import MODES, OBJECTIVES, Controller, Decision, StepStats
-from ff_lightning.errors import ConfigError
+from ff_lightning.control.controller import Controller, Decision
+from ff_lightning.pipeline.batch import StepStats
 from ff_lightning.pipeline.device.memory import MemoryGuard
 from ff_lightning.pipeline.device.probes import make_probe
-from ff_lightning.validation import check_choice, check_float
+
+__all__ = ["FusionSession", "step_metrics"]
 
 log = logging.getLogger("ff_lightning")
-
-INTERVALS = ("epoch", "steps")
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"`{name}` must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_fusion_args(
-    mode: Any,
-    ratio: Any,
-    *,
-    interval: str,
-    every_n_steps: Any,
-    log_every_n_steps: Any,
-    reserve_mb: Any,
-    warmup_steps: Any,
-    example: str,
-    objective: Any = "throughput",
-    tolerance: Any = 0.03,
-) -> str:
-    """Validate the shared front-end arguments; returns ``mode`` (``False`` read as ``"off"``).
-
-    ``example`` is a call shown in the error for a missing ``ratio``, e.g.
-    ``"FusionFlow(mode='fixed', ratio=0.3)"``.
-    """
-    if mode is False:
-        mode = "off"  # YAML 1.1 (and so Hydra) reads an unquoted `off` as false
-    if mode not in MODES:
-        raise ConfigError(f"`mode` must be one of {MODES}, got {mode!r}")
-    if interval not in INTERVALS:
-        raise ConfigError(f"`interval` must be one of {INTERVALS}, got {interval!r}")
-    _check_int("every_n_steps", every_n_steps, 1)
-    _check_int("log_every_n_steps", log_every_n_steps, 1)
-    if warmup_steps is not None:
-        _check_int("warmup_steps", warmup_steps, 0)
-    if not isinstance(reserve_mb, (int, float)) or isinstance(reserve_mb, bool) or reserve_mb < 0:
-        raise ConfigError(f"`reserve_mb` must be >= 0 MiB, got {reserve_mb!r}")
-    if mode == "fixed" and ratio is None:
-        raise ConfigError(f"`ratio` is required when mode='fixed', e.g. {example}")
-    if mode != "fixed" and ratio is not None:
-        raise ConfigError(
-            f"`ratio` is only used when mode='fixed', got mode={mode!r} with ratio={ratio!r}; "
-            "drop `ratio` or use mode='fixed'"
-        )
-    if ratio is not None:
-        check_float("ratio", ratio)  # a number: the string "0.5" is a config slip, not 0.5
-        if not 0.0 <= float(ratio) <= 1.0:
-            raise ConfigError(f"`ratio` must be in [0, 1], got {ratio!r}")
-    check_choice("objective", objective, OBJECTIVES)
-    if objective == "cpu" and mode != "auto":
-        raise ConfigError(
-            f"`objective='cpu'` needs mode='auto' (it moves the work of the workers it saves to "
-            f"the device), got mode={mode!r}"
-        )
-    check_float("tolerance", tolerance, 0.0, 1.0, high_open=True)
-    return str(mode)
-
-
-def build_controller(
-    mode: str,
-    ratio: float | None,
-    warmup_steps: int | None,
-    controller_kwargs: dict[str, Any] | None,
-    *,
-    objective: str = "throughput",
-    tolerance: float = 0.03,
-) -> Controller:
-    """A :class:`Controller` for validated front-end arguments; bad extras become ``ConfigError``."""
-    kwargs = dict(controller_kwargs or {})
-    if warmup_steps is not None:
-        kwargs.setdefault("warmup_steps", warmup_steps)
-    kwargs.setdefault("objective", objective)
-    kwargs.setdefault("tolerance", float(tolerance))
-    try:
-        return Controller(mode, None if ratio is None else float(ratio), **kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"`controller_kwargs`: {err}") from None
 
 
 def step_metrics(
@@ -146,12 +70,12 @@ TensorFn = Callable[[Tensor], Tensor]
 
 
 class FusionSession:
-    """The front-end-independent driver of one controller over one ``FusionDataModule``.
+    """The front-end-independent driver of one controller over one pipeline.
 
     The Lightning callback and the Accelerate adapter differ only in where their clock ticks
-    and how they talk to other ranks; the rest lives here: attaching the memory guard, turning
-    the DataModule's records into :class:`StepStats`, applying memory caps at once, and taking
-    decisions that every rank takes alike.
+    and how they talk to other ranks; the rest lives here: attaching the memory guard, feeding
+    the device stage's finished step records to the controller, applying memory caps at once,
+    and taking decisions that every rank takes alike.
 
     Cross-rank reductions are passed in as tensor functions (``all_mean``, ``all_min``) so the
     session needs neither a Trainer nor an Accelerator; ``None`` means one process.
@@ -173,7 +97,7 @@ class FusionSession:
         self.reserve_mb = reserve_mb
         self._probe = probe
         self._nvml_module = nvml_module
-        self.dm: Any = None
+        self.pipeline: Any = None
         self.guard: MemoryGuard | None = None
         self.prev_end: float | None = None
         self.steps_since_decision = 0
@@ -183,27 +107,29 @@ class FusionSession:
     def ratio(self) -> float:
         return float(self.controller.ratio)
 
-    def attach(self, dm: Any, device: torch.device) -> str | None:
-        """Give ``dm``'s device stage a memory guard for ``device``; route with the controller.
+    def attach(self, pipeline: Any, device: torch.device) -> str | None:
+        """Give ``pipeline``'s device stage a memory guard for ``device``; route with the
+        controller.
 
-        From here on the DataModule's router reads the share from the controller, its owner.
+        From here on the pipeline's router reads the share from the controller, its owner.
         Returns the probe's note (which probe, or why NVML fell back) for the caller to log.
         """
         note = None
         probe = self._probe
         if probe is None:
             probe, note = make_probe(device, nvml_module=self._nvml_module, logger=log)
-        self.dm = dm
+        self.pipeline = pipeline
         self.guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
-        dm.device_stage.guard = self.guard
-        dm.router.bind(self.controller)
+        pipeline.stage.guard = self.guard
+        pipeline.bind(self.controller)
+        workers = int(pipeline.num_workers)
         if self.controller.warmup_steps is None:
             # Batches already prefetched carry the old split: skip them after each change.
-            depth = dm.num_workers * dm.prefetch_factor if dm.num_workers > 0 else 0
+            depth = workers * pipeline.options.prefetch_factor if workers > 0 else 0
             self.controller.warmup_steps = depth + 1
         self._check_interval()
         # The CPU objective searches below the configured count (a restored state continues).
-        self.controller.configure_workers(int(dm.num_workers))
+        self.controller.configure_workers(workers)
         self.apply_workers()
         return note
 
@@ -227,17 +153,16 @@ class FusionSession:
 
     @property
     def active_workers(self) -> int:
-        """Worker processes of the training loader the DataModule builds next."""
-        dm = self.dm
-        return int(getattr(dm, "train_workers", dm.num_workers))
+        """Worker processes of the training loader the pipeline builds next."""
+        return int(self.pipeline.train_workers)
 
     def apply_workers(self) -> bool:
-        """Give the DataModule the controller's worker count (CPU objective); returns whether
+        """Give the pipeline the controller's worker count (CPU objective); returns whether
         it changed, i.e. whether the front end must rebuild the training loader."""
         n = self.controller.workers
-        if n is None or self.dm is None or n == self.active_workers:
+        if n is None or self.pipeline is None or n == self.active_workers:
             return False
-        self.dm.set_num_workers(n)
+        self.pipeline.set_num_workers(n)
         return True
 
     def end_epoch(self) -> Decision | None:
@@ -253,23 +178,15 @@ class FusionSession:
     def end_step(self, now: float) -> StepStats | None:
         """Close the step that ended at ``now``.
 
-        Completes the batch's record (data wait, step time, device time), feeds it to the
-        controller, applies a memory cap at once and counts towards the next decision. Returns
-        the record when the step was measured, ``None`` for the first step after a clock reset
-        (its wait includes worker start-up or validation).
+        The device stage hands over the batch's finished record (data wait, step time, device
+        time); it goes to the controller, a memory cap applies at once, and the step counts
+        towards the next decision. Returns the record when the step was measured, ``None`` for
+        the first step after a clock reset (its wait includes worker start-up or validation).
         """
-        stage = self.dm.device_stage
-        stats = stage.last
-        # Device augmentation regions that have finished (CUDA: polled, never synchronised).
-        device_aug_s = sum(stage.timer.collect())
-        measured = None
-        if self.prev_end is not None and stats is not None and stage.ready_at is not None:
-            stats.data_wait_s = max(0.0, stage.ready_at - self.prev_end)
-            stats.step_s = now - self.prev_end
-            stats.device_aug_s = device_aug_s
-            stats.num_workers = self.active_workers
-            self.controller.observe(stats)
-            measured = stats
+        stage = self.pipeline.stage
+        measured = stage.close_step(self.prev_end, now, self.active_workers)
+        if measured is not None:
+            self.controller.observe(measured)
         self.prev_end = now
         # The augmentation's and the decode's guards: either running out caps the share.
         cap = stage.ratio_cap if self.guard is not None else None
@@ -287,7 +204,7 @@ class FusionSession:
     @property
     def decode_fallbacks(self) -> int | None:
         """Device-decode samples decoded on the CPU instead (``None`` when decode is off)."""
-        stage = getattr(self.dm, "device_stage", None)
+        stage = getattr(self.pipeline, "stage", None)
         if stage is None or not getattr(stage, "device_decode", False):
             return None
         return int(stage.decode_fallbacks)
