@@ -542,7 +542,7 @@ def test_a_false_alarm_makes_the_next_regime_change_wait_for_confirmation():
     assert "regime change" in first[0].reason
     # ... which settles back where it was (within one sample): a false alarm.
     assert first[-1].kind == "hold" and abs(first[-1].ratio - r0) <= 1 / B + 1e-9
-    assert ctl._search.false_alarms == 1
+    assert ctl.search.false_alarms == 1
     # ... so the next single outlier window is held through, out of the reference ...
     second = _windows(ctl, pipe, [1.3, 1.0])
     assert second[0].kind == "hold" and "1 more window(s) agree" in second[0].reason
@@ -554,8 +554,8 @@ def test_a_false_alarm_makes_the_next_regime_change_wait_for_confirmation():
     state = ctl.state_dict()
     restored = Controller()
     restored.load_state_dict(state)
-    assert restored._search.false_alarms == ctl._search.false_alarms
-    assert restored._search.alarm_from == ctl._search.alarm_from
+    assert restored.search.false_alarms == ctl.search.false_alarms
+    assert restored.search.alarm_from == ctl.search.alarm_from
 
 
 # ---------------------------------------------------------------------- idle workers
@@ -568,7 +568,7 @@ def test_a_wait_with_idle_workers_is_not_a_loader_bottleneck(
     # and moving augmentation to the device cannot shorten it. Workers stamping 6 ms per
     # sample (a batch every 96 ms) are the bottleneck.
     ctl = Controller(warmup_steps=0)
-    ctl.worker_cores = W
+    ctl.rule.ev.worker_cores = W
     for _ in range(3):
         for _ in range(8):
             ctl.observe(
@@ -599,9 +599,9 @@ def test_oversubscribed_workers_count_as_busy() -> None:
     # idle against a 100 ms step. Sharing one core, they deliver one every 80 ms: busy.
     def idle(cores: int) -> bool:
         ctl = Controller()
-        ctl.worker_cores = cores
+        ctl.rule.ev.worker_cores = cores
         s = WindowSummary(step_s=0.1, wait_s=0.01, num_workers=4.0, loader_floor_s=0.08 / 4)
-        return ctl._workers_idle(s)
+        return ctl.rule.ev.workers_idle(s)
 
     assert idle(4) is True
     assert idle(1) is False

@@ -1,24 +1,20 @@
 """The offload controller: decides `r`, the share of each batch augmented on the device.
 
-Pure Python (no Trainer, no tensors). The callback times each step, calls
-:meth:`Controller.observe` with a :class:`StepStats`, and calls :meth:`Controller.decide` at
-each decision point (every epoch or every N steps); it then routes the next batches with
-:attr:`Controller.ratio`.
+Pure Python (no Trainer, no tensors). The front end times each step, calls
+:meth:`Controller.observe` with the batch's finished
+:class:`~ff_lightning.pipeline.batch.StepStats`, and calls :meth:`Controller.decide` at each
+decision point (every epoch or every N steps); the router then reads :attr:`Controller.ratio`
+for the next batches.
 
-The controller composes four pieces, each in its own module: the records
-(:mod:`~ff_lightning.control.records`), the decision window and its statistics
-(:mod:`~ff_lightning.control.window`), the cost model and its estimator
-(:mod:`~ff_lightning.control.estimator`) and the search state
-(:mod:`~ff_lightning.control.search`). It keeps the decision rule
-(:mod:`~ff_lightning.control.rule`, weighing its evidence with
-:mod:`~ff_lightning.control.evidence`): measure CPU-only first, jump to the cost model's
-crossing point, then hill-climb on measured throughput. With ``objective="cpu"`` a
-:class:`~ff_lightning.control.workers.WorkerSearch` then lowers the active DataLoader worker
-count at epoch boundaries (:meth:`Controller.end_epoch`,
-:mod:`~ff_lightning.control.cpu_objective`), keeping the fewest workers whose throughput stays
-within ``tolerance`` of the best. Its arguments are checked in
-:mod:`~ff_lightning.control.options` and its resumable state lives in
-:mod:`~ff_lightning.control.checkpoint`.
+The controller owns the share (:class:`~ff_lightning.control.share.Share`) and composes plain
+parts, each in its own module: the options (:mod:`~ff_lightning.control.options`), the decision
+window and its statistics (:mod:`~ff_lightning.control.window`), the decision rule of
+``mode="auto"`` (:class:`~ff_lightning.control.rule.AutoRule`, a strategy holding the search
+state and the cost-model estimator: measure CPU-only first, jump to the model's crossing point,
+then hill-climb on measured throughput) and, with ``objective="cpu"``, the CPU objective
+(:class:`~ff_lightning.control.cpu_objective.CpuObjective`, a second strategy that lowers the
+active DataLoader worker count at epoch boundaries). The strategies return decisions with their
+reasons; only the controller writes the share. Its state dict is composed from the parts'.
 
 Measurement: throughput is taken over blocks of ``W`` consecutive steps (workers deliver
 batches in bursts), warm-up steps after each change are skipped, and the workers' stamped CPU
@@ -27,35 +23,32 @@ seconds bound what the loader can sustain.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ff_lightning.control.checkpoint import Checkpoint
 from ff_lightning.control.cpu_objective import CpuObjective
-from ff_lightning.control.estimator import CostModel, Estimator
-from ff_lightning.control.evidence import worker_cores
-from ff_lightning.control.options import check_controller_args
-from ff_lightning.control.records import KINDS, MODES, Decision
+from ff_lightning.control.estimator import CostModel
+from ff_lightning.control.options import MODES, OBJECTIVES, ControllerOptions
+from ff_lightning.control.records import KINDS, Decision
 from ff_lightning.control.rule import AutoRule
 from ff_lightning.control.search import Phase, Search
-from ff_lightning.control.window import Window, WindowSummary, finite
-from ff_lightning.control.workers import OBJECTIVES, WorkerSearch
+from ff_lightning.control.share import Share, ShareSpace
+from ff_lightning.control.window import Window, WindowSummary
+from ff_lightning.control.workers import WorkerSearch
 from ff_lightning.pipeline.batch import StepStats
 
 __all__ = ["KINDS", "MODES", "OBJECTIVES", "Controller", "CostModel", "Decision", "StepStats"]
 
 _STALE_LIMIT = 256  # accept steps anyway if none matched the new ratio after this many
+STATE_VERSION = 2  # of state_dict; 1: the search state flat, estimates as a partial dict
 
 
-class Controller(CpuObjective, Checkpoint, AutoRule):
+class Controller:
     """Chooses the device share ``r`` of each batch.
 
     Per step call :meth:`observe`; at each decision point call :meth:`decide` and route the
-    following batches with :attr:`ratio`.
-    The CPU objective's :attr:`workers`, :meth:`configure_workers` and :meth:`end_epoch` come
-    from :class:`~ff_lightning.control.cpu_objective.CpuObjective`, :meth:`state_dict` and
-    :meth:`load_state_dict` from :class:`~ff_lightning.control.checkpoint.Checkpoint`.
+    following batches with :attr:`ratio`. With ``objective="cpu"``, call :meth:`end_epoch` at
+    each epoch boundary and build the next training loader with :attr:`workers`.
 
     Args:
         mode: ``"off"`` (always 0), ``"gpu"`` (always 1), ``"fixed"`` (``ratio``) or
@@ -87,83 +80,71 @@ class Controller(CpuObjective, Checkpoint, AutoRule):
         tolerance: relative throughput loss the CPU objective accepts for saving workers.
     """
 
-    def __init__(
-        self,
-        mode: str = "auto",
-        ratio: float | None = None,
-        *,
-        min_ratio: float = 0.0,
-        max_ratio: float = 1.0,
-        hysteresis: float = 0.02,
-        step: float = 0.1,
-        min_step: float = 0.01,
-        warmup_steps: int | None = None,
-        quantum: float | None = None,
-        regime_tol: float = 0.1,
-        min_steps: int = 3,
-        max_window: int = 4096,
-        objective: str = "throughput",
-        tolerance: float = 0.03,
-    ) -> None:
-        check_controller_args(
-            mode,
-            ratio,
-            min_ratio=min_ratio,
-            max_ratio=max_ratio,
-            hysteresis=hysteresis,
-            step=step,
-            min_step=min_step,
-            warmup_steps=warmup_steps,
-            quantum=quantum,
-            regime_tol=regime_tol,
-            min_steps=min_steps,
-            max_window=max_window,
-            objective=objective,
-            tolerance=tolerance,
-        )
-
-        self.mode = mode
-        self.min_ratio = float(min_ratio)
-        self.max_ratio = float(max_ratio)
-        self.hysteresis = float(hysteresis)
-        self.max_step = float(step)
-        self.min_step = max(float(min_step), quantum or 0.0)
-        self.warmup_steps = warmup_steps
-        self.quantum = quantum
-        self.regime_tol = float(regime_tol)
-        # Cores the DataLoader workers can use (judging whether they are busy at all).
-        self.worker_cores = worker_cores()
-        self.min_steps = min_steps
-        self.objective = objective
-        self.tolerance = float(tolerance)
-        self._workers = WorkerSearch(self.tolerance)
-        self._workers_configured = False
-        self._fixed = {"off": 0.0, "gpu": 1.0, "fixed": float(ratio or 0.0)}.get(mode, 0.0)
-        self._cap = 1.0
-        self._window = Window(max_window)
+    def __init__(self, mode: str = "auto", ratio: float | None = None, **options: Any) -> None:
+        opts = ControllerOptions(mode, ratio, **options)
+        self.options = opts
+        self.space = ShareSpace(opts)
+        self.rule = AutoRule(opts, self.space)
+        self.cpu = CpuObjective(opts)
+        self.rule.on_regime_change = self.cpu.note_regime_change
+        #: Steps skipped after each change (``None``: twice the workers); front ends set it.
+        self.warmup_steps = opts.warmup_steps
+        self._window = Window(opts.max_window)
         self._matched = 0  # steps routed with the current ratio since the last change
         self._since_change = 0
-        self._keep_window = False
         self._decisions = 0
-        self._reset_search()
-        self._ratio = self._fixed if mode != "auto" else self._quantise(self.min_ratio)
+        start = opts.fixed_ratio if opts.mode != "auto" else self.space.quantise(opts.min_ratio)
+        self.share = Share(start)
         init = (
-            f"init: measuring the CPU-only baseline at r={self._ratio:.2f}"
-            if mode == "auto"
-            else f"init: mode {mode!r}, r={self._ratio:.2f}"
+            f"init: measuring the CPU-only baseline at r={start:.2f}"
+            if opts.mode == "auto"
+            else f"init: mode {opts.mode!r}, r={start:.2f}"
         )
-        self.history: list[Decision] = [Decision(self._ratio, init, "init")]
+        self.history: list[Decision] = [Decision(start, init, "init")]
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ reading
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @property
+    def objective(self) -> str:
+        return self.options.objective
+
+    @property
+    def tolerance(self) -> float:
+        return float(self.options.tolerance)
+
+    @property
+    def min_steps(self) -> int:
+        return self.options.min_steps
+
     @property
     def ratio(self) -> float:
         """Share of each batch to route to the device now (memory cap applied)."""
-        return min(self._ratio, self._cap)
+        return self.share.effective
 
     @property
     def memory_cap(self) -> float:
-        return self._cap
+        return self.share.cap
 
+    @property
+    def search(self) -> Search:
+        """The auto rule's search state (read-only use)."""
+        return self.rule.search
+
+    @property
+    def workers(self) -> int | None:
+        """DataLoader workers the next training loader should use (CPU objective), or ``None``
+        when the controller does not choose them."""
+        return self.cpu.workers
+
+    @property
+    def worker_search(self) -> WorkerSearch:
+        """The CPU objective's search state (read-only use)."""
+        return self.cpu.search
+
+    # ------------------------------------------------------------------ steps
     def observe(self, stats: StepStats) -> None:
         """Record one training step (validated with :meth:`StepStats.check`)."""
         stats.check()
@@ -177,6 +158,18 @@ class Controller(CpuObjective, Checkpoint, AutoRule):
         if self._matched > warmup:
             self._window.update(stats)
 
+    def _routed_with_current(self, s: StepStats) -> bool:
+        r = self.ratio
+        if s.ratio is not None:
+            return abs(s.ratio - r) < 1e-6
+        return abs(s.n_device - r * s.batch_size) <= 1.0
+
+    def _mark_change(self) -> None:
+        self._window.reset()
+        self._matched = 0
+        self._since_change = 0
+
+    # ------------------------------------------------------------------ decisions
     def decide(
         self, reduce: Callable[[dict[str, float]], Mapping[str, Any]] | None = None
     ) -> Decision:
@@ -192,19 +185,30 @@ class Controller(CpuObjective, Checkpoint, AutoRule):
         if reduce is not None:  # cross-rank boundary: plain floats out and back
             summary = WindowSummary.from_dict(reduce(summary.to_dict()))
         self._decisions += 1
+        keep = False
         if self.mode == "auto":
-            decision = self._decide_auto(summary)
+            decision = self.rule.decide(summary, self.share, self.workers)
+            keep = self.rule.keep_window
         else:
             decision = self._decide_mode(summary)
         decision.index = self._decisions
-        keep, self._keep_window = self._keep_window, False
         if abs(decision.ratio - self.ratio) > 1e-12:
-            self._ratio = decision.ratio
+            self.share.ratio = decision.ratio
             self._mark_change()
         elif not keep:
             self._window.reset()
         self.history.append(decision)
         return decision
+
+    def _decide_mode(self, s: WindowSummary) -> Decision:
+        fixed, cap = self.options.fixed_ratio, self.share.cap
+        label = {"off": "off (CPU only)", "gpu": "gpu (all samples on the device)"}.get(
+            self.mode, f"fixed r={fixed:.2f}"
+        )
+        if fixed > cap:
+            reason = f"memory cap {cap:.2f}: mode {label} limited to r={cap:.2f}"
+            return self.rule.decision(cap, reason, "memory", s, share=self.share, clamp=False)
+        return self.rule.decision(fixed, f"mode: {label}", "mode", s, share=self.share, clamp=False)
 
     def set_memory_cap(self, cap: float | None) -> None:
         """Cap the ratio (the memory guard's ``ratio_cap``); ``None`` lifts the cap.
@@ -215,118 +219,100 @@ class Controller(CpuObjective, Checkpoint, AutoRule):
         new = 1.0 if cap is None else float(cap)
         if not 0.0 <= new <= 1.0:
             raise ValueError(f"`cap` must be None or in [0, 1], got {cap!r}")
-        old_cap, search = self._cap, self._search
-        self._cap = self._quantise(new, floor=True) if new < 1.0 else 1.0
-        if self._cap > old_cap and self._ratio >= old_cap - 1e-9:
+        share, search = self.share, self.rule.search
+        old_cap = share.cap
+        share.cap = self.space.quantise(new, floor=True) if new < 1.0 else 1.0
+        if share.cap > old_cap and share.ratio >= old_cap - 1e-9:
             # The cap was binding and has been raised: explore upward from here.
             if self.mode == "auto" and search.phase in (Phase.HOLD, Phase.CLIMB):
                 search.phase = Phase.RECHECK
             self.history.append(
                 Decision(
                     self.ratio,
-                    f"memory cap raised to {self._cap:.2f}",
+                    f"memory cap raised to {share.cap:.2f}",
                     "memory",
                     index=self._decisions,
                     prev_ratio=self.ratio,
                 )
             )
-        if self._ratio <= self._cap:
+        if share.ratio <= share.cap:
             return
-        prev = self._ratio
-        self._ratio = self._cap
+        prev = share.ratio
+        share.ratio = share.cap
         self._mark_change()
         if self.mode == "auto" and search.phase is not Phase.BASELINE:
             # An unmeasured point: the next decision measures it (as after a revert), then
             # explores below it; nothing above the cap is allowed.
             search.best, search.phase, search.last_move = None, Phase.CLIMB, "revert"
-            search.new_climb(self.max_step, first=-1)
+            search.new_climb(self.space.max_step, first=-1)
             search.done = {1}
         self.history.append(
             Decision(
-                self._cap,
-                f"memory cap {self._cap:.2f}: r {prev:.2f} -> {self._cap:.2f}",
+                share.cap,
+                f"memory cap {share.cap:.2f}: r {prev:.2f} -> {share.cap:.2f}",
                 "memory",
                 index=self._decisions,
                 prev_ratio=prev,
             )
         )
 
-    # ------------------------------------------------------------------ measurement
-    def _reset_search(self) -> None:
-        self._search = Search.start(self.max_step)
-        self._est = Estimator()
-        self._model_r: float | None = None  # the fitted model's target at the last decision
-        self._x, self._se = float("nan"), 0.0  # this window's throughput and its rel. s.e.
+    # ------------------------------------------------------------------ CPU objective
+    def configure_workers(self, num_workers: int) -> None:
+        """The configured DataLoader worker count; the CPU objective searches below it (never
+        below one). The front ends call it when they attach; a state restored for the same
+        count continues where it was."""
+        self.cpu.configure(num_workers)
 
-    def _routed_with_current(self, s: StepStats) -> bool:
-        r = self.ratio
-        if s.ratio is not None:
-            return abs(s.ratio - r) < 1e-6
-        return abs(s.n_device - r * s.batch_size) <= 1.0
+    def end_epoch(self) -> Decision | None:
+        """At an epoch boundary (after that epoch's :meth:`decide`, if any): the CPU
+        objective's worker decision, or ``None`` when the count stays as it is. A decision
+        changes :attr:`workers` (the front end rebuilds the training loader before the next
+        epoch) and starts the new count at the cost model's share."""
+        result = self.cpu.end_epoch(self.rule, self.share)
+        if result is None:
+            return None
+        if result.ratio is not None:
+            self.share.ratio = result.ratio
+        if result.restart:
+            self._mark_change()
+        result.decision.index = self._decisions
+        self.history.append(result.decision)
+        return result.decision
 
-    def _mark_change(self) -> None:
-        self._window.reset()
-        self._matched = 0
-        self._since_change = 0
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-Python state: the share and its cap, the history, and the parts' states
+        (the rule's search and estimates, the CPU objective's worker search)."""
+        return {
+            "version": STATE_VERSION,
+            "mode": self.mode,
+            "ratio": self.share.ratio,
+            "memory_cap": self.share.cap,
+            "decisions": self._decisions,
+            **self.rule.state_dict(),
+            "history": [d.to_dict() for d in self.history],
+            "objective": self.objective,
+            "workers": self.cpu.state_dict(),
+        }
 
-    # ------------------------------------------------------------------ fixed modes
-    def _decide_mode(self, s: WindowSummary) -> Decision:
-        label = {"off": "off (CPU only)", "gpu": "gpu (all samples on the device)"}.get(
-            self.mode, f"fixed r={self._fixed:.2f}"
-        )
-        if self._fixed > self._cap:
-            return self._decision(
-                self._cap,
-                f"memory cap {self._cap:.2f}: mode {label} limited to r={self._cap:.2f}",
-                "memory",
-                s,
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (or a version-1 state): the controller continues from
+        the saved ratio and best point. A state saved under another mode restores only the
+        history and memory cap."""
+        self.history = [Decision.from_dict(d) for d in state.get("history", [])]
+        self._decisions = int(state.get("decisions", len(self.history)))
+        self.share.cap = float(state.get("memory_cap", 1.0))
+        self._mark_change()
+        self.rule.reset()
+        if state.get("mode") != self.mode or self.mode != "auto":
+            opts = self.options
+            self.share.ratio = (
+                opts.fixed_ratio if self.mode != "auto" else self.space.quantise(opts.min_ratio)
             )
-        return self._decision(self._fixed, f"mode: {label}", "mode", s)
-
-    # ------------------------------------------------------------------ shared with the rule
-    def _bounds(self) -> tuple[float, float]:
-        hi = min(self.max_ratio, self._cap)
-        return min(self.min_ratio, hi), hi
-
-    def _quantise(self, r: float, floor: bool = False) -> float:
-        if self.quantum:
-            q = r / self.quantum
-            r = (math.floor(q + 1e-9) if floor else round(q)) * self.quantum
-        return round(min(max(r, 0.0), 1.0), 12)
-
-    def _clamp(self, r: float) -> float:
-        lo, hi = self._bounds()
-        return min(max(self._quantise(r), lo), hi)
-
-    def _min_step(self) -> float:
-        b = self._est.batch_size
-        return max(self.min_step, 1.0 / b if b else 0.0)
-
-    def _clamp_step(self, step: float) -> float:
-        return min(max(step, self._min_step()), self.max_step)
-
-    def _decision(
-        self,
-        ratio: float,
-        reason: str,
-        kind: str,
-        s: WindowSummary,
-        step: float | None = None,
-    ) -> Decision:
-        best = self._search.best
-        x, wait = s.samples_per_s, s.wait_s
-        return Decision(
-            ratio=self._clamp(ratio) if self.mode == "auto" else ratio,
-            reason=reason,
-            kind=kind,
-            throughput=x if finite(x) else None,
-            step=step,
-            prev_ratio=self.ratio,
-            best_ratio=best.ratio if best else None,
-            best_throughput=best.throughput if best else None,
-            baseline_throughput=self._search.baseline,
-            model_ratio=self._model_r,
-            data_wait_s=wait if finite(wait) else None,
-            steps=int(s.steps) if finite(s.steps) else 0,
-            workers=self.workers,
-        )
+            return
+        self.share.ratio = float(state["ratio"])
+        flat = int(state.get("version", 1)) < 2  # version 1: the search keys at top level
+        self.rule.load_state_dict(state, flat=flat)
+        saved = state.get("workers")
+        if self.objective == "cpu" and state.get("objective") == "cpu" and saved:
+            self.cpu.load_state_dict(saved)

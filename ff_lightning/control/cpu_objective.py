@@ -1,111 +1,105 @@
-"""The controller's side of the CPU objective (``objective="cpu"``): the worker count it asks the
-front ends for, and applying :class:`~ff_lightning.control.workers.WorkerSearch`'s decisions.
+"""The CPU objective (``objective="cpu"``) as the controller's second strategy: the worker count
+it asks the front ends for, decided at epoch boundaries.
 
-:class:`CpuObjective` is mixed into :class:`~ff_lightning.control.controller.Controller`: at an
-epoch boundary (:meth:`CpuObjective.end_epoch`) it hands the search the settled measurement and a
-predictor built on the cost model, then applies the :class:`~ff_lightning.control.workers.
-WorkerMove` it returns (the count, the share it starts with, the rule's phase).
+:class:`CpuObjective` holds the :class:`~ff_lightning.control.workers.WorkerSearch`. At an epoch
+boundary (:meth:`CpuObjective.end_epoch`) it hands the search the settled measurement of the
+decision rule and a predictor built on the rule's cost model, and returns the
+:class:`WorkerDecision` for the :class:`~ff_lightning.control.workers.WorkerMove` it got: the
+count, the share the new count starts with, and the rule's phase. The controller applies it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
-from ff_lightning.control.estimator import CostModel, Estimator
+from ff_lightning.control.options import ControllerOptions
 from ff_lightning.control.records import Decision
-from ff_lightning.control.search import Phase, Search
+from ff_lightning.control.rule import AutoRule
+from ff_lightning.control.search import Phase
+from ff_lightning.control.share import Share
 from ff_lightning.control.window import finite
 from ff_lightning.control.workers import WorkerMove, WorkerSearch
 
-__all__ = ["CpuObjective"]
+__all__ = ["CpuObjective", "WorkerDecision"]
+
+
+@dataclass(frozen=True)
+class WorkerDecision:
+    """What the controller applies: the new chosen share (``None``: unchanged), whether the
+    steps measured so far belong to the old loader (``restart``), and the decision record."""
+
+    ratio: float | None
+    restart: bool
+    decision: Decision
 
 
 class CpuObjective:
-    """The worker-count half of the controller, mixed into it."""
+    """The worker-count strategy of the controller."""
 
-    # Set by the controller: configuration ...
-    mode: str
-    objective: str
-    max_step: float
-    # ... the state it reads and changes ...
-    history: list[Decision]
-    ratio: float
-    _ratio: float
-    _decisions: int
-    _search: Search
-    _est: Estimator
-    _model_r: float | None
-    _x: float
-    _workers: WorkerSearch
-    _workers_configured: bool
-    # ... and the helpers it calls (defined by the controller and the rule).
-    _mark_change: Callable[[], None]
-    _bounds: Callable[[], tuple[float, float]]
-    _clamp: Callable[[float], float]
-    _model_target: Callable[[CostModel], float]
+    def __init__(self, options: ControllerOptions) -> None:
+        self.options = options
+        self.search = WorkerSearch(float(options.tolerance))
+        self.configured = False
 
     @property
     def workers(self) -> int | None:
-        """DataLoader workers the next training loader should use (CPU objective), or ``None``
-        when the controller does not choose them (throughput objective, not configured)."""
-        if self.objective != "cpu" or not self._workers_configured:
+        """DataLoader workers the next training loader should use, or ``None`` when the
+        controller does not choose them (throughput objective, not configured)."""
+        if self.options.objective != "cpu" or not self.configured:
             return None
-        return self._workers.workers
+        return self.search.workers
 
-    @property
-    def worker_search(self) -> WorkerSearch:
-        """The CPU objective's search state (read-only use)."""
-        return self._workers
-
-    def configure_workers(self, num_workers: int) -> None:
-        """The configured DataLoader worker count; the CPU objective searches below it (never
-        below one). The front ends call it when they attach; a state restored for the same
-        count continues where it was."""
+    def configure(self, num_workers: int) -> None:
+        """The configured worker count; the search runs below it (never below one)."""
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}")
-        if self.objective != "cpu":
+        if self.options.objective != "cpu":
             return
-        self._workers.configure(num_workers)
-        self._workers_configured = True
+        self.search.configure(num_workers)
+        self.configured = True
 
-    def end_epoch(self) -> Decision | None:
-        """At an epoch boundary (after that epoch's :meth:`decide`, if any): the CPU
-        objective's worker decision, or ``None`` when the count stays as it is.
+    def note_regime_change(self, rel: float) -> None:
+        """The rule saw the settled throughput change by ``rel`` (a drop raises the workers)."""
+        if self.workers is not None:
+            self.search.note_regime_change(rel)
 
-        Acts only once the share has settled at the active count (the throughput rule holds),
-        except that a throughput drop after a regime change raises the count back at once. A
-        decision changes :attr:`workers` (the front end rebuilds the training loader before
-        the next epoch) and starts the new count at the cost model's share. Every rank takes
-        the same decision: it reads only state built from reduced statistics.
+    def end_epoch(self, rule: AutoRule, share: Share) -> WorkerDecision | None:
+        """The worker decision at an epoch boundary, or ``None`` when the count stays.
+
+        Acts only once the share has settled at the active count (the rule holds), except that a
+        throughput drop after a regime change raises the count back at once. A change starts
+        the new count at the cost model's share. Every rank takes the same decision: it reads
+        only state built from reduced statistics.
         """
-        if self.workers is None or self.mode != "auto":
+        if self.workers is None or self.options.mode != "auto":
             return None
-        sr = self._search
+        sr = rule.search
         settled = None
         if sr.phase is Phase.HOLD and sr.hold_ref is not None and sr.hold_ref.count > 0:
-            settled = (self.ratio, sr.hold_ref.throughput)
-        before = self._workers.workers
-        move = self._workers.decide(settled, self._predict_workers)
-        return None if move is None else self._apply_workers(move, before)
+            settled = (share.effective, sr.hold_ref.throughput)
+        before = self.search.workers
+        move = self.search.decide(settled, lambda n: self._predict(rule, share, n))
+        return None if move is None else self._apply(rule, share, move, before)
 
-    def _predict_workers(self, n: int) -> tuple[float | None, float] | None:
+    def _predict(self, rule: AutoRule, share: Share, n: int) -> tuple[float | None, float] | None:
         """The cost model's share for ``n`` workers and the throughput it predicts there,
         scaled to the settled measurement at the active count (``None`` without a model).
 
         While the device cost is only a prior the share is unknown (``None``) and the speed is
         an upper bound: what ``n`` workers reach with a free device (their fixed work alone).
         """
-        model, ref = self._est.model(), self._search.hold_ref
+        model, ref = rule.est.model(), rule.search.hold_ref
         if model is None:
             return None
-        here = model.throughput(self.ratio)
-        x = ref.throughput if ref is not None and ref.count > 0 else self._x
+        here = model.throughput(share.effective)
+        x = ref.throughput if ref is not None and ref.count > 0 else rule.x
         if not (finite(here) and here > 0 and finite(x)):
             return None
         other = model.with_workers(n)
-        r = self._model_target(other)
-        lo, hi = self._bounds()
+        r = rule.ev.model_target(other, share)
+        lo, hi = rule.space.bounds(share)
         if model.device_cost_assumed and r > lo + 1e-9:
             # Nothing routed yet, so the device cost is a prior: the share it gives for ``n``
             # workers is a guess (the rule finds the share there); bound the speed instead.
@@ -113,49 +107,55 @@ class CpuObjective:
             return None, x * free.throughput(hi) / here
         return r, x * other.throughput(r) / here
 
-    def _apply_workers(self, move: WorkerMove, old_workers: int) -> Decision:
-        """Apply a worker decision: the count, the share it starts with, the rule's phase."""
-        sr, old_ratio = self._search, self.ratio
+    def _apply(
+        self, rule: AutoRule, share: Share, move: WorkerMove, old_workers: int
+    ) -> WorkerDecision:
+        """The count, the share it starts with, the rule's phase."""
+        sr, old_effective = rule.search, share.effective
         x = sr.hold_ref.throughput if sr.hold_ref is not None else None
-        if move.ratio is not None:
-            self._ratio = self._clamp(move.ratio)
-        changed = move.workers != old_workers
-        if changed:
+        ratio = rule.space.clamp(move.ratio, share) if move.ratio is not None else None
+        restart = False
+        if move.workers != old_workers:
             # Another loader: the CPU-only speed and the loader calibration belong to the old
             # count, and the steps still to come from the old loader must not be measured.
             sr.baseline_fresh = False
-            self._est.forget_loader()
+            rule.est.forget_loader()
             sr.best, sr.hold_ref, sr.last_move = None, None, None
-            sr.new_climb(self.max_step)
+            sr.new_climb(rule.space.max_step)
             sr.model_jumps = 0
-            if move.settled or move.ratio is None or move.workers == self._workers.max_workers:
+            if move.settled or move.ratio is None or move.workers == self.search.max_workers:
                 # Optimise the share again from here (a reference needs the full rule).
                 sr.phase = Phase.WORKERS
             else:
                 sr.phase = Phase.HOLD  # a trial: measure the model's share as it is
-            self._mark_change()
-        elif move.settled and move.workers < self._workers.max_workers:
+            restart = True
+        elif move.settled and move.workers < self.search.max_workers:
             # Settled below the configured count at the model's share: refine the share.
             sr.phase = Phase.WORKERS
-            self._mark_change()
+            restart = True
+        new_ratio = ratio if ratio is not None else share.ratio
         decision = Decision(
-            ratio=self.ratio,
+            ratio=min(new_ratio, share.cap),
             reason=move.reason,
             kind="workers",
             throughput=x,
-            index=self._decisions,
-            prev_ratio=old_ratio,
+            prev_ratio=old_effective,
             best_ratio=sr.best.ratio if sr.best else None,
             best_throughput=sr.best.throughput if sr.best else None,
             baseline_throughput=sr.baseline,
-            model_ratio=self._model_r,
+            model_ratio=rule.model_r,
             workers=move.workers,
             prev_workers=old_workers,
         )
-        self.history.append(decision)
-        return decision
+        return WorkerDecision(ratio, restart, decision)
 
-    def _on_regime_change(self, rel: float) -> None:
-        """The rule saw the settled throughput change by ``rel`` (hook for the CPU objective)."""
-        if self.workers is not None:
-            self._workers.note_regime_change(rel)
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.search.state_dict() if self.configured else None
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Continue a saved search, unless the configured count changed since (then the
+        search starts afresh)."""
+        ws = WorkerSearch.from_state(saved, float(self.options.tolerance))
+        if not self.configured or ws.max_workers == self.search.max_workers:
+            self.search, self.configured = ws, True

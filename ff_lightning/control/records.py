@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ff_lightning.control.options import MODES
 from ff_lightning.pipeline.batch import StepStats
 
 __all__ = ["KINDS", "MODES", "Decision", "StepStats"]
 
-MODES = ("auto", "off", "gpu", "fixed")
 KINDS = ("init", "model", "explore", "revert", "hold", "best", "memory", "mode", "workers")
 
 

@@ -1,25 +1,28 @@
 """The auto mode's decision rule: measure CPU-only, jump to the model's point, hill-climb.
 
-:class:`AutoRule` holds the rule as methods of :class:`~ff_lightning.control.controller.
-Controller` (which inherits them): one method per phase of the search, each judging the
-window's measurement and returning the next :class:`Decision` with its reason. What counts as
-a real difference, and what the cost model predicts for a move, is judged by its base
-:class:`~ff_lightning.control.evidence.Evidence`. The rule reads the controller's
-configuration, ratio and memory cap; its state lives in a
-:class:`~ff_lightning.control.search.Search` and an
-:class:`~ff_lightning.control.estimator.Estimator`.
+:class:`AutoRule` is a strategy over the window summary, the cost-model estimator, the search
+state and the options: :meth:`AutoRule.decide` judges one window's measurement and returns the
+next :class:`~ff_lightning.control.records.Decision` with its reason (as Lightning's
+``EarlyStopping`` returns its decision with a reason). One method per phase of the search. It
+reads the controller's :class:`~ff_lightning.control.share.Share` but never writes it: the
+controller applies the decision. What counts as a real difference, and what the cost model
+predicts for a move, is judged by :class:`~ff_lightning.control.evidence.Evidence`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
+from ff_lightning.control import settled
 from ff_lightning.control.estimator import CostModel, Estimator
 from ff_lightning.control.evidence import Evidence
+from ff_lightning.control.options import ControllerOptions
 from ff_lightning.control.records import Decision
-from ff_lightning.control.search import HoldRef, Phase, Point, Search
+from ff_lightning.control.search import Phase, Point, Search
+from ff_lightning.control.share import Share, ShareSpace
 from ff_lightning.control.window import WindowSummary, finite
 
 __all__ = ["AutoRule"]
@@ -27,69 +30,134 @@ __all__ = ["AutoRule"]
 _MAX_MODEL_JUMPS = 3  # model jumps per optimisation episode before hill-climbing takes over
 
 
-class AutoRule(Evidence):
-    """The decision rule of ``mode="auto"``, mixed into the controller."""
+class AutoRule:
+    """The decision rule of ``mode="auto"``, with its state (search, estimator, last fit).
 
-    # Set by the controller: configuration ...
-    mode: str
-    min_ratio: float
-    max_ratio: float
-    hysteresis: float
-    max_step: float
-    min_step: float
-    quantum: float | None
-    regime_tol: float
-    min_steps: int
-    # ... the ratio it owns and the memory cap, the rule's state ...
-    _ratio: float
-    _cap: float
-    _keep_window: bool
-    _search: Search
-    _est: Estimator
-    _model_r: float | None
-    _x: float
-    _se: float
-    # ... and the helpers it shares with the mode decisions (defined by the controller).
-    _decision: Callable[..., Decision]
-    _bounds: Callable[[], tuple[float, float]]
-    _clamp: Callable[[float], float]
-    _min_step: Callable[[], float]
-    _clamp_step: Callable[[float], float]
-    _on_regime_change: Callable[[float], None]
-    workers: int | None
+    Attributes:
+        search: where the search is (:class:`~ff_lightning.control.search.Search`).
+        est: the cost-model estimator fitted on every window.
+        model_r: the fitted model's target at the last decision (``None``: no model yet).
+        x, se: the last window's throughput and its relative standard error.
+        keep_window: the last decision asks the controller to keep accumulating the window.
+        on_regime_change: called with the relative throughput change when a settled share
+            sees a regime change (the CPU objective raises the worker count on a drop).
+    """
+
+    def __init__(self, options: ControllerOptions, space: ShareSpace) -> None:
+        self.options = options
+        self.space = space
+        self.ev = Evidence(options, space)
+        self.on_regime_change: Callable[[float], None] = lambda rel: None
+        self.keep_window = False
+        #: The share being decided for (the controller's, set by each :meth:`decide` call).
+        self.share = Share(0.0)
+        self._workers: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the search and the estimates (a new optimisation from scratch)."""
+        self.search = Search.start(self.space.max_step)
+        self.est = Estimator()
+        self.model_r: float | None = None
+        self.x, self.se = float("nan"), 0.0
+
+    # ------------------------------------------------------------------ entry
+    def decide(self, s: WindowSummary, share: Share, workers: int | None = None) -> Decision:
+        """The decision after the window ``s`` measured at ``share``; ``workers`` is the active
+        worker count when the CPU objective chooses it (for reasons and records)."""
+        self.share, self._workers = share, workers
+        self.keep_window = False
+        return self._decide_auto(s)
+
+    def decision(
+        self,
+        ratio: float,
+        reason: str,
+        kind: str,
+        s: WindowSummary,
+        step: float | None = None,
+        *,
+        share: Share | None = None,
+        workers: int | None = None,
+        clamp: bool = True,
+    ) -> Decision:
+        """A :class:`Decision` carrying the window's figures and the search's best points."""
+        share = share if share is not None else self.share
+        best = self.search.best
+        x, wait = s.samples_per_s, s.wait_s
+        return Decision(
+            ratio=self.space.clamp(ratio, share) if clamp else ratio,
+            reason=reason,
+            kind=kind,
+            throughput=x if finite(x) else None,
+            step=step,
+            prev_ratio=share.effective,
+            best_ratio=best.ratio if best else None,
+            best_throughput=best.throughput if best else None,
+            baseline_throughput=self.search.baseline,
+            model_ratio=self.model_r,
+            data_wait_s=wait if finite(wait) else None,
+            steps=int(s.steps) if finite(s.steps) else 0,
+            workers=workers if workers is not None else self._workers,
+        )
+
+    def _clamp(self, r: float) -> float:
+        return self.space.clamp(r, self.share)
+
+    def _adaptive_step(self, model: CostModel | None, d: int, budget: float) -> float:
+        return self.ev.adaptive_step(
+            model,
+            d,
+            budget,
+            best=self.search.best,
+            se=self.se,
+            share=self.share,
+            batch_size=self.est.batch_size,
+        )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"search": self.search.state_dict(), "estimates": self.est.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any], *, flat: bool = False) -> None:
+        """Restore :meth:`state_dict` (``flat``: a version-1 checkpoint, whose search keys sit
+        at the top level of ``state``)."""
+        self.reset()
+        self.search = Search.from_state(state if flat else state["search"], self.space.max_step)
+        self.est = Estimator.from_state(state.get("estimates", {}))
 
     # ------------------------------------------------------------------ phases
     def _decide_auto(self, s: WindowSummary) -> Decision:
-        sr, r, x = self._search, self._ratio, s.samples_per_s
+        sr, r, x = self.search, self.share.ratio, s.samples_per_s
         n = int(s.steps) if finite(s.steps) else 0
-        if not finite(x) or n < self.min_steps:
-            self._keep_window = True  # too few steps: keep accumulating
-            return self._decision(
+        if not finite(x) or n < self.options.min_steps:
+            self.keep_window = True  # too few steps: keep accumulating
+            return self.decision(
                 r,
                 f"hold: {n} steps measured since the last change (after warm-up), "
-                f"need {self.min_steps}",
+                f"need {self.options.min_steps}",
                 "hold",
                 s,
             )
-        self._est.update(s, r)
-        x = self._est.loader_limited(s, x)
+        self.est.update(s, r)
+        x = self.est.loader_limited(s, x)
         s = replace(s, samples_per_s=x)
-        self._x, self._se = x, (s.se_rel if finite(s.se_rel) else 0.0)
-        model = self._est.model()
-        self._model_r = self._model_target(model) if model else None
-        if r <= self._bounds()[0] + 1e-9:  # a fresh CPU-only (min_ratio) measurement
+        self.x, self.se = x, (s.se_rel if finite(s.se_rel) else 0.0)
+        model = self.est.model()
+        self.model_r = self.ev.model_target(model, self.share) if model else None
+        if r <= self.space.bounds(self.share)[0] + 1e-9:  # a fresh CPU-only (min_ratio) measurement
             sr.baseline, sr.baseline_fresh = x, True
         if sr.phase is Phase.BASELINE:
-            sr.best = Point(r, x, self._se)
+            sr.best = Point(r, x, self.se)
             return self._after_baseline(s, model)
         if sr.phase is Phase.HOLD:
-            return self._check_hold(s, model)
+            return settled.check_hold(self, s, model)
         if sr.phase is Phase.FLOOR:
-            return self._after_floor_check(s)
+            return settled.after_floor_check(self, s)
         if sr.phase is Phase.RECHECK:  # the memory cap was raised: optimise again from here
-            return self._regime_change(s, model, "memory cap raised")
+            return self.regime_change(s, model, "memory cap raised")
         if sr.phase is Phase.WORKERS:  # CPU objective: another worker count, optimise again
-            return self._regime_change(s, model, f"now {self.workers} workers")
+            return self.regime_change(s, model, f"now {self._workers} workers")
         if sr.phase is Phase.MODEL:
             return self._after_model_jump(s, model)
         if sr.last_move == "revert" or sr.best is None:
@@ -97,25 +165,28 @@ class AutoRule(Evidence):
             # since it was measured means the costs changed under us.
             if sr.best is not None and abs(sr.best.ratio - r) < 1e-9:
                 rel = x / sr.best.throughput - 1.0
-                if abs(rel) > max(self.regime_tol, 3.0 * math.hypot(self._se, sr.best.se)):
-                    return self._regime_change(
+                if abs(rel) > max(self.options.regime_tol, 3.0 * math.hypot(self.se, sr.best.se)):
+                    return self.regime_change(
                         s, model, f"regime change (best point measured {rel:+.0%})"
                     )
-            sr.best = Point(r, x, self._se)
+            sr.best = Point(r, x, self.se)
             return self._next_explore(s, model, "")
         return self._after_explore(s, model)
 
     def _after_baseline(self, s: WindowSummary, model: CostModel | None) -> Decision:
-        r, wait_ms = self._ratio, s.wait_s * 1e3
-        self._search.new_climb(self.max_step)
-        self._search.model_jumps = 0
-        if not self._loader_bound(s):
+        r, wait_ms = self.share.ratio, s.wait_s * 1e3
+        self.search.new_climb(self.space.max_step)
+        self.search.model_jumps = 0
+        if not self.ev.loader_bound(s):
             # Not waiting for data: routing work to the device could only lengthen the step.
-            return self._settle(
-                s, f"model: device-bound (wait {wait_ms:.1f} ms/step), r={r:.2f} is best", "model"
+            return settled.settle(
+                self,
+                s,
+                f"model: device-bound (wait {wait_ms:.1f} ms/step), r={r:.2f} is best",
+                "model",
             )
-        target = self._model_r
-        if target is not None and self._worth_jump(model, target, r):
+        target = self.model_r
+        if target is not None and self.ev.worth_jump(model, target, r):
             assumed = model is not None and model.device_cost_assumed
             note = " (device cost assumed until measured)" if assumed else ""
             return self._jump(
@@ -127,15 +198,15 @@ class AutoRule(Evidence):
         return self._next_explore(s, model, f"loader-bound (wait {wait_ms:.0f} ms/step); ")
 
     def _after_model_jump(self, s: WindowSummary, model: CostModel | None) -> Decision:
-        sr, r, x, se = self._search, self._ratio, self._x, self._se
+        sr, r, x, se = self.search, self.share.ratio, self.x, self.se
         assert sr.best is not None
         best_r, best_x, best_se = sr.best
-        rel, thr = x / best_x - 1.0, self._threshold(se, best_se)
-        target = self._model_r
+        rel, thr = x / best_x - 1.0, self.ev.threshold(se, best_se)
+        target = self.model_r
         can_jump = (
             target is not None
             and sr.model_jumps < _MAX_MODEL_JUMPS
-            and self._worth_jump(model, target, r)
+            and self.ev.worth_jump(model, target, r)
             and abs(target - best_r) > 1e-9
         )
         if rel < -thr:
@@ -149,8 +220,8 @@ class AutoRule(Evidence):
                     s,
                 )
             d = 1 if r > best_r else -1  # the optimum lies between the best point and here
-            sr.new_climb(self.max_step, first=d)
-            sr.steps[d] = self._clamp_step(abs(r - best_r) / 2)
+            sr.new_climb(self.space.max_step, first=d)
+            sr.steps[d] = self.space.clamp_step(abs(r - best_r) / 2, self.est.batch_size)
             return self._revert(s, rel, thr)
         # Gain or tie: keep the model point (it rests on medians of many per-sample costs).
         sr.best = Point(r, x, se)
@@ -161,29 +232,29 @@ class AutoRule(Evidence):
                 f"refitted cost model says r={target:.2f}",
                 s,
             )
-        sr.new_climb(self.max_step)
+        sr.new_climb(self.space.max_step)
         return self._next_explore(s, model, f"model point r={r:.2f} confirmed; ")
 
     def _after_explore(self, s: WindowSummary, model: CostModel | None) -> Decision:
         """Judge an exploratory move against the best point."""
-        sr, r, x, se = self._search, self._ratio, self._x, self._se
+        sr, r, x, se = self.search, self.share.ratio, self.x, self.se
         d = sr.direction
         assert sr.best is not None
         best_r, best_x, best_se = sr.best
-        rel, thr = x / best_x - 1.0, self._threshold(se, best_se)
+        rel, thr = x / best_x - 1.0, self.ev.threshold(se, best_se)
         # Within noise, let the cost model break the tie: it is fitted on per-sample medians,
         # far less noisy than a difference of two throughputs.
         preferred = (
             model is not None
             and rel >= -thr
-            and model.throughput(r) >= model.throughput(best_r) * (1.0 + self.hysteresis)
-            and self._model_matches(model, best_r, best_x)
+            and model.throughput(r) >= model.throughput(best_r) * (1.0 + self.options.hysteresis)
+            and self.ev.model_matches(model, best_r, best_x, self.se)
         )
-        target = self._model_r
+        target = self.model_r
         if sr.model_jumps == 0 and target is not None and model and not model.device_cost_assumed:
             # This move measured the device cost the baseline lacked: use the model now.
             anchor = Point(r, x, se) if rel > thr else sr.best
-            if self._worth_jump(model, target, anchor.ratio):
+            if self.ev.worth_jump(model, target, anchor.ratio):
                 sr.best = anchor
                 return self._jump(
                     target,
@@ -198,18 +269,20 @@ class AutoRule(Evidence):
             sr.best = Point(r, x, se)
             sr.done = set()
             # The old best, one full step behind, is worse; a shorter step back may not be.
-            sr.steps[-d] = max(sr.steps[d] / 2, self._min_step())
-            sr.steps[d] = min(2 * sr.steps[d], self.max_step)  # gaining: speed up
+            sr.steps[-d] = max(sr.steps[d] / 2, self.space.smallest_step(self.est.batch_size))
+            sr.steps[d] = min(2 * sr.steps[d], self.space.max_step)  # gaining: speed up
             sr.next_direction = d
             return self._next_explore(s, model, f"r={r:.2f} {why} over r={best_r:.2f}; ")
         half = sr.steps[d] / 2
-        done = half < self._min_step()
+        done = half < self.space.smallest_step(self.est.batch_size)
         if model is not None:
             # Done this way when a smaller step could not be told from noise, or when the move
             # was a tie that a model matching the measurements also scores no better.
-            done = done or self._effect(model, best_r, d * half) < 2.0 * self._thr0()
+            done = done or self.ev.effect(model, best_r, d * half, self.share) < 2.0 * self.ev.thr0(
+                self.se
+            )
             tie = rel >= -thr and model.throughput(r) <= model.throughput(best_r)
-            done = done or (tie and self._model_matches(model, best_r, best_x))
+            done = done or (tie and self.ev.model_matches(model, best_r, best_x, self.se))
         if done:
             sr.done.add(d)
         else:
@@ -219,9 +292,9 @@ class AutoRule(Evidence):
 
     def _next_explore(self, s: WindowSummary, model: CostModel | None, prefix: str) -> Decision:
         """From the best point (the current ratio), try the next step, or settle."""
-        sr, r = self._search, self._ratio
+        sr, r = self.search, self.share.ratio
         sr.phase = Phase.CLIMB
-        pref = sr.next_direction if sr.next_direction is not None else self._relief_dir(s)
+        pref = sr.next_direction if sr.next_direction is not None else self.ev.relief_dir(s)
         for d in (pref, -pref):
             if d in sr.done:
                 continue
@@ -232,161 +305,34 @@ class AutoRule(Evidence):
                 continue
             sr.steps[d] = step
             sr.direction, sr.next_direction, sr.last_move = d, None, "explore"
-            return self._decision(
+            return self.decision(
                 nxt,
                 f"explore: {prefix}trying r={nxt:.2f} (step {d * step:+.2f}) from best "
-                f"r={r:.2f} ({self._x:.0f} samples/s)",
+                f"r={r:.2f} ({self.x:.0f} samples/s)",
                 "explore",
                 s,
                 step=step,
             )
-        return self._settle(s, f"hold: {prefix}converged at r={r:.2f}", "hold")
+        return settled.settle(self, s, f"hold: {prefix}converged at r={r:.2f}", "hold")
 
-    def _settle(self, s: WindowSummary, reason: str, kind: str) -> Decision:
-        """Stop moving at the current (best) point, after checking the CPU-only floor."""
-        sr, r, x = self._search, self._ratio, self._x
-        lo = self._bounds()[0]
-        if r > lo + 1e-9 and sr.baseline is not None:
-            if sr.baseline_fresh and x < sr.baseline * (1.0 - self._threshold(self._se, 0)):
-                # Floor: never settle below the measured CPU-only speed.
-                sr.best = Point(lo, sr.baseline, 0.0)
-                sr.phase, sr.hold_ref = Phase.HOLD, None
-                self._settled_at(lo)
-                return self._decision(
-                    lo,
-                    f"revert: r={r:.2f} measured {x:.0f} samples/s, below CPU-only "
-                    f"{sr.baseline:.0f}; back to r={lo:.2f}",
-                    "revert",
-                    s,
-                )
-            if not sr.baseline_fresh and not self._clearly_above_floor(x):
-                # The baseline predates a regime change and the model cannot vouch for this
-                # point: measure CPU-only again before settling.
-                sr.phase = Phase.FLOOR
-                return self._decision(
-                    lo,
-                    f"explore: floor check, re-measuring CPU-only at r={lo:.2f} before "
-                    f"settling at r={r:.2f}",
-                    "explore",
-                    s,
-                )
-        sr.phase, sr.last_move = Phase.HOLD, None
-        sr.hold_ref = HoldRef(x, 1, self._model_r)
-        self._settled_at(r)
-        return self._decision(r, f"{reason} ({x:.0f} samples/s)", kind, s)
-
-    def _settled_at(self, r: float) -> None:
-        """Count a regime change whose search came back to (within one step of) the share it
-        left as a false alarm (the next one then needs twice the windows); a real move resets
-        the count."""
-        sr = self._search
-        if sr.alarm_from is not None:
-            back = abs(r - sr.alarm_from) <= self._min_step() + 1e-9  # within one step
-            sr.false_alarms = sr.false_alarms + 1 if back else 0
-            sr.alarm_from = None
-        sr.strikes = 0
-
-    def _after_floor_check(self, s: WindowSummary) -> Decision:
-        sr, x = self._search, self._x
-        assert sr.best is not None
-        best_r, best_x, best_se = sr.best
-        sr.phase = Phase.HOLD
-        if best_x > x * (1.0 + self._threshold(self._se, best_se)):
-            sr.hold_ref = HoldRef(best_x, 1, self._model_r)
-            self._settled_at(best_r)
-            return self._decision(
-                best_r,
-                f"best: back to r={best_r:.2f} ({best_x / x - 1:+.1%} over CPU-only "
-                f"{x:.0f} samples/s)",
-                "best",
-                s,
-            )
-        sr.best, sr.hold_ref = Point(self._ratio, x, self._se), HoldRef(x, 1, self._model_r)
-        self._settled_at(self._ratio)
-        return self._decision(
-            self._ratio,
-            f"hold: CPU-only ({x:.0f} samples/s) is as fast as r={best_r:.2f}; staying",
-            "hold",
-            s,
-        )
-
-    def _check_hold(self, s: WindowSummary, model: CostModel | None) -> Decision:
-        """Settled: keep re-checking for a regime change or a floor violation."""
-        sr, r, x, se = self._search, self._ratio, self._x, self._se
-        lo = self._bounds()[0]
-        # Reference: the mean of the measurements since settling (the settling measurement
-        # alone carries the selection bias of being the best of several noisy ones).
-        ref_x, n_ref, ref_model = sr.hold_ref or HoldRef(x, 0, self._model_r)
-        ref_x = ref_x if n_ref else x
-        rel = x / ref_x - 1.0
-        drift = 0.0
-        if self._model_r is not None and ref_model is not None:
-            drift = abs(self._model_r - ref_model)
-        beyond = abs(rel) > max(self.regime_tol, 3.0 * se)
-        if beyond or drift > self.regime_tol:
-            # Signed count of windows in a row off the same way (a moved model optimum
-            # continues the current run).
-            step = (1 if rel > 0 else -1) if beyond else (1 if sr.strikes >= 0 else -1)
-            sr.strikes = sr.strikes + step if sr.strikes * step > 0 else step
-            needed = 2 ** min(sr.false_alarms, 3)
-            if abs(sr.strikes) < needed:
-                # Not (yet) a regime change: a noisy machine swings by more than the
-                # tolerance now and then, and every false alarm costs a window at a worse
-                # share. The outlier stays out of the reference.
-                left = needed - abs(sr.strikes)
-                return self._decision(
-                    r,
-                    f"hold: r={r:.2f} measured {x:.0f} samples/s ({rel:+.1%} vs reference); "
-                    f"a regime change if {left} more window(s) agree",
-                    "hold",
-                    s,
-                )
-            sr.strikes, sr.alarm_from = 0, r
-            if beyond:
-                self._on_regime_change(rel)  # the CPU objective raises the workers on a drop
-            why = (
-                f"regime change (throughput {rel:+.0%} since settling)"
-                if beyond
-                else f"regime change (model optimum moved {ref_model:.2f} -> {self._model_r:.2f})"
-            )
-            return self._regime_change(s, model, why)
-        sr.strikes = 0
-        sr.hold_ref = HoldRef((ref_x * n_ref + x) / (n_ref + 1), n_ref + 1, ref_model)
-        if (
-            r > lo + 1e-9
-            and sr.baseline_fresh
-            and sr.baseline is not None
-            and x < sr.baseline * (1.0 - self._threshold(se, 0.0))
-        ):
-            sr.phase, sr.best = Phase.BASELINE, None
-            return self._decision(
-                lo,
-                f"revert: r={r:.2f} measured {x:.0f} samples/s, below CPU-only "
-                f"{sr.baseline:.0f}; re-measuring from r={lo:.2f}",
-                "revert",
-                s,
-            )
-        return self._decision(
-            r, f"hold: r={r:.2f} steady ({x:.0f} samples/s, {rel:+.1%} vs reference)", "hold", s
-        )
-
-    def _regime_change(self, s: WindowSummary, model: CostModel | None, why: str) -> Decision:
+    def regime_change(self, s: WindowSummary, model: CostModel | None, why: str) -> Decision:
         """Costs changed: optimise again from here, model first."""
-        sr, r = self._search, self._ratio
-        sr.baseline_fresh = r <= self._bounds()[0] + 1e-9
-        sr.best, sr.model_jumps = Point(r, self._x, self._se), 0
-        sr.new_climb(self.max_step)
-        if self._est.forget_loader():  # smallest-seen loader estimates: re-learn them
-            self._est.update(s, r)
-            model = self._est.model()
-            self._model_r = self._model_target(model) if model else None
-        target = self._model_r
-        if target is not None and self._worth_jump(model, target, r):
+        sr, r = self.search, self.share.ratio
+        sr.baseline_fresh = r <= self.space.bounds(self.share)[0] + 1e-9
+        sr.best, sr.model_jumps = Point(r, self.x, self.se), 0
+        sr.new_climb(self.space.max_step)
+        if self.est.forget_loader():  # smallest-seen loader estimates: re-learn them
+            self.est.update(s, r)
+            model = self.est.model()
+            self.model_r = self.ev.model_target(model, self.share) if model else None
+        target = self.model_r
+        if target is not None and self.ev.worth_jump(model, target, r):
             return self._jump(target, f"model: {why}, cost model says r={target:.2f}", s)
-        if r <= self._bounds()[0] + 1e-9 and not self._loader_bound(s):
+        if r <= self.space.bounds(self.share)[0] + 1e-9 and not self.ev.loader_bound(s):
             # At the lowest share and not waiting for the workers: as after the baseline, any
             # device share could only lengthen the step.
-            return self._settle(
+            return settled.settle(
+                self,
                 s,
                 f"hold: {why}; not waiting for the workers (wait {s.wait_s * 1e3:.1f} ms/step), "
                 f"r={r:.2f} stays",
@@ -395,20 +341,20 @@ class AutoRule(Evidence):
         return self._next_explore(s, model, f"{why}; ")
 
     def _jump(self, target: float, reason: str, s: WindowSummary) -> Decision:
-        self._search.phase, self._search.last_move = Phase.MODEL, "model"
-        self._search.model_jumps += 1
-        return self._decision(target, reason, "model", s)
+        self.search.phase, self.search.last_move = Phase.MODEL, "model"
+        self.search.model_jumps += 1
+        return self.decision(target, reason, "model", s)
 
     def _revert(self, s: WindowSummary, rel: float, thr: float) -> Decision:
-        sr, r = self._search, self._ratio
+        sr, r = self.search, self.share.ratio
         assert sr.best is not None
         best_r = sr.best.ratio
         sr.phase, sr.last_move = Phase.CLIMB, "revert"
         if rel < -thr:
             reason = f"revert: r={r:.2f} lost {-rel:.1%} throughput vs best r={best_r:.2f}"
-            return self._decision(best_r, reason, "revert", s)
+            return self.decision(best_r, reason, "revert", s)
         reason = (
             f"best: r={r:.2f} within noise of best r={best_r:.2f} ({rel:+.1%}, threshold "
             f"{thr:.1%}); back to r={best_r:.2f}"
         )
-        return self._decision(best_r, reason, "best", s)
+        return self.decision(best_r, reason, "best", s)

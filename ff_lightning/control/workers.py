@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ff_lightning.control.options import OBJECTIVES
+
 __all__ = ["OBJECTIVES", "Stage", "WorkerMove", "WorkerSearch"]
 
-OBJECTIVES = ("throughput", "cpu")
 _SKIP = 2.0  # skip trying one worker fewer when the model predicts a loss beyond 2x tolerance
 
 
