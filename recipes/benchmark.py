@@ -26,7 +26,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="benchmark")
 def main(cfg: DictConfig) -> None:
-    from ff_lightning.benchmark import run_benchmark
+    from ff_lightning.app.bench import run_benchmark
     from ff_lightning.errors import FFLightningError, one_line
 
     # Each mode builds a Trainer; keep Lightning's per-Trainer banners out of the output.

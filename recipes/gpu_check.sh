@@ -206,7 +206,7 @@ sys.exit(1 if [m for m in missing if m != "matplotlib"] else 0)
 '
 IMPORTS_PY='
 import hydra, omegaconf, antlr4, kornia, kornia_rs
-import ff_lightning, ff_lightning.report, ff_lightning.train
+import ff_lightning, ff_lightning.report, ff_lightning.app.train
 for m in (hydra, omegaconf, kornia):
     print(f"{m.__name__:10s} {m.__version__}  {m.__file__}")
 '

@@ -24,8 +24,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="plan")
 def main(cfg: DictConfig) -> None:
+    from ff_lightning.app.plan import run_plan
     from ff_lightning.errors import FFLightningError, one_line
-    from ff_lightning.plan import run_plan
 
     logging.getLogger("lightning.pytorch").propagate = False
     try:

@@ -23,8 +23,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    from ff_lightning.app.train import train
     from ff_lightning.errors import FFLightningError, one_line
-    from ff_lightning.train import train
 
     # Hydra's root handler already prints Lightning's messages; don't print them twice.
     logging.getLogger("lightning.pytorch").propagate = False

@@ -57,11 +57,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("error: this recipe needs Accelerate: pip install ff-lightning[accelerate]")
         sys.exit(2)
     from ff_lightning import FusionDataModule
+    from ff_lightning.app.meters import ThroughputMeter
+    from ff_lightning.app.models import build_backbone
     from ff_lightning.errors import FFLightningError, one_line
     from ff_lightning.frontends.accelerate import FusionAccelerate
-    from ff_lightning.models import build_backbone
     from ff_lightning.sources.datasets import build_source
-    from ff_lightning.throughput import ThroughputMeter
 
     t_start = time.perf_counter()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

@@ -283,7 +283,9 @@ def test_bad_arguments_say_what_is_wrong(kwargs: dict[str, Any], message: str) -
 
 
 def test_not_a_datamodule_says_what_to_do() -> None:
-    with pytest.raises(ConfigError, match=r"needs a Pipeline \(or a FusionDataModule\).*Pipeline\(train_dataset"):
+    with pytest.raises(
+        ConfigError, match=r"needs a Pipeline \(or a FusionDataModule\).*Pipeline\(train_dataset"
+    ):
         FusionAccelerate(TensorImages(8))  # type: ignore[arg-type]
     fusion = FusionAccelerate(_dm())
     with pytest.raises(ConfigError, match="`epoch` must be an integer >= 0, got -1"):

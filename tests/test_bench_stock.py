@@ -8,8 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from ff_lightning.bench.modes import device_stage, stock_datamodule
-from ff_lightning.stock import STOCK_POLICIES, StockDataModule, stock_dataset, stock_transform
+from ff_lightning.app.bench.modes import device_stage, stock_datamodule
+from ff_lightning.app.stock import STOCK_POLICIES, StockDataModule, stock_dataset, stock_transform
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -45,7 +45,7 @@ def test_stock_pipeline_matches_ours_in_data_and_batch_format(tmp_path: Path) ->
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     cfg = _cfg(tmp_path)
     stock, ours = stock_datamodule(cfg), build_datamodule(cfg)
@@ -97,7 +97,7 @@ def test_policy_choice_follows_the_config(tmp_path: Path) -> None:
 
 
 def test_policy_kwargs_that_do_not_fit_fail_early_with_the_fix(tmp_path: Path) -> None:
-    from ff_lightning.bench.runner import check_policy
+    from ff_lightning.app.bench.runner import check_policy
     from ff_lightning.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"~augment.kwargs.num_ops"):

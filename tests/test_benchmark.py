@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ff_lightning.benchmark import _parse_mode, environment, run_benchmark, summarise
+from ff_lightning.app.bench import environment, parse_mode, run_benchmark, summarise
 from ff_lightning.errors import ConfigError
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -101,13 +101,13 @@ def test_summary_ratios_and_mode_parsing() -> None:
     missing = summarise(results[1:], "cpu")
     assert missing["auto_vs_torchvision"] is None and missing["off_vs_torchvision"] is None
     assert summarise(results[:2], "cpu")["auto_vs_torchvision"] is None
-    assert _parse_mode(False) == ("off", None)  # YAML's unquoted off
-    assert _parse_mode(0.25) == ("fixed", 0.25)
-    assert _parse_mode("torchvision") == ("torchvision", None)
+    assert parse_mode(False) == ("off", None)  # YAML's unquoted off
+    assert parse_mode(0.25) == ("fixed", 0.25)
+    assert parse_mode("torchvision") == ("torchvision", None)
     with pytest.raises(ConfigError, match=r"`benchmark.modes` entries must be"):
-        _parse_mode("turbo")
+        parse_mode("turbo")
     with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
-        _parse_mode(1.5)
+        parse_mode(1.5)
 
 
 def test_default_regime_and_experiments_compose() -> None:
@@ -144,7 +144,7 @@ def test_environment_record_keys(tmp_path: Path) -> None:
 def test_progress_bar_draws_on_a_terminal_and_restores_logging() -> None:
     from rich.console import Console
 
-    from ff_lightning.bench.progress import BenchProgress
+    from ff_lightning.app.bench.progress import BenchProgress
 
     out = io.StringIO()
     handler = logging.StreamHandler()  # writes to sys.stderr as it is now
@@ -170,7 +170,7 @@ def test_progress_bar_draws_on_a_terminal_and_restores_logging() -> None:
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
 def test_chart_is_written(tmp_path: Path) -> None:
-    from ff_lightning.bench.report import write_chart
+    from ff_lightning.app.bench.report import write_chart
 
     results = [
         {"mode": "torchvision", "samples_per_sec": 80.0, "rounds": [78.0, 82.0]},
@@ -186,7 +186,7 @@ def test_chart_is_skipped_without_matplotlib(
 ) -> None:
     import sys
 
-    from ff_lightning.bench.report import write_chart
+    from ff_lightning.app.bench.report import write_chart
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now raises ImportError
     results = [{"mode": "off", "samples_per_sec": 1.0, "rounds": [1.0]}]
@@ -197,14 +197,14 @@ def test_chart_is_skipped_without_matplotlib(
 
 
 def test_decode_variants_parse_and_summarise() -> None:
-    from ff_lightning.bench.modes import split_variant
+    from ff_lightning.app.bench.modes import split_variant
 
-    assert _parse_mode("auto+decode") == ("auto+decode", None)
+    assert parse_mode("auto+decode") == ("auto+decode", None)
     assert split_variant("auto+decode") == ("auto", True)
     assert split_variant("off-decode") == ("off", False)
     assert split_variant("auto") == ("auto", None)
     with pytest.raises(ConfigError, match="benchmark.modes"):
-        _parse_mode("ceiling+decode")
+        parse_mode("ceiling+decode")
     results = [
         {"mode": "torchvision", "samples_per_sec": 100.0},
         {"mode": "auto", "samples_per_sec": 120.0},

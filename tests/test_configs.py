@@ -93,7 +93,7 @@ def test_every_logger_config_instantiates(logger: str, tmp_path: Path) -> None:
 
     from lightning.pytorch.loggers import CSVLogger
 
-    from ff_lightning.train import build_logger
+    from ff_lightning.app.train import build_logger
 
     cfg = _compose([f"logger={logger}", f"output_dir={tmp_path}"])
     if logger == "none":
@@ -116,7 +116,7 @@ def test_every_logger_config_instantiates(logger: str, tmp_path: Path) -> None:
     "augment", ["randaugment", "trivialaugment", "autoaugment", "augmix", "none"]
 )
 def test_every_augment_config_builds_a_datamodule(augment: str, tmp_path: Path) -> None:
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     cfg = _compose(_small(tmp_path, f"augment={augment}"))
     dm = build_datamodule(cfg)
@@ -126,7 +126,7 @@ def test_every_augment_config_builds_a_datamodule(augment: str, tmp_path: Path) 
 
 
 def test_data_configs_need_a_root_and_say_so(tmp_path: Path) -> None:
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     for data in ("imagefolder", "cifar10"):
         cfg = _compose([f"data={data}", "data.num_classes=10"])
@@ -140,7 +140,7 @@ def test_data_configs_need_a_root_and_say_so(tmp_path: Path) -> None:
 
 
 def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
-    from ff_lightning.train import build_datamodule, train
+    from ff_lightning.app.train import build_datamodule, train
 
     with pytest.raises(
         ConfigError,
@@ -162,7 +162,7 @@ def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
 
 
 def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
-    from ff_lightning.train import train
+    from ff_lightning.app.train import train
 
     cfg = _compose(
         _small(tmp_path, "fusionflow=fixed", "fusionflow.ratio=0.5", "trainer.log_every_n_steps=1")
@@ -185,7 +185,7 @@ def test_short_fit_writes_metrics_json(tmp_path: Path) -> None:
 
 
 def test_short_fit_without_a_logger(tmp_path: Path) -> None:
-    from ff_lightning.train import train
+    from ff_lightning.app.train import train
 
     metrics = train(_compose(_small(tmp_path, "logger=none", "fusionflow=off", "report=false")))
     assert metrics["train_samples"] == 3 * 16

@@ -37,7 +37,7 @@ def test_one_line_leaves_plain_messages_alone() -> None:
 
 
 def test_null_num_classes_names_the_key() -> None:
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     cfg = _compose(["augment.mixup_alpha=0.2", "data.num_classes=null"])
     with pytest.raises(ConfigError, match=r"`data.num_classes` must be the number of classes"):
@@ -69,7 +69,7 @@ def test_float_tensor_targets_that_are_whole_numbers_are_accepted() -> None:
 
 
 def test_data_on_error_is_a_recipe_key_and_raise_ends_in_one_line(tmp_path) -> None:
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     root = tmp_path / "tree"
     for split in ("train", "val"):

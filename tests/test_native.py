@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from ff_lightning.augment import _native, build_policy
+from ff_lightning.augment import _native, _native_load, build_policy
 from ff_lightning.augment.functional import OPS, apply_op, apply_ops_grouped
 
 needs_native = pytest.mark.skipif(_native.lib() is None, reason="no native kernels here")
@@ -133,12 +133,19 @@ def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_compiler_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FF_LIGHTNING_NATIVE", raising=False)
+    monkeypatch.delenv(_native_load.WARNED_ENV, raising=False)
     monkeypatch.setattr(
-        _native, "_state", {"tried": False, "lib": None, "off": False, "fused": None}
+        _native, "_state", {"tried": False, "lib": None, "off": False, "fused": None, "how": ""}
     )
-    monkeypatch.setattr(_native, "_compiler", lambda: None)
-    with pytest.warns(RuntimeWarning, match="no C compiler found"):
+    monkeypatch.setattr(_native_load, "packaged_library", lambda: None)
+
+    def no_compiler() -> str:
+        raise _native_load.BuildError("no C compiler found (install gcc, or set $CC)")
+
+    monkeypatch.setattr(_native_load, "_compiler", no_compiler)
+    with pytest.warns(RuntimeWarning, match=r"runs the torch kernels .*no C compiler found"):
         assert _native.lib() is None
+    assert _native.backend().startswith("torch kernels")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second call says nothing
         assert _native.lib() is None
@@ -147,23 +154,25 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) 
 def test_a_failing_build_names_the_compiler_error(monkeypatch, tmp_path) -> None:
     bad = tmp_path / "bad.c"
     bad.write_text("this is not C\n")
-    monkeypatch.setattr(_native, "_SOURCE", bad)
+    monkeypatch.setattr(_native_load, "SOURCE", bad)
     monkeypatch.setenv("FF_LIGHTNING_CACHE", str(tmp_path / "cache"))
-    if _native._compiler() is None:
+    try:
+        _native_load._compiler()
+    except _native_load.BuildError:
         pytest.skip("no C compiler here")
-    with pytest.raises(RuntimeError, match="failed"):
-        _native._build()
+    with pytest.raises(_native_load.BuildError, match="failed to build bad.c"):
+        _native_load._build()
     assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
 
 
 @needs_native
 def test_the_build_is_cached_per_source(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("FF_LIGHTNING_CACHE", str(tmp_path))
-    _native._build()
+    _native_load._build()
     built = list(tmp_path.glob("ff_native-*"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    _native._build()  # loads the cached file, compiles nothing
+    _native_load._build()  # loads the cached file, compiles nothing
     assert list(tmp_path.glob("ff_native-*")) == built
     assert built[0].stat().st_mtime_ns == stamp
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from ff_lightning.app.plan import format_table, plan_table, recommend, run_plan, worker_counts
 from ff_lightning.errors import ConfigError
-from ff_lightning.plan import format_table, plan_table, recommend, run_plan, worker_counts
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 

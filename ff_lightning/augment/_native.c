@@ -1,7 +1,8 @@
 /* Native CPU loops for ff_lightning's batched uint8 augmentation kernels.
  *
- * Built on first use by ff_lightning/augment/_native.py with the system C compiler and
- * loaded through ctypes (no torch headers, no build step at install). Every function works on
+ * Built when the package is built (setup.py), else on first use by
+ * ff_lightning/augment/_native_load.py with the system C compiler, and loaded through ctypes
+ * (no Python or torch headers). Every function works on
  * contiguous uint8 images [B, C, P] (P = H * W pixels per channel) and a list of the batch
  * rows it touches (`rows`, n entries; NULL: rows 0..n-1). Results are bit-identical to the
  * torch kernels they replace: tables and source indices are computed by the Python side with
@@ -16,6 +17,13 @@
 #include <string.h>
 
 #define ROW(j) ((rows) ? (rows)[(j)] : (int64_t)(j))
+
+/* The hash of this file the library was built from (setup.py defines it): a packaged library
+ * older than the source beside it is not used (the source is then compiled on first use). */
+#ifndef FF_SOURCE_TAG
+#define FF_SOURCE_TAG ""
+#endif
+const char *ff_source_tag(void) { return FF_SOURCE_TAG; }
 
 /* One plane through one table: eight values read and written per step as one 64-bit word
  * (byte order does not matter: byte k of the word is looked up into byte k). */

@@ -1,36 +1,31 @@
 """Native CPU loops (``_native.c``) for the table ops, their histograms and nearest warps.
 
-The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``)
-into a per-user cache (``$FF_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/ff_lightning``, else
-``~/.cache/ff_lightning``), about a second, once per machine and source version, and loaded
-with :mod:`ctypes`. No torch headers and no install-time build are involved. DataLoader
-workers load the same file.
+The library is compiled when the package is installed (a wheel carries it), else on first use
+in a source checkout; :mod:`ff_lightning.augment._native_load` finds or builds it, and it is
+loaded with :mod:`ctypes` (no torch headers). DataLoader workers load the same file.
 
-Without a compiler, when the build fails, or with ``FF_LIGHTNING_NATIVE=0``, :func:`lib`
-returns ``None`` and every caller takes the torch kernels (one warning says why). Results are
-the same either way: the Python side computes every table and source index with torch, the
-loops only look values up (tests compare both routes on every op).
+Without it, or with ``FF_LIGHTNING_NATIVE=0``, :func:`lib` returns ``None`` and every caller
+takes the torch kernels (one warning per run says which backend runs and why; :func:`backend`
+says it on demand). Results are the same either way: the Python side computes every table and
+source index with torch, the loops only look values up (tests compare both routes on every
+op).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ff_lightning.augment import _native_load
+
 __all__ = [
+    "backend",
     "color",
     "disabled",
     "fused",
@@ -43,64 +38,7 @@ __all__ = [
     "sharpness",
 ]
 
-_SOURCE = Path(__file__).with_name("_native.c")
-_FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared")
-_ENV = "FF_LIGHTNING_NATIVE"
-
-_state: dict[str, object] = {"tried": False, "lib": None, "off": False, "fused": None}
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("FF_LIGHTNING_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ff_lightning"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _build() -> ctypes.CDLL:
-    """Compile (unless cached) and load the library; raises with the reason on failure."""
-    source = _SOURCE.read_bytes()
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc)")
-    tag = hashlib.sha256(
-        source + repr((_FLAGS, cc, platform.machine(), sys.platform)).encode()
-    ).hexdigest()[:16]
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "ff_lightning"):
-        target = folder / f"ff_native-{tag}{suffix}"
-        if target.exists():
-            return ctypes.CDLL(str(target))
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            # Build under a unique name, then rename: concurrent workers never load half a file.
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
-            os.close(fd)
-        except OSError:
-            continue  # unwritable cache: try the next folder
-        try:
-            done = subprocess.run(
-                [cc, *_FLAGS, "-o", tmp, str(_SOURCE)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"`{cc}` failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return ctypes.CDLL(str(target))
-    raise RuntimeError(f"no writable cache folder (tried {_cache_dir()} and the temp folder)")
+_state: dict[str, object] = {"tried": False, "lib": None, "off": False, "fused": None, "how": ""}
 
 
 def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
@@ -125,23 +63,30 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def lib() -> ctypes.CDLL | None:
-    """The loaded library, or ``None`` (disabled, or it could not be built: warned once)."""
+    """The loaded library, or ``None`` (disabled, or none could be found or built)."""
     if _state["off"]:
         return None
     if not _state["tried"]:
         _state["tried"] = True
-        if os.environ.get(_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-            return None
-        try:
-            _state["lib"] = _declare(_build())
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        so, how = _native_load.load()
+        _state["how"] = how
+        if so is not None:
+            _state["lib"] = _declare(so)
+        elif not how.endswith(f"({_native_load.ENV}=0)") and not os.environ.get(
+            _native_load.WARNED_ENV
+        ):
+            # Once per run: processes started from this one (spawned workers) inherit the flag.
+            os.environ[_native_load.WARNED_ENV] = "1"
             warnings.warn(
-                f"ff_lightning: native CPU kernels unavailable ({exc}); using the torch "
-                f"kernels (same results, slower on CPU). Set {_ENV}=0 to silence this.",
-                RuntimeWarning,
-                stacklevel=2,
+                f"ff_lightning: CPU augmentation runs the {how}", RuntimeWarning, stacklevel=2
             )
     return _state["lib"]  # type: ignore[return-value]
+
+
+def backend() -> str:
+    """Which CPU backend runs, and why (e.g. ``"native loops (packaged: _ff_native....so)"``)."""
+    lib()
+    return "torch kernels (disabled in this block)" if _state["off"] else str(_state["how"])
 
 
 def fused() -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import rng
+from ff_lightning.augment import _native, rng
 from ff_lightning.augment._device import h2d
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MixUpCutMix", "RandomErasing", "normalize"]
@@ -43,7 +43,11 @@ def normalize(
 ) -> Tensor:
     """uint8 ``[B, C, H, W]`` (or ``[C, H, W]``) to ``dtype`` ``(x / 255 - mean) / std``.
 
-    Computed as one ``addcmul`` on the converted tensor: ``x * (1 / (255 std)) - mean / std``.
+    The package's one normaliser (the device stage, the benchmark's stock pipeline and users
+    call it). Computed as ``x * (1 / (255 std)) - mean / std`` with float32 constants in one
+    ``addcmul`` (uint8 read, float32 arithmetic, ``dtype`` written: no float32 copy of a
+    bfloat16 batch); on contiguous float32 host batches the native loop does the same
+    multiply-add in one pass.
     """
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim not in (3, 4):
         got = (
@@ -60,10 +64,18 @@ def normalize(
         tuple(torch.as_tensor(mean, dtype=torch.float64).flatten().tolist()),
         tuple(torch.as_tensor(std, dtype=torch.float64).flatten().tolist()),
         images.shape[-3],
-        dtype,
         images.device,
     )
-    return torch.addcmul(shift, images.to(dtype), scale)
+    if (
+        dtype == torch.float32
+        and images.device.type == "cpu"
+        and images.ndim == 4
+        and images.is_contiguous()
+        and _native.fused()
+    ):
+        return _native.normalize(images, scale, shift)  # the same values, one pass
+    out = torch.empty(images.shape, dtype=dtype, device=images.device)
+    return torch.addcmul(shift, images, scale, out=out)
 
 
 _CONSTANTS: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -73,13 +85,12 @@ def _normalize_constants(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     channels: int,
-    dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """``(1 / (255 std), -mean / std)`` as ``dtype`` ``[C, 1, 1]`` on ``device``, cached per
-    (values, dtype, device): after the first call no copy reaches the device (and the
-    first is one pinned, non-blocking copy, so no call synchronises)."""
-    key = (mean, std, channels, dtype, str(device))
+    """``(1 / (255 std), -mean / std)`` as float32 ``[C, 1, 1]`` on ``device``, cached per
+    (values, device): after the first call no copy reaches the device (and the first is one
+    pinned, non-blocking copy, so no call synchronises)."""
+    key = (mean, std, channels, str(device))
     cached = _CONSTANTS.get(key)
     if cached is not None:
         return cached
@@ -91,7 +102,7 @@ def _normalize_constants(
         raise ValueError(f"`std` must be positive, got {list(std)}")
     mean_t = torch.tensor(mean, dtype=torch.float64)
     std_t = torch.tensor(std, dtype=torch.float64)
-    host = torch.stack([1.0 / (255.0 * std_t), -mean_t / std_t]).to(dtype)
+    host = torch.stack([1.0 / (255.0 * std_t), -mean_t / std_t]).to(torch.float32)
     scale, shift = h2d(host, device).view(2, channels, 1, 1).unbind(0)
     if len(_CONSTANTS) > 32:
         _CONSTANTS.clear()

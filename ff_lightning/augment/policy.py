@@ -9,7 +9,6 @@ image) and the CPU cost estimate routing reads. The five concrete policies live 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,6 +18,7 @@ from ff_lightning.augment.functional import REGISTRY, apply_op, apply_ops_groupe
 from ff_lightning.augment.params import Params
 from ff_lightning.augment.spaces import OpSpec, magnitude_table
 from ff_lightning.errors import ConfigError
+from ff_lightning.validation import check_int
 
 __all__ = ["INTERPOLATIONS", "FillType", "Policy", "UnknownKwargError", "tv_apply"]
 
@@ -31,16 +31,7 @@ class UnknownKwargError(ConfigError, TypeError):
     """Unknown keyword argument for a policy (a ConfigError, hence a ValueError, and a TypeError)."""
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        rng_txt = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"`{name}` must be an integer {rng_txt}, got {value!r}")
-    return value
+_check_int = check_int  # the policies' name for the package's integer check
 
 
 class Policy:

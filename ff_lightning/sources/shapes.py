@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ff_lightning.errors import ConfigError
+from ff_lightning.validation import check_int
 
 __all__ = ["CLASS_NAMES", "DEFAULT_IMAGE_SIZE", "SPLITS", "SYNTHETIC_VERSION", "render_sample"]
 
@@ -198,7 +199,7 @@ def render_sample(
     """
     if split not in _SPLIT_CODE:
         raise ConfigError(f"`split` must be one of {SPLITS}, got {split!r}")
-    _check_int("class_index", class_index, 0, len(CLASS_NAMES) - 1)
+    check_int("class_index", class_index, 0, len(CLASS_NAMES) - 1)
     name = CLASS_NAMES[class_index]
     rng = np.random.default_rng(
         [_SALT, SYNTHETIC_VERSION, seed, _SPLIT_CODE[split], class_index, index]
@@ -230,8 +231,3 @@ def render_sample(
     noise *= np.float32(rng.uniform(3, 12))
     img += noise + np.float32(0.5)  # +0.5: round to nearest in the cast below
     return np.clip(img, 0, 255, out=img).astype(np.uint8)
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ff_lightning.errors import ConfigError
 from ff_lightning.sources.shapes import (
     CLASS_NAMES,
     DEFAULT_IMAGE_SIZE,
@@ -29,6 +28,7 @@ from ff_lightning.sources.shapes import (
     SYNTHETIC_VERSION,
     render_sample,
 )
+from ff_lightning.validation import check_int
 
 __all__ = [
     "CLASS_NAMES",
@@ -210,13 +210,13 @@ def ensure_synthetic_dataset(
     manifest is written, so an interrupted run never leaves a folder that looks complete;
     a folder without a valid manifest is deleted and regenerated.
     """
-    _check_int("num_classes", num_classes, 2, len(CLASS_NAMES))
-    _check_int("image_size", image_size, 8, 4096)
-    _check_int("train_per_class", train_per_class, 1, 99_999)
-    _check_int("val_per_class", val_per_class, 1, 99_999)
-    _check_int("seed", seed, 0, 2**31 - 1)
+    check_int("num_classes", num_classes, 2, len(CLASS_NAMES))
+    check_int("image_size", image_size, 8, 4096)
+    check_int("train_per_class", train_per_class, 1, 99_999)
+    check_int("val_per_class", val_per_class, 1, 99_999)
+    check_int("seed", seed, 0, 2**31 - 1)
     if num_workers is not None:
-        _check_int("num_workers", num_workers, 0, 256)
+        check_int("num_workers", num_workers, 0, 256)
     params = {
         "num_classes": num_classes,
         "image_size": image_size,
@@ -272,8 +272,3 @@ def _available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on every platform
         return os.cpu_count() or 1
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"`{name}` must be an integer in [{low}, {high}], got {value!r}")

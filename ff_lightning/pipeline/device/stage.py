@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _native
+from ff_lightning.augment import batch_ops
 from ff_lightning.augment._device import h2d
 from ff_lightning.errors import ConfigError
 from ff_lightning.pipeline.batch import BatchRoute, StepStats, is_training_batch
@@ -81,7 +81,6 @@ class DeviceStage:
         device_decode: bool = False,
         source: Any = None,
     ) -> None:
-        from ff_lightning.augment import batch_ops
         from ff_lightning.pipeline.device.decode import DeviceDecoder
 
         self.policy = policy
@@ -99,7 +98,6 @@ class DeviceStage:
         self.last: StepStats | None = None  # the record of the latest training batch
         self.ready_at: float | None = None  # when `prepare` saw that batch (end of data wait)
         self.rank = 0
-        self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
         self._ops: list[tuple[str, Any]] = []
         if random_erasing > 0:
             self._ops.append(("erase", batch_ops.RandomErasing(p=random_erasing)))
@@ -261,41 +259,17 @@ class DeviceStage:
             )
 
     def _normalize(self, images: Tensor, dtype: torch.dtype) -> Tensor:
-        """uint8 -> ``dtype`` in one fused ``addcmul`` (uint8 read, ``dtype`` written)."""
-        key = (images.device, dtype)
-        consts = self._constants.get(key)
-        if consts is None:
-            # Built once per device and dtype: copying host constants every batch from
-            # pageable memory would synchronise the CUDA stream.
-            c = int(images.shape[1])
-            if self.normalize:
-                if len(self.mean) != c:
-                    raise ConfigError(
-                        f"`mean` and `std` have {len(self.mean)} values but the images have {c} "
-                        "channels; give one value per channel"
-                    )
-                scale = torch.tensor([1.0 / (255.0 * s) for s in self.std])
-                shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)])
-            else:
-                scale, shift = torch.full((c,), 1.0 / 255.0), torch.zeros(c)
-            consts = (
-                h2d(scale.view(c, 1, 1), images.device),
-                h2d(shift.view(c, 1, 1), images.device),
+        """uint8 -> ``dtype`` with the package's one normaliser (float32 arithmetic, ``dtype``
+        written in the same pass; constants copied to each device once)."""
+        c = int(images.shape[1])
+        if not self.normalize:
+            return batch_ops.normalize(images, (0.0,) * c, (1.0,) * c, dtype=dtype)
+        if len(self.mean) != c:
+            raise ConfigError(
+                f"`mean` and `std` have {len(self.mean)} values but the images have {c} "
+                "channels; give one value per channel"
             )
-            self._constants[key] = consts
-        scale, shift = consts
-        if (
-            dtype == torch.float32
-            and images.device.type == "cpu"
-            and images.ndim == 4
-            and images.is_contiguous()
-            and _native.fused()
-        ):
-            return _native.normalize(images, scale, shift)  # the same values, one pass
-        out = torch.empty(images.shape, dtype=dtype, device=images.device)
-        # uint8 * float32 promotes to float32 inside the kernel; the result is written in
-        # `dtype` (bf16 under bf16 precision) without a second pass over the batch.
-        return torch.addcmul(shift, images, scale, out=out)
+        return batch_ops.normalize(images, self.mean, self.std, dtype=dtype)
 
     def _batch_ops(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # The batch ops draw their random numbers on the CPU (same result on every device);

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from ff_lightning.app.meters import ThroughputTracker
 from ff_lightning.errors import ConfigError, FFLightningError
-from ff_lightning.throughput import ThroughputTracker
 
 log = logging.getLogger("ff_lightning")
 

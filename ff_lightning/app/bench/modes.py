@@ -1,6 +1,6 @@
 """The benchmark's modes and the DataModule each one trains from.
 
-- ``torchvision``: the stock pipeline (:class:`~ff_lightning.stock.StockDataModule`) on the
+- ``torchvision``: the stock pipeline (:class:`~ff_lightning.app.stock.StockDataModule`) on the
   same source, the yardstick users already run;
 - ``off``, ``gpu``, a fixed ratio, ``auto``: :class:`~ff_lightning.FusionDataModule` driven by
   :class:`~ff_lightning.FusionFlow` in that mode;
@@ -65,8 +65,8 @@ def label(mode: str, ratio: float | None) -> str:
 
 def stock_datamodule(cfg: DictConfig) -> Any:
     """The stock pipeline on the configured job: same source, sizes, policy, loader settings."""
-    from ff_lightning.stock import StockDataModule
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.stock import StockDataModule
+    from ff_lightning.app.train import build_datamodule
 
     # Our DataModule is built first for its source (checked as `recipes/train.py` checks it)
     # and its loader settings, so both pipelines read the same data the same way.
@@ -115,7 +115,7 @@ def ceiling_batches(
     cfg: DictConfig, n: int, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` training batches of our pipeline, augmented and normalised, resident on ``device``."""
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     dm = build_datamodule(cfg)
     dm.set_num_workers(0)

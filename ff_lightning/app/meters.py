@@ -1,4 +1,12 @@
-"""Training throughput measured in samples per second, validation time excluded."""
+"""Training throughput in samples per second: one meter, two Lightning faces.
+
+:class:`ThroughputMeter` is the plain meter (no Trainer): samples and wall time with pause and
+resume, per epoch. :class:`ThroughputTracker` feeds it from the Trainer's hooks with validation
+paused out (``recipes/train.py``'s ``train_samples_per_sec``); :class:`StepClock` feeds it the
+steps after a warm-up (the benchmark's samples/s). The Accelerate recipe uses the meter itself.
+Lightning's own ``Throughput`` keeps a rolling window of rates; these runs need totals with
+validation paused out, hence this meter.
+"""
 
 from __future__ import annotations
 
@@ -97,3 +105,54 @@ class ThroughputTracker(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.meter.end_epoch()
+
+
+class StepClock(L.Callback):
+    """Training throughput over the steps after a warm-up (the benchmark's measure).
+
+    The meter starts at the end of the warm-up and stops at the end of training. On CUDA the
+    clock synchronises only at those two stamps: per-step synchronisation would leave the
+    device idle at every step's start and hide the cost of any synchronisation inside the
+    training step itself.
+    """
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        self.meter = ThroughputMeter()
+
+    def _sync(self, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # sync point: the two stamps only
+
+    @property
+    def samples_after_warmup(self) -> int:
+        return self.meter.samples
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.steps += 1
+        # Warm-up skip: worker start-up and allocator warm-up are not the pipeline's speed.
+        if self.steps == self.warmup_steps + 1:
+            self._sync(pl_module)
+            self.meter.start()
+        elif self.steps > self.warmup_steps + 1:
+            self.meter.add(_batch_size(batch))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sync(pl_module)
+        self.meter.pause()
+
+    def samples_per_sec(self) -> float:
+        if self.meter.samples == 0 or self.meter.seconds <= 0:
+            raise RuntimeError(
+                f"the benchmark ran {self.steps} steps, not enough after {self.warmup_steps} "
+                "warm-up steps; raise benchmark.steps or lower benchmark.warmup_steps"
+            )
+        return self.meter.samples_per_sec

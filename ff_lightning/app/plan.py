@@ -1,7 +1,7 @@
 """The worker planner behind ``recipes/plan.py``: how many CPU workers does this job need?
 
 It trains the configured job for a short while at several DataLoader worker counts, CPU-only
-(``off``) and with ``auto``, using the benchmark's engine (:func:`ff_lightning.bench.run_one`,
+(``off``) and with ``auto``, using the benchmark's engine (:func:`ff_lightning.app.bench.run_one`,
 its clock, progress bar and environment record). :func:`plan_table` turns the runs into one row
 per worker count; :func:`recommend` says in plain words, from those numbers, the fewest workers
 with which ``auto`` matches CPU-only with the most workers.
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ff_lightning.bench.progress import BenchProgress
-from ff_lightning.bench.report import device_name, environment, load_average
-from ff_lightning.bench.runner import check_policy, run_one
+from ff_lightning.app.bench.progress import BenchProgress
+from ff_lightning.app.bench.report import device_name, environment, load_average
+from ff_lightning.app.bench.runner import check_policy, run_one
 from ff_lightning.errors import ConfigError
 from ff_lightning.validation import check_float, check_int
 

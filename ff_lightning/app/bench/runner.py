@@ -18,8 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ff_lightning.bench.clock import StepClock
-from ff_lightning.bench.modes import (
+from ff_lightning.app.bench.modes import (
     CeilingDataModule,
     ceiling_batches,
     label,
@@ -27,8 +26,8 @@ from ff_lightning.bench.modes import (
     split_variant,
     stock_datamodule,
 )
-from ff_lightning.bench.progress import BenchProgress
-from ff_lightning.bench.report import (
+from ff_lightning.app.bench.progress import BenchProgress
+from ff_lightning.app.bench.report import (
     device_name,
     environment,
     load_average,
@@ -36,6 +35,7 @@ from ff_lightning.bench.report import (
     summarise,
     write_chart,
 )
+from ff_lightning.app.meters import StepClock
 from ff_lightning.errors import ConfigError
 
 log = logging.getLogger("ff_lightning")
@@ -67,7 +67,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train ``benchmark.steps`` steps in one mode and return its measured throughput."""
     from ff_lightning import FusionFlow
-    from ff_lightning.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule
 
     b = cfg.benchmark
     L.seed_everything(cfg.seed, workers=True, verbose=False)

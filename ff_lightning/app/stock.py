@@ -19,14 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ff_lightning.augment.batch_ops import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ff_lightning.errors import ConfigError
 
 __all__ = ["STOCK_POLICIES", "StockDataModule", "stock_dataset", "stock_transform"]
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Our policy names and the torchvision v2 class each one mirrors (``none``: no policy).
 STOCK_POLICIES: dict[str, str | None] = {
@@ -195,7 +194,6 @@ class StockDataModule(L.LightningDataModule):
         self.persistent_workers = bool(persistent_workers)
         self.prefetch_factor = int(prefetch_factor)
         self.drop_last = bool(drop_last)
-        self._norm: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
 
     def train_dataloader(self) -> DataLoader:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
@@ -213,17 +211,8 @@ class StockDataModule(L.LightningDataModule):
         )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(images / 255 - mean) / std`` in float32, with per-device cached constants."""
-        # Cached: building the constants each batch would copy from pageable host memory,
-        # which synchronises the CUDA stream.
-        if self._norm is None or self._norm[0] != images.device:
-            scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
-            shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(
-                3, 1, 1
-            )
-            self._norm = (images.device, scale.to(images.device), shift.to(images.device))
-        _, scale, shift = self._norm
-        return torch.addcmul(shift, images.to(torch.float32), scale)
+        """``(images / 255 - mean) / std`` in float32 (the package's one normaliser)."""
+        return normalize(images, self.mean, self.std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets = batch
