@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:
         print("error: this recipe needs Accelerate: pip install ff-lightning[accelerate]")
         sys.exit(2)
-    from ff_lightning import FusionDataModule
     from ff_lightning.app.meters import ThroughputMeter
     from ff_lightning.app.models import build_backbone
     from ff_lightning.errors import FFLightningError, one_line
     from ff_lightning.frontends.accelerate import FusionAccelerate
+    from ff_lightning.pipeline import Pipeline
     from ff_lightning.sources.datasets import build_source
 
     t_start = time.perf_counter()
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with accelerator.main_process_first():  # the first run generates the dataset
             train_set = build_source("synthetic", "train")
             val_set = build_source("synthetic", "val")
-        dm = FusionDataModule(
+        pipeline = Pipeline(
             train_set,
             val_set,
             policy="randaugment",
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             val_crop_fraction=1.0,
         )
         fusion = FusionAccelerate(
-            dm,
+            pipeline,
             mode=args.mode,
             ratio=args.ratio,
             interval=args.interval,

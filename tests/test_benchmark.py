@@ -116,12 +116,12 @@ def test_default_regime_and_experiments_compose() -> None:
     assert cfg.data.num_workers == 1 and cfg.augment.kwargs.num_ops == 4
     assert cfg.model.arch_kwargs.width == 4 and cfg.benchmark.torch_threads == 1
     light = compose_benchmark(["experiment=bench_light"])
-    assert light.benchmark.steps == 300 and light.benchmark.repeats == 2
+    assert light.benchmark.steps == 200 and light.benchmark.repeats == 3
     assert light.data.num_workers == 1 and light.model.arch_kwargs.width == 4
     big = compose_benchmark(["experiment=bench_224"])
     assert big.data.source_size == 224 and big.data.image_size == 224
     assert big.data.batch_size == 32 and big.augment.kwargs.num_ops == 2
-    assert big.benchmark.steps == 300 and big.model.arch_kwargs.width == 4
+    assert big.benchmark.steps == 200 and big.model.arch_kwargs.width == 4
     heavy = compose_benchmark(["experiment=bench_heavy"])
     assert heavy.model.arch == "resnet18" and "torchvision" in list(heavy.benchmark.modes)
 
@@ -213,3 +213,26 @@ def test_decode_variants_parse_and_summarise() -> None:
     out = summarise(results, "cpu")
     assert out["auto_decode_vs_auto"] == 150.0 / 120.0
     assert out["auto_decode_vs_torchvision"] == 1.5
+
+
+def test_rounds_report_the_median_and_spread_and_flag_a_mode_above_the_ceiling() -> None:
+    from ff_lightning.app.bench.runner import _merge_rounds
+
+    runs = {
+        "off": [{"mode": "off", "samples_per_sec": v, "ratio": 0.0} for v in (90.0, 100.0, 130.0)],
+        "auto": [{"mode": "auto", "samples_per_sec": v, "ratio": 0.0} for v in (150, 160, 155)],
+        "ceiling": [
+            {"mode": "ceiling", "samples_per_sec": v, "ratio": 1.0} for v in (140, 138, 142)
+        ],
+    }
+    merged = {r["mode"]: r for r in _merge_rounds(runs)}
+    assert merged["off"]["samples_per_sec"] == 100.0  # the median, not the mean (106.7)
+    assert merged["off"]["spread"] == pytest.approx(0.4)
+    assert merged["off"]["rounds"] == [90.0, 100.0, 130.0]
+    summary = summarise(list(merged.values()), "cpu")
+    assert summary["auto_vs_ceiling"] == pytest.approx(155 / 140)
+    (flag,) = summary["flags"]  # auto beats the ceiling by 11%, beyond both spreads (6%, 3%)
+    assert flag["mode"] == "auto" and "beyond the rounds' spread" in flag["note"]
+    # Within the spread, or below the ceiling: no flag.
+    runs["auto"] = [{"mode": "auto", "samples_per_sec": v, "ratio": 0.0} for v in (120, 150, 145)]
+    assert summarise(_merge_rounds(runs), "cpu")["flags"] == []

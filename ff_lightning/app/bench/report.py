@@ -47,6 +47,7 @@ def summarise(results: list[dict[str, Any]], device: str) -> dict[str, Any]:
     for key, num, den in RATIOS:
         a, b = speeds_best.get(num), speeds_best.get(den)
         out[key] = a / b if a and b else None
+    out["flags"] = ceiling_flags(results)
     if "auto+decode" in speeds:  # experiment=bench_decode: device decode on vs off, side by side
         for key, den in (
             ("auto_decode_vs_auto", "auto"),
@@ -55,6 +56,33 @@ def summarise(results: list[dict[str, Any]], device: str) -> dict[str, Any]:
             b = speeds.get(den)
             out[key] = speeds["auto+decode"] / b if b else None
     return out
+
+
+def ceiling_flags(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Modes that beat the ``ceiling`` (pre-augmented batches: the training step alone) by more
+    than the rounds' spread. No data pipeline can do that; only the machine's noise can, so the
+    run's ratios deserve doubt."""
+    ceiling = next((r for r in results if r["mode"] == "ceiling"), None)
+    if ceiling is None or not ceiling.get("samples_per_sec"):
+        return []
+    flags = []
+    for r in results:
+        if r["mode"] == "ceiling":
+            continue
+        excess = r["samples_per_sec"] / ceiling["samples_per_sec"] - 1.0
+        spread = max(r.get("spread", 0.0), ceiling.get("spread", 0.0))
+        if excess > spread:
+            flags.append(
+                {
+                    "mode": r["mode"],
+                    "vs_ceiling": 1.0 + excess,
+                    "spread": spread,
+                    "note": f"{r['mode']} measured {1.0 + excess:.2f}x the ceiling, beyond the "
+                    f"rounds' spread ({spread:.0%}): the machine's speed moved during the run; "
+                    "read this run's ratios with that in mind, or rerun with more rounds",
+                }
+            )
+    return flags
 
 
 def device_name(cfg: DictConfig) -> str:
@@ -126,7 +154,15 @@ def print_table(summary: dict[str, Any], console: Any = None) -> None:
     best = summary.get("best_fixed")
     tv = next((r for r in summary["results"] if r["mode"] == "torchvision"), None)
     table = Table(title=f"ff_lightning benchmark ({summary['device']})")
-    cols = ("mode", "final ratio", "samples/s (mean)", "rounds", "vs best fixed", "vs torchvision")
+    cols = (
+        "mode",
+        "final ratio",
+        "samples/s (median)",
+        "spread",
+        "rounds",
+        "vs best fixed",
+        "vs torchvision",
+    )
     for col in cols:
         table.add_column(col, justify="right")
     for r in summary["results"]:
@@ -135,6 +171,7 @@ def print_table(summary: dict[str, Any], console: Any = None) -> None:
             r["mode"],
             "" if r.get("ratio") is None else f"{r['ratio']:.2f}",
             f"{v:.1f}",
+            f"{r['spread']:.0%}" if r.get("spread") is not None else "",
             " ".join(f"{x:.0f}" for x in r.get("rounds", [])),
             f"{v / best:.3f}" if best else "",
             f"{v / tv['samples_per_sec']:.3f}" if tv else "",
@@ -143,10 +180,13 @@ def print_table(summary: dict[str, Any], console: Any = None) -> None:
     for key, _, _ in RATIOS:
         v = summary.get(key)
         console.print(f"{key}: {v:.3f}" if v is not None else f"{key}: n/a")
+    for flag in summary.get("flags", []):
+        console.print(f"[bold yellow]flag:[/] {flag['note']}")
 
 
 def write_chart(summary: dict[str, Any], path: Path, subtitle: str = "") -> Path | None:
-    """A bar chart of samples/s per mode (rounds as dots); ``None`` without matplotlib."""
+    """A bar chart of the median samples/s per mode (rounds as dots); ``None`` without
+    matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -172,7 +212,7 @@ def write_chart(summary: dict[str, Any], path: Path, subtitle: str = "") -> Path
             fontsize=8,
         )
     ax.set_xticks(list(xs), names, rotation=20)
-    ax.set_ylabel("training samples/s (mean over rounds)")
+    ax.set_ylabel("training samples/s (median over rounds)")
     ax.set_title(f"ff_lightning benchmark: {summary['device']}\n{subtitle}", fontsize=9)
     fig.savefig(path, dpi=120)
     return path

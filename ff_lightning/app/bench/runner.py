@@ -8,6 +8,7 @@ inside the measured steps.
 from __future__ import annotations
 
 import json
+import statistics
 import logging
 import time
 from pathlib import Path
@@ -117,12 +118,16 @@ def run_one(
 
 
 def _merge_rounds(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One result per mode: the last round's record with the mean samples/s over rounds."""
+    """One result per mode: the last round's record with the median samples/s over rounds and
+    the spread of the rounds (``(max - min) / median``)."""
     results = []
     for name, rs in runs.items():
         merged = dict(rs[-1])
-        merged["samples_per_sec"] = sum(x["samples_per_sec"] for x in rs) / len(rs)
-        merged["rounds"] = [x["samples_per_sec"] for x in rs]
+        rounds = [x["samples_per_sec"] for x in rs]
+        median = statistics.median(rounds)
+        merged["samples_per_sec"] = median
+        merged["rounds"] = rounds
+        merged["spread"] = (max(rounds) - min(rounds)) / median if median > 0 else 0.0
         if name == "auto":
             merged["final_ratios"] = [x["ratio"] for x in rs]
         results.append(merged)
@@ -170,7 +175,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     env = environment(cfg)
     env["load_average_start"] = load_average()
     # Rounds interleave the modes (off, gpu, ..., off, gpu, ...) so that slow drifts of a shared
-    # machine's speed hit every mode alike; each mode reports the mean over its rounds.
+    # machine's speed hit every mode alike; each mode reports the median over its rounds.
     runs: dict[str, list[dict[str, Any]]] = {}
     total = repeats * len(modes)
     with BenchProgress(total, enabled=bool(b.get("progress", True))) as progress:
