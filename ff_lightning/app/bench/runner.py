@@ -8,8 +8,8 @@ inside the measured steps.
 from __future__ import annotations
 
 import json
-import statistics
 import logging
+import statistics
 import time
 from pathlib import Path
 from typing import Any
