@@ -9,17 +9,37 @@ Each takes the rule whose state it reads and advances, and returns the next deci
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from ff_lightning.control.estimator import CostModel
+from ff_lightning.control.estimator import CostModel, Estimator
+from ff_lightning.control.evidence import Evidence
+from ff_lightning.control.options import ControllerOptions
 from ff_lightning.control.records import Decision
-from ff_lightning.control.search import HoldRef, Phase, Point
+from ff_lightning.control.search import HoldRef, Phase, Point, Search
+from ff_lightning.control.share import Share, ShareSpace
 from ff_lightning.control.window import WindowSummary
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ff_lightning.control.rule import AutoRule
+__all__ = ["AutoRule", "after_floor_check", "check_hold", "settle", "settled_at"]
 
-__all__ = ["after_floor_check", "check_hold", "settle", "settled_at"]
+
+class AutoRule(Protocol):
+    """What these phases read and advance of :class:`~ff_lightning.control.rule.AutoRule`."""
+
+    options: ControllerOptions
+    space: ShareSpace
+    ev: Evidence
+    search: Search
+    est: Estimator
+    share: Share
+    model_r: float | None
+    x: float
+    se: float
+    on_regime_change: Callable[[float], None]
+
+    def decision(self, ratio: float, reason: str, kind: str, s: WindowSummary) -> Decision: ...
+
+    def regime_change(self, s: WindowSummary, model: CostModel | None, why: str) -> Decision: ...
 
 
 def settle(rule: AutoRule, s: WindowSummary, reason: str, kind: str) -> Decision:
