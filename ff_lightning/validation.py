@@ -7,6 +7,7 @@ Messages follow one pattern: the key in backticks, what is allowed, what was giv
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,8 +35,9 @@ def check_int(
     *,
     fix: str | None = None,
 ) -> int:
-    """``value`` as an ``int`` in ``[low, high]`` (bools and floats are rejected)."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    """``value`` as an ``int`` in ``[low, high]`` (bools, floats and strings are rejected; NumPy
+    integers are ints)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
         if low is not None and high is not None:

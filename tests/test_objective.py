@@ -244,7 +244,7 @@ class _DM:
 
     def __init__(self, num_workers: int) -> None:
         self.num_workers = num_workers
-        self.options = types.SimpleNamespace(prefetch_factor=2)
+        self.options = types.SimpleNamespace(prefetch_factor=2, reserve_mb=1024.0)
         self.router, self.stage = _Router(), _Stage()
         self.train_workers = num_workers
 

@@ -162,7 +162,7 @@ class FusionAccelerate:
             self.controller,
             interval=opts.interval,
             every_n_steps=opts.every_n_steps,
-            reserve_mb=float(opts.reserve_mb),
+            reserve_mb=opts.reserve_mb,
             probe=opts.probe,
             nvml_module=opts.nvml_module,
         )

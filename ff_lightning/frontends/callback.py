@@ -60,7 +60,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
             self.controller,
             interval=opts.interval,
             every_n_steps=opts.every_n_steps,
-            reserve_mb=float(opts.reserve_mb),
+            reserve_mb=opts.reserve_mb,
             probe=opts.probe,
             nvml_module=opts.nvml_module,
         )

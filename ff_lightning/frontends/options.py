@@ -8,6 +8,7 @@ what was given. :meth:`FusionOptions.controller` builds the controller from it.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -35,7 +36,8 @@ class FusionOptions:
         tolerance: throughput loss the ``"cpu"`` objective accepts to save workers (0.03: 3%).
         interval: decide every ``"epoch"`` (default) or every ``every_n_steps`` ``"steps"``.
         every_n_steps: steps between decisions when ``interval="steps"``.
-        reserve_mb: device memory (MiB) the memory guard leaves free for training.
+        reserve_mb: device memory (MiB) the memory guard leaves free for training (``None``:
+            the pipeline's ``reserve_mb``).
         log_every_n_steps: how often the per-step ``fusionflow/*`` metrics are logged.
         warmup_steps: steps ignored after each change of share (``None``: the loader's
             prefetch depth plus one, since batches already in flight carry the old split).
@@ -55,7 +57,7 @@ class FusionOptions:
     tolerance: float = 0.03
     interval: str = "epoch"
     every_n_steps: int = 50
-    reserve_mb: float = 1024.0
+    reserve_mb: float | None = None
     log_every_n_steps: int = 10
     warmup_steps: int | None = None
     probe: Any = None
@@ -79,8 +81,12 @@ class FusionOptions:
         if self.warmup_steps is not None:
             check_int("warmup_steps", self.warmup_steps, 0)
         reserve = self.reserve_mb
-        if not isinstance(reserve, (int, float)) or isinstance(reserve, bool) or reserve < 0:
-            raise ConfigError(f"`reserve_mb` must be >= 0 MiB, got {reserve!r}")
+        if reserve is not None:
+            number = isinstance(reserve, (int, float)) and not isinstance(reserve, bool)
+            if number and not math.isfinite(reserve):
+                raise ConfigError(f"`reserve_mb` must be a finite number of MiB, got {reserve!r}")
+            if not number or reserve < 0:
+                raise ConfigError(f"`reserve_mb` must be >= 0 MiB, got {reserve!r}")
         ratio = self.ratio
         if mode == "fixed" and ratio is None:
             raise ConfigError(f"`ratio` is required when mode='fixed', e.g. {self.example}")

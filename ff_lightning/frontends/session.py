@@ -25,6 +25,8 @@ __all__ = ["FusionSession", "step_metrics"]
 
 log = logging.getLogger("ff_lightning")
 
+_DEFAULT_RESERVE_MB = 1024.0  # PipelineOptions' default
+
 
 def step_metrics(
     ratio: float,
@@ -87,7 +89,7 @@ class FusionSession:
         *,
         interval: str,
         every_n_steps: int,
-        reserve_mb: float,
+        reserve_mb: float | None,
         probe: Any = None,
         nvml_module: Any = None,
     ) -> None:
@@ -119,7 +121,7 @@ class FusionSession:
         if probe is None:
             probe, note = make_probe(device, nvml_module=self._nvml_module, logger=log)
         self.pipeline = pipeline
-        self.guard = MemoryGuard(probe, reserve_mb=self.reserve_mb, logger=log)
+        self.guard = MemoryGuard(probe, reserve_mb=self._reserve_mb(pipeline), logger=log)
         pipeline.stage.guard = self.guard
         pipeline.bind(self.controller)
         workers = int(pipeline.num_workers)
@@ -132,6 +134,22 @@ class FusionSession:
         self.controller.configure_workers(workers)
         self.apply_workers()
         return note
+
+    def _reserve_mb(self, pipeline: Any) -> float:
+        """The front end's ``reserve_mb`` when given, else the pipeline's; a given one that
+        replaces a pipeline value other than the default is said in a warning."""
+        own = float(pipeline.options.reserve_mb)
+        if self.reserve_mb is None:
+            return own
+        mine = float(self.reserve_mb)
+        if mine != own and own != _DEFAULT_RESERVE_MB:
+            warnings.warn(
+                f"FusionFlow: `reserve_mb`={mine:g} replaces the DataModule's reserve_mb={own:g}; "
+                "set it in one place",
+                UserWarning,
+                stacklevel=3,
+            )
+        return mine
 
     def _check_interval(self) -> None:
         """A step interval shorter than the warm-up (plus the steps a decision needs) would

@@ -11,6 +11,7 @@ and builds the policy object, so the pipeline reads finished values only.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -30,6 +31,8 @@ from ff_lightning.validation import (
 )
 
 __all__ = ["GRAY_MEAN", "GRAY_STD", "OUTPUT_DTYPES", "PipelineOptions", "options_from_kwargs"]
+
+log = logging.getLogger("ff_lightning")
 
 # One-channel default: ImageNet's statistics of the luma (the mean of the channel means and stds).
 GRAY_MEAN = (0.449,)
@@ -71,6 +74,8 @@ class PipelineOptions:
         device_decode: decode the device share's JPEGs on the device (``True``), in the
             workers (``False``), or ``"auto"``: on for sources that read encoded files.
         multiprocessing_context: start method of the worker processes (``None``: the default).
+        image_key, label_key: the keys of dict items (Hugging Face ``datasets`` rows); ``None``
+            tries the usual names (``image``/``img``/..., ``label``/``labels``/...).
     """
 
     policy: Any = "randaugment"
@@ -101,6 +106,8 @@ class PipelineOptions:
     prefetch_factor: int = 2
     device_decode: bool | str = "auto"
     multiprocessing_context: str | None = None
+    image_key: str | None = None
+    label_key: str | None = None
     #: Set by :meth:`resolve` (``False`` until then).
     resolved: bool = field(default=False, repr=False, compare=False)
 
@@ -110,7 +117,7 @@ class PipelineOptions:
         set_(self, "batch_size", check_int("batch_size", self.batch_size, 1))
         if self.num_workers is not None:
             set_(self, "num_workers", check_int("num_workers", self.num_workers, 0))
-        set_(self, "seed", int(self.seed))
+        set_(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1))
         set_(self, "crop_scale", check_pair("crop_scale", self.crop_scale, 0.0, 1.0))
         set_(self, "crop_ratio", check_pair("crop_ratio", self.crop_ratio, 1e-6))
         set_(
@@ -118,7 +125,7 @@ class PipelineOptions:
             "val_crop_fraction",
             check_float("val_crop_fraction", self.val_crop_fraction, 0.0, 1.0, low_open=True),
         )
-        set_(self, "hflip", bool(self.hflip))
+        set_(self, "hflip", check_bool("hflip", self.hflip))
         if self.channels is not None:
             check_choice("channels", self.channels, (1, 3))
         set_(self, "random_erasing", check_probability("random_erasing", self.random_erasing))
@@ -135,8 +142,14 @@ class PipelineOptions:
             )
         check_choice("route_strategy", self.route_strategy, ("costliest", "random"))
         check_float("ratio", self.ratio, 0.0, 1.0)
-        set_(self, "drop_last", bool(self.drop_last))
-        set_(self, "persistent_workers", bool(self.persistent_workers))
+        set_(self, "drop_last", check_bool("drop_last", self.drop_last))
+        set_(self, "persistent_workers", check_bool("persistent_workers", self.persistent_workers))
+        if self.pin_memory is not None:
+            check_bool("pin_memory", self.pin_memory)
+        for key in ("image_key", "label_key"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"`{key}` must be a dict key (a string) or None, got {value!r}")
         set_(self, "prefetch_factor", check_int("prefetch_factor", self.prefetch_factor, 1))
         if self.multiprocessing_context is not None:
             import multiprocessing
@@ -160,6 +173,20 @@ class PipelineOptions:
                 f"`device_decode` must be one of {DEVICE_DECODE}, got {self.device_decode!r}"
             )
         set_(self, "normalize", check_bool("normalize", self.normalize))
+        policy = self.policy
+        if not isinstance(policy, str) and not (
+            callable(getattr(policy, "sample", None))
+            and callable(getattr(policy, "apply_batch", None))
+        ):
+            raise ConfigError(
+                "`policy` must be a policy name ('randaugment', 'trivialaugment', 'autoaugment', "
+                f"'augmix', 'none') or a policy object with `sample` and `apply_batch`, got "
+                f"{policy!r}; use policy='none' for no augmentation"
+            )
+        if self.policy_kwargs is not None and not isinstance(self.policy_kwargs, Mapping):
+            raise ConfigError(
+                f"`policy_kwargs` must be a dict of keyword arguments, got {self.policy_kwargs!r}"
+            )
         if self.policy_kwargs and not isinstance(self.policy, str):
             raise ConfigError("`policy_kwargs` can only be used when `policy` is a name")
 
@@ -167,21 +194,26 @@ class PipelineOptions:
     def resolve(self, train_dataset: Any) -> PipelineOptions:
         """A copy with every data-dependent value filled in and the policy built.
 
-        ``num_workers``: ``min(4, cpu count)`` when ``None``; ``channels``: the first training
-        image's when ``None``; ``mean``/``std``: ImageNet's (or the luma's for one channel);
+        ``num_workers``: ``min(4, cpu count)`` when ``None``; ``channels``: 1 when a sample of the
+        training images is all single-channel, else 3 (logged); ``mean``/``std``: ImageNet's (or the luma's for one channel);
         ``device_decode``: a bool (``"auto"``: on when the training dataset reads encoded files
         and has three channels); ``policy``: a policy object.
         """
         if self.resolved:
             return self
         from ff_lightning.augment import build_policy
-        from ff_lightning.pipeline.worker.geometry import channels_of_first
+        from ff_lightning.pipeline.worker.items import channels_of_sample
         from ff_lightning.sources.decoding import reads_encoded_files
 
         num_workers = self.num_workers
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
-        channels = self.channels if self.channels is not None else channels_of_first(train_dataset)
+        channels = self.channels
+        if channels is None:
+            channels, why = channels_of_sample(
+                train_dataset, image_key=self.image_key, label_key=self.label_key
+            )
+            log.info("ff_lightning: %s (pass `channels=` to choose)", why)
         c = check_choice("channels", channels, (1, 3))
         mean = self.mean if self.mean is not None else (IMAGENET_MEAN if c == 3 else GRAY_MEAN)
         std = self.std if self.std is not None else (IMAGENET_STD if c == 3 else GRAY_STD)

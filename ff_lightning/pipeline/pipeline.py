@@ -31,6 +31,7 @@ from ff_lightning.pipeline.routing import EpochSampler, FixedShare, RoutedBatchS
 from ff_lightning.pipeline.stages import DeviceTail, RoutedStage, Stage, WorkerGeometry
 from ff_lightning.pipeline.stages import keyword_stages as _keyword_stages
 from ff_lightning.pipeline.worker.dataset import AugmentingDataset, collate_batch, worker_init
+from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
 from ff_lightning.validation import check_int
 
 __all__ = ["Pipeline", "move_to_device"]
@@ -109,6 +110,13 @@ class Pipeline:
                 f"`options` and {sorted(kwargs)})"
             )
         self.options = options.resolve(train_dataset)
+        for name, ds in (
+            ("train_dataset", train_dataset),
+            ("val_dataset", val_dataset),
+            ("test_dataset", test_dataset),
+        ):
+            if ds is not None:
+                self._check_first_item(name, ds)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
@@ -133,6 +141,19 @@ class Pipeline:
         )
         self._train_workers: int | None = None
         self._last_train_loader: DataLoader | None = None
+
+    def _check_first_item(self, name: str, dataset: Any) -> None:
+        """Item 0 read as the workers will read it: an unsupported item is a ConfigError here,
+        in the main process, not a worker traceback at the first batch."""
+        opts = self.options
+        try:
+            image, target = read_item(
+                dataset[0], 0, image_key=opts.image_key, label_key=opts.label_key
+            )
+            to_uint8_chw(image, int(opts.channels), 0)  # type: ignore[arg-type]
+            class_index(0, target)
+        except ConfigError as err:
+            raise ConfigError(f"`{name}`: {err}") from None
 
     def _stage(self, kind: type) -> Any:
         found = [s for s in self.stages if isinstance(s, kind)]
@@ -229,6 +250,8 @@ class Pipeline:
             hflip=geo.hflip,
             device_decode=geo.device_decode,
             channels=geo.channels,
+            image_key=opts.image_key,
+            label_key=opts.label_key,
         )
         sampler = EpochSampler(self.train_dataset, shuffle=True, seed=opts.seed)  # type: ignore[arg-type]
         batch_sampler = RoutedBatchSampler(
@@ -257,6 +280,8 @@ class Pipeline:
             train=False,
             image_size=geo.size,
             val_crop_fraction=geo.val_crop_fraction,
+            image_key=self.options.image_key,
+            label_key=self.options.label_key,
         )
         return DataLoader(
             ds,

@@ -107,7 +107,7 @@ class EpochSampler(RandomSampler):
         if not self.shuffle:
             return iter(range(n))
         g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) % (1 << 64))  # any 63-bit seed
         return iter(torch.randperm(n, generator=g).tolist())
 
 

@@ -63,21 +63,46 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        peak = float(arr.max()) if arr.size else 0.0
-        if mode == "F" and peak <= 1.0:
-            arr = arr * 255.0
-        elif mode != "F" and peak > 255:
-            arr = arr / 257.0
-        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (0, 0, 0))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
+        return _scaled_grey(img).convert("RGB")
+    if _has_alpha(img):
+        return _over_black(img)
     return img.convert("RGB")
+
+
+def to_gray(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit grayscale (``L``), scaling 16-bit, 32-bit and float images
+    and compositing transparency over black as :func:`to_rgb` does."""
+    mode = img.mode
+    if mode == "L" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I") or mode == "F":
+        return _scaled_grey(img)
+    if _has_alpha(img):
+        return _over_black(img).convert("L")
+    return img.convert("L")
+
+
+def _scaled_grey(img: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float image as 8-bit ``L``: 0..65535 scaled when more than 8 bits
+    are used, floats from 0..1 when their maximum is at most 1."""
+    arr = np.asarray(img, dtype=np.float64)
+    peak = float(arr.max()) if arr.size else 0.0
+    if img.mode == "F" and peak <= 1.0:
+        arr = arr * 255.0
+    elif img.mode != "F" and peak > 255:
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def _over_black(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    out = Image.new("RGB", rgba.size, (0, 0, 0))
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
 
 
 def exif_orientation(img: Image.Image) -> int:

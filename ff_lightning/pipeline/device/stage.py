@@ -275,7 +275,7 @@ class DeviceStage:
         # The batch ops draw their random numbers on the CPU (same result on every device);
         # each rank draws its own boxes and mixing weights (same per step across routes).
         g = torch.Generator()
-        g.manual_seed((self.seed * 7_919 + self.steps) * 1_000_003 + self.rank)
+        g.manual_seed(((self.seed * 7_919 + self.steps) * 1_000_003 + self.rank) % (1 << 64))
         for kind, op in self._ops:
             if kind == "erase":
                 x = op(x, generator=g)

@@ -24,12 +24,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
-from ff_lightning.errors import ConfigError, CorruptImageError
+from ff_lightning.errors import CorruptImageError
 from ff_lightning.pipeline.batch import (
     BatchRoute,
     EncodedBatch,
@@ -47,9 +46,9 @@ from ff_lightning.pipeline.worker.geometry import (
     oriented_size,
     place_decoded,
     size_of,
-    to_uint8_chw,
     train_geometry_batch,
 )
+from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
 
 __all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
 
@@ -77,11 +76,14 @@ class AugmentingDataset(Dataset):
         val_crop_fraction: float = 0.875,
         device_decode: bool = False,
         channels: int = 3,
+        image_key: str | None = None,
+        label_key: str | None = None,
     ) -> None:
         from ff_lightning.sources.decoding import reads_encoded_files
 
         self.source = source
         self.channels = channels
+        self.image_key, self.label_key = image_key, label_key
         # Only a source that hands out its files' bytes can leave samples encoded.
         self.device_decode = bool(device_decode) and train and reads_encoded_files(source)
 
@@ -98,12 +100,10 @@ class AugmentingDataset(Dataset):
         return len(self.source)  # type: ignore[arg-type]
 
     def _load(self, index: int) -> tuple[Any, int]:
-        item = self.source[index]
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise TypeError(
-                f"dataset item {index} must be a pair (image, int target), got {type(item).__name__}"
-            )
-        return to_uint8_chw(item[0], self.channels), class_index(index, item[1])
+        image, target = read_item(
+            self.source[index], index, image_key=self.image_key, label_key=self.label_key
+        )
+        return to_uint8_chw(image, self.channels, index), class_index(index, target)
 
     def __getitem__(self, key: RoutedBatch | int) -> dict[str, Any]:
         if isinstance(key, RoutedBatch):
@@ -304,27 +304,6 @@ class AugmentingDataset(Dataset):
         if positions:
             pos = torch.tensor(positions)
             images[pos] = images[pos].flip(-1)
-
-
-def class_index(index: int, target: Any) -> int:
-    """``target`` as an int class index, or a ConfigError naming the item and the target."""
-    value = target
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ConfigError(
-                f"dataset item {index} has a target tensor of shape {tuple(value.shape)}; "
-                "targets must be one integer class index (0, 1, ...) per item"
-            )
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(
-            f"dataset item {index} has target {target!r} ({type(target).__name__}); targets "
-            "must be integer class indices (0, 1, ...): map labels to indices first, e.g. "
-            "`{name: i for i, name in enumerate(sorted(names))}`"
-        )
-    return int(value)
 
 
 def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.augment import rng
+from ff_lightning.pipeline.worker.items import channels_of, to_uint8_chw
 
 __all__ = [
     "N_CROP_UNIFORMS",
@@ -35,66 +36,11 @@ __all__ = [
     "random_resized_crop_box",
     "size_of",
     "channels_of",
-    "channels_of_first",
     "to_uint8_chw",
     "train_geometry_batch",
 ]
 
 N_CROP_UNIFORMS = 22  # 10 tries of (scale, log-ratio), then the crop position
-
-
-def to_uint8_chw(image: object, channels: int = 3) -> torch.Tensor | Image.Image:
-    """A dataset item's image as a PIL image or a uint8 ``[C, H, W]`` tensor with ``channels``
-    channels (1: grayscale, ``L``; 3: RGB), converted when it has another count."""
-    if isinstance(image, Image.Image):
-        mode = "L" if channels == 1 else "RGB"
-        return image if image.mode == mode else image.convert(mode)
-    if isinstance(image, torch.Tensor):
-        t = image
-        if t.ndim == 2:
-            t = t.unsqueeze(0)
-        if t.ndim != 3:
-            raise ValueError(
-                f"dataset images must be PIL images or uint8 tensors shaped [C, H, W], got a tensor of shape {tuple(t.shape)}"
-            )
-        if t.dtype != torch.uint8:
-            raise ValueError(
-                f"dataset image tensors must have dtype torch.uint8 (values 0-255), got {t.dtype}; "
-                "convert with `(x * 255).round().clamp(0, 255).to(torch.uint8)`"
-            )
-        if t.shape[0] == 4:
-            t = t[:3]
-        elif t.shape[0] not in (1, 3):
-            raise ValueError(
-                f"dataset image tensors must have 1, 3 or 4 channels first ([C, H, W]), got shape {tuple(t.shape)}"
-            )
-        if t.shape[0] == channels:
-            return t
-        if channels == 3:
-            return t.expand(3, -1, -1)
-        return TF.rgb_to_grayscale(t)  # torchvision's luma weights, as PIL's "L" conversion
-    raise TypeError(
-        f"dataset items must be (PIL.Image or uint8 tensor [C, H, W], int target), got an image of type {type(image).__name__}"
-    )
-
-
-def channels_of(image: object) -> int:
-    """1 for a one-channel image (``L``/``I``/``1``/``LA`` PIL modes, ``[1, H, W]`` or ``[H, W]``
-    tensors), else 3."""
-    if isinstance(image, Image.Image):
-        return 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-    if isinstance(image, torch.Tensor):
-        return 1 if image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 1) else 3
-    return 3
-
-
-def channels_of_first(dataset: object) -> int:
-    """The channel count (1 or 3) of a dataset's first image; 3 when it cannot be read."""
-    try:
-        item = dataset[0]  # type: ignore[index]
-    except Exception:  # a broken first item is reported, with its index, when it is loaded
-        return 3
-    return channels_of(item[0]) if isinstance(item, (tuple, list)) and item else 3
 
 
 def size_of(img: torch.Tensor | Image.Image) -> tuple[int, int]:
