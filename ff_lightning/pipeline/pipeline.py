@@ -140,7 +140,8 @@ class Pipeline:
             source=train_dataset,
         )
         self._train_workers: int | None = None
-        self._last_train_loader: DataLoader | None = None
+        self._last_train_loader: ResumableDataLoader | None = None
+        self._loader_state: dict[str, Any] | None = None  # restored, for the next train loader
 
     def _check_first_item(self, name: str, dataset: Any) -> None:
         """Item 0 read as the workers will read it: an unsupported item is a ConfigError here,
@@ -262,6 +263,10 @@ class Pipeline:
         loader = ResumableDataLoader(
             ds, batch_sampler=batch_sampler, collate_fn=collate_batch, **self._loader_kwargs(n)
         )
+        if self._loader_state is not None:
+            # A restored position: applied before anyone asks the loader for its length.
+            loader.load_state_dict(self._loader_state)
+            self._loader_state = None
         self._last_train_loader = loader
         return loader
 
@@ -319,8 +324,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        # The share is its owner's (the controller saves it); only the step count is ours.
-        return {"steps": self.stage.steps}
+        """The device stage's step count and the training loader's position. The share is its
+        owner's (the controller saves it)."""
+        state: dict[str, Any] = {"steps": self.stage.steps}
+        if self._last_train_loader is not None:
+            state["loader"] = self._last_train_loader.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.stage.steps = int(state_dict.get("steps", state_dict.get("step", 0)))
+        self._loader_state = state_dict.get("loader")

@@ -136,7 +136,7 @@ class RoutedBatchSampler(BatchSampler):
             router = Router()
         self.router = router
         self._iterations = 0
-        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip)
+        self._resume: tuple[int, int] | None = None  # (epoch, samples to skip)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
@@ -147,12 +147,14 @@ class RoutedBatchSampler(BatchSampler):
         epoch = getattr(self.sampler, "epoch", None)
         return int(epoch) if epoch is not None else self._iterations
 
-    def resume_at(self, epoch: int, batches: int) -> None:
-        """Skip the first ``batches`` batches of the next iteration if it draws ``epoch``."""
-        self._resume = (int(epoch), max(int(batches), 0))
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Skip the first ``samples`` samples of the next iteration if it draws ``epoch``; the
+        rest are batched with the current batch size (which may differ from the one that
+        consumed the skipped samples)."""
+        self._resume = (int(epoch), max(int(samples), 0))
 
     def pending_skip(self, epoch: int) -> int:
-        """How many batches the next iteration skips when it draws ``epoch``."""
+        """How many samples the next iteration skips when it draws ``epoch``."""
         return self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
@@ -160,6 +162,17 @@ class RoutedBatchSampler(BatchSampler):
         skip = self.pending_skip(epoch)
         self._resume = None
         self._iterations += 1
-        for j, batch in enumerate(super().__iter__()):
-            if j >= skip:  # skipped batches are neither routed nor loaded
+        batch: list[int] = []
+        for j, index in enumerate(self.sampler):
+            if j < skip:  # skipped samples are neither routed nor loaded
+                continue
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
                 yield self.router.route(batch, epoch)
+                batch = []
+        if batch and not self.drop_last:
+            yield self.router.route(batch, epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
