@@ -102,7 +102,7 @@ def test_training_batch_reaches_the_model_normalised() -> None:
 def test_validation_batches_are_only_resized_and_normalised() -> None:
     dm = _dm(val_crop_fraction=1.0)
     batch = next(iter(dm.val_dataloader()))
-    assert set(batch) == {"images", "targets"}
+    assert set(batch.keys()) == {"images", "targets"}
     x, y = dm.on_after_batch_transfer(batch, 0)
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
     # Deterministic: the same images every time.
@@ -289,7 +289,7 @@ def test_small_tensors_leave_a_worker_by_value() -> None:
     assert collate_batch(batch) is batch  # in the main process: untouched
     sent = _WorkerBatch(batch)
     got = pickle.loads(pickle.dumps(sent))
-    assert type(got) is dict and set(got) == {"images", "targets"}
+    assert isinstance(got, dict) and set(got.keys()) == {"images", "targets"}
     assert torch.equal(got["targets"], batch["targets"]) and got["targets"].dtype == torch.int64
     assert torch.equal(got["images"], batch["images"])
     reduced = sent.__reduce__()[1][0]

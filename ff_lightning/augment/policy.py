@@ -64,7 +64,16 @@ class Policy:
             )
         self.interpolation: str = interp
         if fill is not None and not isinstance(fill, (int, float)):
-            fill = [float(v) for v in fill]
+            given = fill
+            try:
+                if isinstance(fill, (str, bytes)):
+                    raise TypeError
+                fill = [float(v) for v in fill]
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    "`fill` must be a number or a sequence of 1 or 3 numbers (pixel values "
+                    f"0-255), got {given!r}"
+                ) from None
             if len(fill) not in (1, 3):
                 raise ConfigError(
                     f"`fill` must be a number or a sequence of 1 or 3 numbers, got {fill!r}"

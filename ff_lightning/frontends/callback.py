@@ -65,6 +65,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
             nvml_module=opts.nvml_module,
         )
         self._recorder: FitRecorder | None = None
+        self._last_global_step = 0
 
     @property
     def mode(self) -> str:
@@ -118,9 +119,17 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
                 "`dm = FusionDataModule(train_dataset, val_dataset, policy='randaugment')` and call "
                 "`trainer.fit(model, datamodule=dm)`"
             )
+        twins = [c for c in trainer.callbacks if isinstance(c, FusionFlow) and c is not self]
+        if twins:
+            modes = ", ".join(repr(c.mode) for c in (self, *twins))
+            raise ConfigError(
+                f"the Trainer has {len(twins) + 1} FusionFlow callbacks (modes {modes}); one "
+                "controller drives the device share: keep one FusionFlow in `callbacks`"
+            )
         self.session.pipeline = dm.pipeline
         if stage != "fit":
             return
+        self._last_global_step = trainer.global_step
         device = pl_module.device if pl_module.device.type != "meta" else torch.device("cpu")
         note = self.session.attach(dm.pipeline, device)
         if note:
@@ -152,10 +161,14 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         batch: Any,
         batch_idx: int,
     ) -> None:
-        measured = self.session.end_step(time.perf_counter())
+        # Under gradient accumulation several batches make one optimizer step: every batch is
+        # measured, but decisions count optimizer steps and each step is logged once.
+        stepped = trainer.global_step != self._last_global_step
+        self._last_global_step = trainer.global_step
+        measured = self.session.end_step(time.perf_counter(), optimizer_step=stepped)
         if self._recorder is not None:
             self._recorder.step(measured)
-        if measured is not None:
+        if measured is not None and stepped:
             self._maybe_log(trainer, pl_module, measured)
         if self.session.step_decision_due:
             self._decide(trainer, pl_module)

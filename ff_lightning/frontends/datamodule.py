@@ -31,16 +31,20 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ff_lightning.errors import ConfigError
 from ff_lightning.frontends.namespaces import DATAMODULE_BASES, overrides
+from ff_lightning.pipeline.batch import RawBatch
 from ff_lightning.pipeline.options import PipelineOptions
-from ff_lightning.pipeline.pipeline import Pipeline
+from ff_lightning.pipeline.pipeline import Pipeline, move_to_device
 
 __all__ = ["FusionDataModule"]
 
 # We call the LightningModule's batch-transfer hooks ourselves (see the module docstring), so
 # Lightning's "overridden in both" warning would be misleading.
 warnings.filterwarnings(
-    "ignore", message=r".*overridden `on_(before|after)_batch_transfer` in both.*"
+    "ignore",
+    message=r".*overridden `(on_before_batch_transfer|on_after_batch_transfer|"
+    r"transfer_batch_to_device)` in both.*",
 )
 
 
@@ -144,6 +148,17 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         """Which stage runs where (the compiled plan)."""
         return self.pipeline.describe()
 
+    def setup(self, stage: str) -> None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        from ff_lightning.frontends.callback import FusionFlow
+
+        if not any(isinstance(cb, FusionFlow) for cb in trainer.callbacks):
+            # No controller in this Trainer: route with this DataModule's own share, not the
+            # share a FusionFlow of an earlier fit left bound.
+            self.pipeline.unbind()
+
     # ------------------------------------------------------------ dataloaders
     def train_dataloader(self) -> DataLoader:
         return self.pipeline.train_loader()
@@ -152,6 +167,12 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         return self.pipeline.eval_loader("val")
 
     def test_dataloader(self) -> DataLoader | list:
+        if self.pipeline.test_dataset is None:
+            # Lightning would run zero batches and report nothing: say why instead.
+            raise ConfigError(
+                "`trainer.test` needs a test set: pass `test_dataset=` to FusionDataModule (or "
+                "evaluate with trainer.validate on the validation set)"
+            )
         return self.pipeline.eval_loader("test")
 
     # ------------------------------------------------------- device-side hooks
@@ -170,6 +191,27 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         if module is not None and overrides(module, "on_before_batch_transfer"):
             batch = module.on_before_batch_transfer(batch, dataloader_idx)
         return self.pipeline.prepare(batch)
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Lightning's move, or the user module's own hook when it overrides one (Lightning
+        would call only ours). That hook receives the raw batch dict: a hook written for
+        ``(images, targets)`` gets an error saying where its work belongs."""
+        module = self._user_module()
+        if module is None or not overrides(module, "transfer_batch_to_device"):
+            return move_to_device(batch, device)
+        try:
+            return module.transfer_batch_to_device(batch, device, dataloader_idx)
+        except (TypeError, ValueError) as err:
+            if not isinstance(batch, RawBatch):
+                raise
+            raise ConfigError(
+                f"{type(module).__name__}.transfer_batch_to_device failed on FusionDataModule's "
+                "raw batch, a dict with `images` (uint8), `targets` and `route` that is "
+                "augmented and normalised after the move; read it by key, or move the work to "
+                f"`on_after_batch_transfer`, which receives (images, targets) ({err})"
+            ) from err
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "images" in batch and "targets" in batch:

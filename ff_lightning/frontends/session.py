@@ -193,12 +193,13 @@ class FusionSession:
             self.apply_workers()
         return decision
 
-    def end_step(self, now: float) -> StepStats | None:
+    def end_step(self, now: float, *, optimizer_step: bool = True) -> StepStats | None:
         """Close the step that ended at ``now``.
 
         The device stage hands over the batch's finished record (data wait, step time, device
-        time); it goes to the controller, a memory cap applies at once, and the step counts
-        towards the next decision. Returns the record when the step was measured, ``None`` for
+        time); it goes to the controller, a memory cap applies at once, and, when the batch
+        ended with an optimizer step (``optimizer_step``; not the first batches of a gradient
+        accumulation window), it counts towards the next step-interval decision. Returns the record when the step was measured, ``None`` for
         the first step after a clock reset (its wait includes worker start-up or validation).
         """
         stage = self.pipeline.stage
@@ -216,7 +217,8 @@ class FusionSession:
             # controller's capped share), not at the next decision: until then every
             # device-routed batch would run out of memory again.
             self.controller.set_memory_cap(cap)
-        self.steps_since_decision += 1
+        if optimizer_step:
+            self.steps_since_decision += 1
         return measured
 
     @property

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BatchRoute",
+    "RawBatch",
     "EncodedBatch",
     "RoutedBatch",
     "StepStats",
@@ -387,3 +388,24 @@ class BatchRoute:
 def is_training_batch(batch: Any) -> bool:
     """Whether ``batch`` is a FusionDataModule training batch (it carries a route)."""
     return isinstance(batch, dict) and isinstance(batch.get("route"), BatchRoute)
+
+
+# ==================================================================== the raw batch
+class RawBatch(dict):
+    """What the loaders hand out before the transfer: a dict with ``images`` (uint8),
+    ``targets`` and, for training, ``route``. Read it by key (``batch["images"]``,
+    ``batch.keys()``, ``batch.items()``).
+
+    Iterating it directly raises, with the fix: ``images, targets = batch`` on it means the
+    batch reached a ``training_step`` without the DataModule's hooks (a loader passed as
+    ``train_dataloaders=dm.train_dataloader()``), so it was never augmented on the device nor
+    normalised.
+    """
+
+    def __iter__(self):  # noqa: ANN204
+        raise TypeError(
+            "this is FusionDataModule's raw batch, a dict with `images` (uint8), `targets` and "
+            "`route`, not (images, targets): it reaches training_step when the loader runs "
+            "without the DataModule's hooks; call `trainer.fit(model, datamodule=dm)` instead "
+            "of passing `dm.train_dataloader()`, or read the dict by key (batch['images'])"
+        )

@@ -125,7 +125,8 @@ class Pipeline:
         self.routed = self._stage(RoutedStage)
         self.tail = self._stage(DeviceTail)
         opts, tail = self.options, self.tail
-        self.router = Router(FixedShare(opts.ratio), strategy=opts.route_strategy)
+        self._own_share = FixedShare(opts.ratio)  # the share when no controller drives it
+        self.router = Router(self._own_share, strategy=opts.route_strategy)
         self.stage = DeviceStage(
             self.routed.policy,
             mean=tail.mean,
@@ -182,12 +183,18 @@ class Pipeline:
 
     def set_ratio(self, ratio: float) -> None:
         """Route with a constant share (no controller)."""
-        self.router.bind(FixedShare(ratio))
+        self._own_share = FixedShare(ratio)
+        self.router.bind(self._own_share)
 
     def bind(self, owner: Any) -> None:
         """Read the device share from ``owner`` (anything with a ``ratio``, e.g. a controller)
         from the next batch the sampler emits on."""
         self.router.bind(owner)
+
+    def unbind(self) -> None:
+        """Route with the pipeline's own share again (``ratio``, or the last :meth:`set_ratio`),
+        whatever controller was bound before."""
+        self.router.bind(self._own_share)
 
     def describe(self) -> str:
         """Which stage runs where, one line each (the compiled plan)."""

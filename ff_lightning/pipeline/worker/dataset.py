@@ -32,6 +32,7 @@ from ff_lightning.errors import CorruptImageError
 from ff_lightning.pipeline.batch import (
     BatchRoute,
     EncodedBatch,
+    RawBatch,
     RoutedBatch,
     StepStats,
     by_value,
@@ -127,7 +128,7 @@ class AugmentingDataset(Dataset):
                 eval_geometry(image, size=self.image_size, crop_fraction=self.val_crop_fraction)
             )
             targets.append(target)
-        return {"images": torch.stack(images), "targets": torch.tensor(targets, dtype=torch.long)}
+        return RawBatch(images=torch.stack(images), targets=torch.tensor(targets, dtype=torch.long))
 
     def _train_batch(self, rb: RoutedBatch) -> dict[str, Any]:
         if self.device_decode:
@@ -196,7 +197,7 @@ class AugmentingDataset(Dataset):
         )
         dev_params = params[device_index] if k else None
         route = BatchRoute(indices, rb.epoch, device_index, dev_params, stats, encoded)
-        return {"images": images, "targets": targets, "route": route}
+        return RawBatch(images=images, targets=targets, route=route)
 
     # ------------------------------------------------------------ device decode
     def _read(self, index: int) -> tuple[bytes | None, JpegHeader | None, Any, int]:
@@ -323,7 +324,7 @@ class _WorkerBatch(dict):
 
 
 def _plain_batch(items: dict[str, Any]) -> dict[str, Any]:
-    return {k: from_value(v) for k, v in items.items()}
+    return RawBatch((k, from_value(v)) for k, v in items.items())
 
 
 def worker_init(worker_id: int) -> None:
