@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import rng
+from ff_lightning.augment import _native, rng
 from ff_lightning.augment._device import h2d
+from ff_lightning.augment.dispatch import register_kernel
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MixUpCutMix", "RandomErasing", "normalize"]
 
@@ -97,6 +98,24 @@ def _normalize_constants(
         _CONSTANTS.clear()
     _CONSTANTS[key] = (scale, shift)
     return scale, shift
+
+
+@register_kernel("normalize", "any", "torch")
+def normalize_into(images: Tensor, scale: Tensor, shift: Tensor, dtype: torch.dtype) -> Tensor:
+    """``images * scale + shift`` (uint8 in, ``dtype`` out; ``scale``/``shift`` float32
+    ``[C, 1, 1]`` on the images' device) in one fused ``addcmul``: uint8 * float32 promotes to
+    float32 inside the kernel, and the result is written in ``dtype`` (bf16 under bf16
+    precision) without a second pass over the batch. The device stage's normalisation."""
+    out = torch.empty(images.shape, dtype=dtype, device=images.device)
+    return torch.addcmul(shift, images, scale, out=out)
+
+
+@register_kernel("normalize", "cpu", "native", float_loops=True)
+def _normalize_native(images: Tensor, scale: Tensor, shift: Tensor, dtype: torch.dtype) -> Tensor:
+    # The same values as `normalize_into` in one pass, for contiguous float32 batches.
+    if dtype == torch.float32 and images.ndim == 4 and images.is_contiguous():
+        return _native.normalize(images, scale, shift)
+    return normalize_into(images, scale, shift, dtype)
 
 
 def _to(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _native
 from ff_lightning.augment._device import h2d
+from ff_lightning.augment.dispatch import kernels_for
 from ff_lightning.errors import ConfigError
 from ff_lightning.pipeline.batch import BatchRoute, StepStats, is_training_batch
 from ff_lightning.pipeline.device.timer import DeviceTimer
@@ -265,18 +265,9 @@ class DeviceStage:
             )
             self._constants[key] = consts
         scale, shift = consts
-        if (
-            dtype == torch.float32
-            and images.device.type == "cpu"
-            and images.ndim == 4
-            and images.is_contiguous()
-            and _native.fused()
-        ):
-            return _native.normalize(images, scale, shift)  # the same values, one pass
-        out = torch.empty(images.shape, dtype=dtype, device=images.device)
-        # uint8 * float32 promotes to float32 inside the kernel; the result is written in
-        # `dtype` (bf16 under bf16 precision) without a second pass over the batch.
-        return torch.addcmul(shift, images, scale, out=out)
+        # The kernel table picks the native one-pass loop on host float32 batches where it
+        # is loaded, torch's fused addcmul everywhere else (the same values).
+        return kernels_for(images.device)["normalize"](images, scale, shift, dtype)
 
     def _batch_ops(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # The batch ops draw their random numbers on the CPU (same result on every device);
