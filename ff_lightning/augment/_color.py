@@ -29,8 +29,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.functional import avg_pool2d
 
 from ff_lightning.augment import _native
+from ff_lightning.augment._device import device_cache
 from ff_lightning.augment.dispatch import register_kernel
 
 __all__ = [
@@ -51,6 +53,12 @@ __all__ = [
 ]
 
 
+def _cpu(t: Tensor) -> bool:
+    """Whether ``t``'s kernels take their CPU formulation (the same values either way; tests
+    switch it off to check the accelerator formulations on CPU values)."""
+    return t.device.type == "cpu"
+
+
 def _per_sample(values: Tensor) -> Tensor:
     return values.view(-1, 1, 1, 1)
 
@@ -62,7 +70,7 @@ def _store(values: Tensor, out: Tensor) -> Tensor:
     uint8 is vectorised and several times faster than the direct cast; elsewhere the direct
     cast is one kernel instead of two.
     """
-    if values.device.type != "cpu":
+    if not _cpu(values):
         return out.copy_(values)
     return out.copy_(values.to(torch.int16))
 
@@ -121,12 +129,21 @@ def sharpness(images: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
     height, width = images.shape[-2:]
     if height <= 2 or width <= 2:
         return out.copy_(images)
-    x = images.to(torch.int16)
-    rows = x[..., :, :-2] + x[..., :, 1:-1] + x[..., :, 2:]  # [B, C, H, W-2]
-    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # [B, C, H-2, W-2]
-    centre = x[..., 1:-1, 1:-1]
-    blurred = box.add_(centre, alpha=4).to(torch.float32).mul_(1.0 / 13.0).round_()
-    centre_f = centre.to(torch.float32)
+    if _cpu(images):
+        # Integer sums in int16: the fastest exact sum on CPU.
+        x = images.to(torch.int16)
+        rows = x[..., :, :-2] + x[..., :, 1:-1] + x[..., :, 2:]  # [B, C, H, W-2]
+        box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # [B, C, H-2, W-2]
+        centre = x[..., 1:-1, 1:-1]
+        blurred = box.add_(centre, alpha=4).to(torch.float32).mul_(1.0 / 13.0).round_()
+        centre_f = centre.to(torch.float32)
+    else:
+        # The same exact integer sum in two kernels instead of seven: a 3x3 sum pooling of
+        # the float32 image (at most 9 * 255, exact), plus four times the centre.
+        xf = images.to(torch.float32)
+        centre_f = xf[..., 1:-1, 1:-1]
+        box = avg_pool2d(xf, 3, stride=1, divisor_override=1)  # [B, C, H-2, W-2]
+        blurred = box.add_(centre_f, alpha=4).mul_(1.0 / 13.0).round_()
     inner = centre_f.addcmul_(blurred.sub_(centre_f), _per_sample(alpha)).clamp_(0, 255)
     _store(inner, out[..., 1:-1, 1:-1])
     if not _same(out, images):  # in place, the borders are already there
@@ -153,6 +170,9 @@ def posterize(images: Tensor, out: Tensor, mask: Tensor) -> Tensor:
 
 def solarize(images: Tensor, out: Tensor, threshold: Tensor, flip: Tensor) -> Tensor:
     """Invert pixels ``>= threshold`` (uint8 ``[B]``) where ``flip`` (uint8 ``[B]``) is 255."""
+    if not _cpu(images):
+        hit = torch.mul(torch.ge(images, _per_sample(threshold)), _per_sample(flip))
+        return torch.bitwise_xor(images, hit, out=out)
     # x >= t  <=>  max(x, t) == x; uint8 maximum/eq are vectorised on CPU, ge is not.
     hit = torch.maximum(images, _per_sample(threshold)).eq_(images)
     return torch.bitwise_xor(images, hit.mul_(_per_sample(flip)), out=out)
@@ -164,9 +184,18 @@ def invert(images: Tensor, out: Tensor) -> Tensor:
 
 
 # ==================================================================== lookup tables
-def _ramp(device: torch.device) -> Tensor:
-    """uint8 ``[1, 1, 256]``: every pixel value once."""
-    return torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 256)
+_RAMPS: dict[tuple[str, torch.dtype], Tensor] = {}
+device_cache(_RAMPS.clear)
+
+
+def _ramp(device: torch.device, dtype: torch.dtype = torch.uint8) -> Tensor:
+    """``[1, 1, 256]``: every pixel value once, in ``dtype`` (kept per device: a constant)."""
+    key = (str(device), dtype)
+    ramp = _RAMPS.get(key)
+    if ramp is None:
+        ramp = torch.arange(256, dtype=torch.int64, device=device).to(dtype).view(1, 1, 256)
+        _RAMPS[key] = ramp
+    return ramp
 
 
 class TableStats:
@@ -227,7 +256,7 @@ def histograms(index: Tensor, base: int, rows: int) -> Tensor:
     no synchronisation)."""
     top = (base + rows) * 256
     flat = index.reshape(-1)
-    if flat.device.type == "cpu":
+    if _cpu(flat):
         hist = torch.bincount(flat, minlength=top)
     else:
         hist = torch.zeros(top, dtype=torch.int64, device=flat.device)
@@ -235,11 +264,18 @@ def histograms(index: Tensor, base: int, rows: int) -> Tensor:
     return hist[base * 256 :].view(rows, 256)
 
 
+def device_cache_dict() -> dict:
+    """A new dict of device tensors, emptied by ``_device.clear_device_caches``."""
+    cache: dict = {}
+    device_cache(cache.clear)
+    return cache
+
+
 def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """The table of a pointwise direct kernel ``kernel(images, out, *params)``: the kernel run on
     the 256 values (the same arithmetic, so the same result per value). Tables depend on the
     parameters only, and are kept per device and parameter value (a policy draws few)."""
-    cache: dict[tuple, Tensor] = {}
+    cache: dict[tuple, Tensor] = device_cache_dict()
 
     def build(device: torch.device, params: tuple[Tensor, ...]) -> Tensor:
         n = params[0].shape[0] if params else 1
@@ -265,7 +301,7 @@ def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 def _to_u8(values: Tensor) -> Tensor:
     """Truncate float32 table values clamped to ``[0, 255]`` to uint8 (see :func:`_store`)."""
-    if values.device.type != "cpu":
+    if not _cpu(values):
         return values.to(torch.uint8)
     return values.to(torch.int16).to(torch.uint8)
 
@@ -300,7 +336,7 @@ def autocontrast_lut(stats: TableStats) -> Tensor:
     flat = hi == lo
     inv_scale = (hi - lo).mul_(1.0 / 255).masked_fill_(flat, 1.0)
     lo = lo.masked_fill_(flat, 0.0)
-    values = _ramp(stats.device).to(torch.float32)
+    values = _ramp(stats.device, torch.float32)
     return _to_u8(values.sub(lo).div_(inv_scale).clamp_(0, 255))
 
 
@@ -318,15 +354,16 @@ def equalize_lut(stats: TableStats) -> Tensor:
     last = cum.argmax(dim=1, keepdim=True)  # first bin holding the total: last non-empty bin
     num_non_max = npix - hist.gather(1, last).to(torch.int64)
     step = num_non_max.div(255, rounding_mode="floor")  # [rows, 1]
+    # Entry k from the count below k (the exclusive cumulative sum: entry 0 is 0 + step // 2,
+    # which floors to 0 as torchvision's prepended zero does).
     lut = (
-        cum[:, :-1]
-        .add(step.div(2, rounding_mode="floor"))
+        cum.sub(hist)
+        .add_(step.div(2, rounding_mode="floor"))
         .div_(step.clamp(min=1), rounding_mode="floor")
         .clamp_(0, 255)
     )
-    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1)
     # Channels with a single non-empty bin (step == 0) are left unchanged.
-    identity = torch.arange(256, device=stats.device).expand(rows, 256)
+    identity = _ramp(stats.device, torch.int64).view(1, 256)
     return torch.where(step != 0, lut, identity).to(torch.uint8).view(stats.n, stats.channels, 256)
 
 
@@ -347,6 +384,7 @@ register_kernel("lut.apply", "cpu", "native", _native.lut_apply)
 
 
 _OFFSETS: dict[tuple[int, str], Tensor] = {}
+device_cache(_OFFSETS.clear)
 
 
 def lut_index(images: Tensor) -> Tensor:

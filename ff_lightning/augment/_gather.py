@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment import _geometry
+from ff_lightning.augment._device import device_cache
 
 __all__ = [
     "DEVICE_INDEX_CACHE",
@@ -96,6 +97,7 @@ class DeviceIndexCache:
 
 #: The device route's cache (per process; bounded to 128 MiB of device memory).
 DEVICE_INDEX_CACHE = DeviceIndexCache()
+device_cache(DEVICE_INDEX_CACHE.clear)
 
 
 def _padded(images: Tensor, fill_u8: Tensor) -> Tensor:

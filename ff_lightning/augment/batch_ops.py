@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment import _native, rng
-from ff_lightning.augment._device import h2d
+from ff_lightning.augment._device import HostPack, device_cache, h2d
 from ff_lightning.augment.dispatch import register_kernel
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MixUpCutMix", "RandomErasing", "normalize"]
@@ -68,6 +68,7 @@ def normalize(
 
 
 _CONSTANTS: dict[tuple, tuple[Tensor, Tensor]] = {}
+device_cache(_CONSTANTS.clear)
 
 
 def _normalize_constants(
@@ -116,6 +117,36 @@ def _normalize_native(images: Tensor, scale: Tensor, shift: Tensor, dtype: torch
     if dtype == torch.float32 and images.ndim == 4 and images.is_contiguous():
         return _native.normalize(images, scale, shift)
     return normalize_into(images, scale, shift, dtype)
+
+
+_AXES: dict[tuple[str, int], Tensor] = {}
+device_cache(_AXES.clear)
+
+
+def _axis(n: int, device: torch.device) -> Tensor:
+    """int64 ``arange(n)`` on ``device``, kept per device and size (a constant)."""
+    key = (str(device), n)
+    axis = _AXES.get(key)
+    if axis is None:
+        if len(_AXES) > 64:
+            _AXES.clear()
+        axis = _AXES[key] = torch.arange(n, device=device)
+    return axis
+
+
+def _box_mask(edges: Tensor, height: int, width: int) -> Tensor:
+    """bool ``[B, H, W]``: inside each sample's box, ``edges`` int64 ``[B, 4]`` on the images'
+    device as ``(top, bottom, left, right)``, bottom and right exclusive."""
+    rows = _axis(height, edges.device).view(1, height, 1)
+    cols = _axis(width, edges.device).view(1, 1, width)
+    e = edges.view(-1, 4, 1, 1)
+    inside_rows = (rows >= e[:, 0]) & (rows < e[:, 1])  # [B, H, 1]
+    inside_cols = (cols >= e[:, 2]) & (cols < e[:, 3])  # [B, 1, W]
+    return inside_rows & inside_cols
+
+
+_FILLS: dict[tuple, Tensor] = {}
+device_cache(_FILLS.clear)
 
 
 def _to(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -205,11 +236,10 @@ class RandomErasing:
         _check_images(images)
         bsz, ch, height, width = images.shape
         g = _generator(generator, self.generator)
-        boxes = _to(self.sample(bsz, height, width, g), images.device)
-        top, left, h, w = (boxes[:, i, None, None] for i in range(4))
-        rows = torch.arange(height, device=images.device)[None, :, None]
-        cols = torch.arange(width, device=images.device)[None, None, :]
-        mask = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        top, left, h, w = self.sample(bsz, height, width, g).unbind(1)
+        # The box edges on the host, then one pinned copy.
+        edges = _to(torch.stack([top, top + h, left, left + w], dim=1), images.device)
+        mask = _box_mask(edges, height, width)
         if isinstance(self.value, str):
             if not images.is_floating_point():
                 raise ValueError("`value='random'` needs float images, got uint8")
@@ -225,7 +255,13 @@ class RandomErasing:
             vals = torch.as_tensor(self.value, dtype=torch.float32).flatten()
             if vals.numel() not in (1, ch):
                 raise ValueError(f"`value` must have 1 or {ch} numbers, got {vals.numel()}")
-            fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
+            key = (tuple(vals.tolist()), images.dtype, str(images.device))
+            fill = _FILLS.get(key)
+            if fill is None:  # copied once per value, dtype and device
+                if len(_FILLS) > 64:
+                    _FILLS.clear()
+                fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
+                _FILLS[key] = fill
         return torch.where(mask[:, None], fill, images)
 
     def __repr__(self) -> str:
@@ -367,24 +403,26 @@ class MixUpCutMix:
             raise ValueError(f"`targets` has {targets.shape[0]} rows for {bsz} images")
         soft = self.soft_targets(targets.to(images.device))
         lam, boxes = self.sample(bsz, height, width, generator)
-        lam_d = _to(lam, images.device, torch.float32)
-        boxes = _to(boxes, images.device)
+        # Everything per sample is computed on the host in float32 (the values the device
+        # would compute) and travels in one pinned copy: the weights, the box edges.
+        lam32 = lam.to(torch.float32)
+        # CutMix samples: blend 1 (the box carries the mix); MixUp: lam, and no box.
+        blend = torch.where(boxes[:, 1] > boxes[:, 0], 1.0, lam32)
+        pack = HostPack()
+        slots = [pack.add(t) for t in (lam32, 1.0 - lam32, blend, 1.0 - blend, boxes)]
+        on_device = pack.to(images.device)  # the one host-to-device copy of the call
+        lam_d, lam_c, blend_d, blend_c, edges = (on_device[k] for k in slots)
         flipped = images.flip(0)
-        rows = torch.arange(height, device=images.device)[None, :, None]
-        cols = torch.arange(width, device=images.device)[None, None, :]
-        y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
-        in_box = ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))[:, None]
-        # CutMix samples: lam_blend is 1 (the box carries the mix); MixUp: lam, and no box.
-        blend = torch.where(boxes[:, 1] > boxes[:, 0], 1.0, lam_d).view(bsz, 1, 1, 1)
+        in_box = _box_mask(edges, height, width)[:, None]  # boxes are (y0, y1, x0, x1)
         work = images if images.is_floating_point() else images.to(torch.float32)
         flip_w = flipped if flipped.is_floating_point() else flipped.to(torch.float32)
-        mixed = torch.where(in_box, flip_w, work * blend + flip_w * (1.0 - blend))
+        per = (bsz, 1, 1, 1)
+        mixed = torch.where(in_box, flip_w, work * blend_d.view(per) + flip_w * blend_c.view(per))
         if not images.is_floating_point():
             mixed = mixed.round_().clamp_(0, 255).to(images.dtype)
         else:
             mixed = mixed.to(images.dtype)
-        lam_t = lam_d.view(bsz, 1)
-        return mixed, soft * lam_t + soft.flip(0) * (1.0 - lam_t)
+        return mixed, soft * lam_d.view(bsz, 1) + soft.flip(0) * lam_c.view(bsz, 1)
 
     def __repr__(self) -> str:
         return (

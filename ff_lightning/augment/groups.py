@@ -140,17 +140,23 @@ class _LutGroup(Group):
     def run(self, ctx, src, dst, idx_dev, params) -> None:
         ctx.kernels["lut.group"](self, ctx, src, dst, idx_dev, params)
 
-    def _tables(self, ctx, params, lo: int, hi: int, luts: Tensor, stats) -> None:
-        """Fill ``luts`` (``[hi - lo, C, 256]``) with the tables of samples ``lo:hi``;
-        ``stats(a, b)``: the :class:`~ff_lightning.augment._color.TableStats` of ``a:b``."""
+    def _tables(self, ctx, params, lo: int, hi: int, channels: int, stats) -> Tensor:
+        """uint8 ``[hi - lo, C, 256]``: the tables of samples ``lo:hi``, each op's builder
+        called once on its rows, joined in one ``cat``; ``stats(a, b)``: the
+        :class:`~ff_lightning.augment._color.TableStats` of ``a:b``."""
+        parts: list[Tensor] = []
         pos = 0
         for op, start, stop, count in self.spans:
             a, b = max(start, lo), min(stop, hi)
             if a < b:
                 assert op.lut is not None
                 own = tuple(p[a - start : b - start] for p in params[pos : pos + count])
-                luts[a - lo : b - lo] = _kernel(ctx, op.lut)(stats(a, b), *own)
+                table = _kernel(ctx, op.lut)(stats(a, b), *own)  # [b - a, 1 or C, 256]
+                parts.append(table.expand(b - a, channels, 256))
             pos += count
+        if len(parts) == 1:
+            return parts[0].contiguous()
+        return torch.cat(parts)
 
 
 @register_kernel("lut.group", "cpu", "native")
@@ -174,8 +180,7 @@ def _lut_group_native(group: _LutGroup, ctx, src, dst, idx_dev, params) -> None:
             luma_sum=None if luma_sum is None else (lambda: luma_sum(src, sub)),
         )
 
-    luts = torch.empty(n, ch, 256, dtype=torch.uint8)
-    group._tables(ctx, params, 0, n, luts, stats)
+    luts = group._tables(ctx, params, 0, n, ch, stats)
     ctx.kernels["lut.apply"](src, dst, rows, luts)
 
 
@@ -211,8 +216,7 @@ def _lut_chunk(group: _LutGroup, ctx, src, dst, idx_dev, params, lo: int, hi: in
             hist=lambda: _color.histograms(index[rows], rows.start, rows.stop - rows.start),
         )
 
-    luts = torch.empty(hi - lo, ch, 256, dtype=torch.uint8, device=src.device)
-    group._tables(ctx, params, lo, hi, luts, stats)
+    luts = group._tables(ctx, params, lo, hi, ch, stats)
     if group.idx is None:
         _color.apply_luts(luts, index, dst[lo:hi])
     else:
