@@ -232,3 +232,56 @@ def test_lightning_batch_transfer_hooks_as_lightning_calls_them(
     assert x.device.type == "cuda" and x.dtype == dtype and x.shape == (8, 3, 32, 32)
     assert y.device.type == "cuda" and y.shape == (8, 4)
     assert dm.device_stage.steps == 1
+
+
+def test_warp_and_shift_indices_are_computed_once_on_the_device() -> None:
+    """Finding 3: the nearest-warp and shift indices are cached on the device, keyed as the
+    CPU route keys them; a warm group is a stack and a gather, whatever its size."""
+    from ff_lightning.augment._gather import DEVICE_INDEX_CACHE
+    from ff_lightning.augment.functional import apply_op
+
+    m = torch.tensor([15.0, -15.0] * 16)
+    with FakeCuda() as cuda:
+        x = torch.empty(32, 3, 64, 64, dtype=torch.uint8, device="cuda")
+        for op in ("Rotate", "TranslateX"):
+            cuda.reset()
+            apply_op(x, op, m)
+            cold, misses = cuda.counts.device_ops, DEVICE_INDEX_CACHE.misses
+            cuda.reset()
+            apply_op(x, op, m)
+            warm = cuda.counts
+            _clean(cuda, warm)
+            assert DEVICE_INDEX_CACHE.misses == misses  # nothing computed again
+            # index stack, fill/pixels copies into the padded batch, the gather
+            assert warm.device_ops <= 5 < cold, (op, cold, warm.top(8))
+            assert warm.by_op["gather"] == 1
+
+
+def test_contrast_mean_is_a_sum_and_one_division_on_the_device() -> None:
+    """Finding 4 on the device: no ``mean`` kernel (CUDA's multiplies by the reciprocal)."""
+    from ff_lightning.augment.functional import apply_op
+
+    with FakeCuda() as cuda:
+        x = torch.empty(8, 3, 32, 32, dtype=torch.uint8, device="cuda")
+        cuda.reset()
+        apply_op(x, "Contrast", torch.full((8,), 0.5))
+        _clean(cuda, cuda.counts)
+    assert cuda.counts.by_op["mean"] == 0 and cuda.counts.by_op["sum"] == 1
+    assert cuda.counts.by_op["div_"] == 1
+
+
+def test_sharpness_in_place_copies_no_border() -> None:
+    """Finding 8: in place, the borders are already there; out of place, four copies."""
+    from ff_lightning.augment import _color
+
+    with FakeCuda() as cuda:
+        x = torch.empty(8, 3, 32, 32, dtype=torch.uint8, device="cuda")
+        alpha = torch.empty(8, device="cuda")
+        cuda.reset()
+        _color.sharpness(x, alpha, x)
+        in_place = cuda.counts.by_op["copy_"]
+        cuda.reset()
+        _color.sharpness(x, alpha, torch.empty_like(x))
+        out_of_place = cuda.counts.by_op["copy_"]
+        _clean(cuda, cuda.counts)
+    assert in_place == 1 and out_of_place == 5  # the inner store (+ the four borders)
