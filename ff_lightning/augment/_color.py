@@ -9,9 +9,8 @@ Two kinds:
   then maps the samples of all three ops in one gather (see ``ff_lightning.augment.groups``).
   On host images with the native loops (:mod:`ff_lightning.augment._native`) the statistics,
   the tables and the lookup are native, and Brightness, Posterize, Solarize and Invert join the
-  same lookup through :func:`kernel_lut` (their direct kernels run on the 256 values). Each
-  builder registers in the kernel table (:mod:`ff_lightning.augment.dispatch`) as
-  ``"<Op>.table"``, per device type and backend.
+  same lookup through :func:`kernel_lut` (their direct kernels run on the 256 values). The
+  builders register in the kernel table (``ff_lightning.augment.dispatch``) as ``"<Op>.table"``.
 - **direct kernels.** Brightness, Posterize, Solarize and Invert (one or two cheap passes: with
   torch, a table's gather would cost more per pixel than they do), Color (blend with the luma)
   and Sharpness (3x3 blur) take contiguous uint8 ``images`` ``[B, C, H, W]`` and a contiguous
@@ -32,7 +31,7 @@ from torch import Tensor
 from torch.nn.functional import avg_pool2d
 
 from ff_lightning.augment import _native
-from ff_lightning.augment._device import device_cache
+from ff_lightning.augment._device import device_cache, device_cache_dict
 from ff_lightning.augment.dispatch import register_kernel
 
 __all__ = [
@@ -76,16 +75,9 @@ def _store(values: Tensor, out: Tensor) -> Tensor:
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` are the same elements (an in-place call)."""
-    if a is b:
-        return True
-    return (
-        a.device.type == "cpu"
-        and b.device.type == "cpu"
-        and a.data_ptr() == b.data_ptr()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-    )
+    """Whether ``a`` and ``b`` (shaped alike) are the same elements: an in-place call."""
+    host = a.device.type == "cpu"  # device tensors: by identity (fake ones have no address)
+    return a is b or (host and a.data_ptr() == b.data_ptr() and a.stride() == b.stride())
 
 
 def _blend(images: Tensor, other: Tensor, ratio: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
@@ -262,13 +254,6 @@ def histograms(index: Tensor, base: int, rows: int) -> Tensor:
         hist = torch.zeros(top, dtype=torch.int64, device=flat.device)
         hist.index_add_(0, flat, hist.new_ones(1).expand(flat.numel()))
     return hist[base * 256 :].view(rows, 256)
-
-
-def device_cache_dict() -> dict:
-    """A new dict of device tensors, emptied by ``_device.clear_device_caches``."""
-    cache: dict = {}
-    device_cache(cache.clear)
-    return cache
 
 
 def kernel_lut(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["HostPack", "clear_device_caches", "device_cache", "h2d"]
+__all__ = ["HostPack", "clear_device_caches", "device_cache", "device_cache_dict", "h2d"]
 
 _CACHES: list[Callable[[], None]] = []
 
@@ -17,6 +17,13 @@ def device_cache(clear: Callable[[], None]) -> Callable[[], None]:
     :func:`clear_device_caches` reaches it. Returns ``clear``."""
     _CACHES.append(clear)
     return clear
+
+
+def device_cache_dict() -> dict:
+    """A new dict for device tensors, registered with :func:`device_cache`."""
+    cache: dict = {}
+    device_cache(cache.clear)
+    return cache
 
 
 def clear_device_caches() -> None:

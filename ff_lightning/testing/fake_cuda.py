@@ -22,7 +22,8 @@ code: inside it,
   pageable memory is told apart), ``Tensor.record_stream``, ``torch.cuda.Stream``,
   ``current_stream``, ``default_stream``, ``torch.cuda.stream(...)``, ``torch.cuda.Event``
   (``record``/``query``/``elapsed_time``), ``synchronize``, ``current_device``/``set_device``/
-  ``device_count``; ``torch.tensor(..., device="cuda")`` (its copy happens below the dispatcher)
+  ``device_count`` (so ``torch.cuda.is_available()`` answers ``True`` inside);
+  ``torch.tensor(..., device="cuda")`` (its copy happens below the dispatcher)
   becomes the host tensor and a pageable copy. Streams and events remember what was done to them
   (:attr:`FakeStream.waited_on`, :attr:`FakeEvent.stream`, :attr:`FakeCuda.recorded_streams`),
   so tests can check ordering;
@@ -59,7 +60,7 @@ import contextlib
 import os
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,13 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from ff_lightning.augment._device import clear_device_caches
+from ff_lightning.testing.fake_runtime import (
+    FakeEvent,
+    FakeStream,
+    device_of,
+    patched,
+    runtime_patches,
+)
 
 __all__ = [
     "FakeCuda",
@@ -167,73 +175,6 @@ class Violation:
     where: str
 
 
-class FakeStream:
-    """A CUDA stream stand-in: remembers the streams it was ordered after and its drains."""
-
-    def __init__(self, harness: FakeCuda, device: torch.device, name: str = "side") -> None:
-        self._harness = harness
-        self.device = device
-        self.name = name
-        self.waited_on: list[FakeStream] = []  # streams this one waits for (wait_stream)
-        self.synchronized = 0  # host drains of this stream
-
-    def wait_stream(self, other: FakeStream) -> None:
-        self.waited_on.append(other)
-
-    def wait_event(self, event: FakeEvent) -> None:
-        if event.stream is not None:
-            self.waited_on.append(event.stream)
-
-    def record_event(self, event: FakeEvent | None = None) -> FakeEvent:
-        event = event or FakeEvent(self._harness)
-        event.record(self)
-        return event
-
-    def synchronize(self) -> None:
-        # The host waits for everything queued on the stream: counted as a drain.
-        self.synchronized += 1
-        self._harness._drain(f"{self.name} stream of {self.device}")
-
-    def query(self) -> bool:
-        return True
-
-    def __repr__(self) -> str:
-        return f"FakeStream({self.name}, {self.device})"
-
-
-class FakeEvent:
-    """A CUDA event stand-in: remembers the stream it was recorded on; always complete."""
-
-    def __init__(
-        self,
-        harness: FakeCuda,
-        enable_timing: bool = False,
-        blocking: bool = False,
-        interprocess: bool = False,
-    ) -> None:
-        self._harness = harness
-        self.enable_timing = enable_timing
-        self.stream: FakeStream | None = None
-        self.records = 0
-
-    def record(self, stream: FakeStream | None = None) -> None:
-        self.stream = stream if stream is not None else self._harness.current_stream()
-        self.records += 1
-        self._harness.events.append(self)
-
-    def query(self) -> bool:
-        return True
-
-    def elapsed_time(self, end: FakeEvent) -> float:
-        return 0.0
-
-    def synchronize(self) -> None:
-        self._harness._drain("event")
-
-    def wait(self, stream: FakeStream | None = None) -> None:
-        (stream or self._harness.current_stream()).wait_event(self)
-
-
 # ==================================================================== the harness
 _ALLOCATIONS = {
     "aten::empty",
@@ -243,16 +184,6 @@ _ALLOCATIONS = {
     "aten::new_empty_strided",
 }
 _COPIES = {"aten::_to_copy", "aten::copy_", "aten::copy"}
-_HARNESSES: list[FakeCuda] = []  # entered harnesses, innermost last
-
-
-def _device_of(value: Any) -> torch.device | None:
-    if value is None:
-        return None
-    try:
-        return torch.device(value)
-    except (TypeError, RuntimeError):
-        return None
 
 
 _THIS = os.path.abspath(__file__)
@@ -279,7 +210,7 @@ class _Dispatch(TorchDispatchMode):  # type: ignore[misc,valid-type]
         h = self.harness
         flat = pytree.arg_tree_leaves(*args, **kwargs)
         tensors = [a for a in flat if isinstance(a, Tensor)]
-        target = _device_of(kwargs.get("device"))
+        target = device_of(kwargs.get("device"))
         on_device = any(isinstance(t, FakeTensor) for t in tensors) or (
             target is not None and target.type == "cuda"
         )
@@ -333,14 +264,18 @@ class FakeCuda:
         self._device = 0
         self._pinned: dict[int, Any] = {}  # storage address -> storage (kept alive)
         self._stack: contextlib.ExitStack | None = None
+        #: ``(shape, stream)`` of every ``Tensor.record_stream`` call
+        self.recorded_streams: list[tuple[tuple[int, ...], Any]] = []
 
     # ---------------------------------------------------------------- public
     def reset(self) -> None:
-        """Zero the counts (violations, events and drains too): count from here."""
+        """Zero the counts (violations, events, drains and recorded streams too): count from
+        here."""
         self.counts = OpCounts()
         self.violations.clear()
         self.events.clear()
         self.drains.clear()
+        self.recorded_streams.clear()
 
     @contextlib.contextmanager
     def uncounted(self) -> Iterator[None]:
@@ -380,11 +315,10 @@ class FakeCuda:
         # between real and fake devices, so those caches are emptied on entry and exit.
         clear_device_caches()
         stack.callback(clear_device_caches)
-        for owner, name, value in self._patches():
-            stack.enter_context(_patched(owner, name, value))
+        self.recorded_streams.clear()
+        for owner, name, value in runtime_patches(self):
+            stack.enter_context(patched(owner, name, value))
         stack.enter_context(_Dispatch(self))
-        _HARNESSES.append(self)
-        stack.callback(_HARNESSES.remove, self)
         self._stack = stack
         return self
 
@@ -445,93 +379,3 @@ class FakeCuda:
         c.by_op[name.removeprefix("aten::")] += 1
         if self.trace:
             c.by_site[_caller()] += 1
-
-    def _patches(self) -> list[tuple[Any, str, Any]]:
-        h = self
-
-        def pin_memory(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-            if h._is_pinned(t):
-                return t
-            out = t.clone()  # a new page-locked buffer, as the real call makes
-            storage = out.untyped_storage()
-            h._pinned[storage.data_ptr()] = storage
-            return out
-
-        def is_pinned(t: Tensor, *args: Any, **kwargs: Any) -> bool:
-            return h._is_pinned(t)
-
-        def record_stream(t: Tensor, stream: Any) -> None:
-            h.recorded_streams.append((tuple(t.shape), stream))
-
-        @contextlib.contextmanager
-        def stream_context(stream: FakeStream | None) -> Iterator[None]:
-            if stream is None:
-                yield
-                return
-            index = h._index(stream.device)
-            before = h.current_stream(index)
-            h._current[index] = stream
-            try:
-                yield
-            finally:
-                h._current[index] = before
-
-        def make_stream(device: Any = None, priority: int = 0, **kwargs: Any) -> FakeStream:
-            return FakeStream(h, torch.device("cuda", h._index(device)))
-
-        def make_event(*args: Any, **kwargs: Any) -> FakeEvent:
-            return FakeEvent(h, *args, **kwargs)
-
-        real_tensor = torch.tensor
-
-        def tensor(data: Any, *args: Any, device: Any = None, **kwargs: Any) -> Tensor:
-            # torch.tensor copies to the device below the dispatcher; build it on the host and
-            # copy it with `.to`, which is what the real call does (a pageable copy).
-            dev = _device_of(device)
-            if dev is not None and dev.type == "cuda":
-                kwargs.pop("pin_memory", None)
-                return real_tensor(data, *args, **kwargs).to(dev)
-            return real_tensor(data, *args, device=device, **kwargs)
-
-        def synchronize(device: Any = None) -> None:
-            h._drain("torch.cuda.synchronize")
-
-        def set_device(device: Any) -> None:
-            h._device = h._index(device)
-
-        self.recorded_streams: list[tuple[tuple[int, ...], Any]] = []
-        cuda = torch.cuda
-        return [
-            (cuda, "_lazy_init", lambda: None),
-            (cuda, "current_stream", lambda device=None: h.current_stream(device)),
-            (cuda, "default_stream", lambda device=None: h.default_stream(device)),
-            (cuda, "Stream", make_stream),
-            (cuda, "stream", stream_context),
-            (cuda, "Event", make_event),
-            (cuda, "synchronize", synchronize),
-            (cuda, "current_device", lambda: h._device),
-            (cuda, "set_device", set_device),
-            (cuda, "device_count", lambda: h.device_count),
-            (torch, "tensor", tensor),
-            (Tensor, "pin_memory", pin_memory),
-            (Tensor, "is_pinned", is_pinned),
-            (Tensor, "record_stream", record_stream),
-        ]
-
-
-@contextlib.contextmanager
-def _patched(owner: Any, name: str, value: Callable[..., Any] | Any) -> Iterator[None]:
-    missing = object()
-    before = (
-        owner.__dict__.get(name, missing)
-        if isinstance(owner, type)
-        else getattr(owner, name, missing)
-    )
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        if before is missing:
-            delattr(owner, name)
-        else:
-            setattr(owner, name, before)
