@@ -102,7 +102,7 @@ def test_every_policy_share_and_chunking(policy: str, share: float, chunked: boo
         x, y, counts = _finish(cuda, stage, route, size, torch.float32)
         _clean(cuda, counts)
     assert x.device.type == "cuda" and x.dtype == torch.float32 and x.shape == (b, 3, size, size)
-    assert y.shape == (b, CLASSES) and route.stats.n_device == 0  # the stage sets no counts
+    assert y.device.type == "cuda" and y.shape == (b, CLASSES)
     if chunked and share > 0 and policy != "none":
         assert stage.guard.last_chunk <= 5 and stage.guard.oom_events == 0
 

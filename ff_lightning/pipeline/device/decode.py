@@ -58,7 +58,8 @@ __all__ = ["DECODE_ESTIMATE_FACTOR", "ORIENTATIONS", "DeviceDecoder", "decode_jp
 log = logging.getLogger("ff_lightning")
 
 #: Working memory per sample before a measurement, in units of the decode buffer ``H*W*3``:
-#: the decoded image, its oriented copy, and the crop/resize temporaries.
+#: the decoded image (on CPU also its oriented copy), the float32 copy of its crop while it is
+#: resized (one sample at a time on the device) and the resized rows.
 DECODE_ESTIMATE_FACTOR = 3.0
 
 
