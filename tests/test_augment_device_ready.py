@@ -15,7 +15,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ff_lightning.augment import RandomErasing, _device, _geometry, batch_ops, build_policy
+from ff_lightning.augment import (
+    RandomErasing,
+    _device,
+    _geometry,
+    batch_ops,
+    build_policy,
+    normalization,
+)
 from ff_lightning.augment import functional as functional
 from ff_lightning.augment.functional import OPS, REGISTRY, apply_op
 from ff_lightning.augment.policies import tv_apply
@@ -147,8 +154,8 @@ def test_device_path_one_copy_per_slot_and_no_batch_clone(name, kwargs, monkeypa
 
 def test_normalize_copies_its_constants_once(monkeypatch):
     calls = []
-    real = batch_ops.h2d
-    monkeypatch.setattr(batch_ops, "h2d", lambda t, d: calls.append(1) or real(t, d))
+    real = normalization.h2d
+    monkeypatch.setattr(normalization, "h2d", lambda t, d: calls.append(1) or real(t, d))
     x = _images(2)
     mean, std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.61)
     first = batch_ops.normalize(x, mean, std)

@@ -69,3 +69,31 @@ def test_cuda_decode_is_ordered_after_the_callers_stream() -> None:
         for r, o in zip(ref, out, strict=True):
             assert o is not None
             assert _mad(r, o.cpu()) <= 2.0
+
+
+@pytest.mark.cuda
+def test_cuda_side_stream_decode_does_not_overwrite_the_callers_memory() -> None:
+    """The stage's decode (finding 1): on a side stream, ordered by wait_stream/record_stream,
+    with no drain of the caller's stream; the same check as above."""
+    from ff_lightning.pipeline.device.decode import DeviceDecoder
+
+    files = [
+        torch.frombuffer(bytearray(_jpeg_bytes(_picture(256, 320, k))), dtype=torch.uint8)
+        for k in range(8)
+    ]
+    ref = decode_jpegs(files, "cpu")
+    dev = torch.device("cuda")
+    decoder = DeviceDecoder()
+    for _ in range(20):
+        a = torch.randn(2048, 2048, device=dev)
+        sums, expected = [], []
+        for _ in range(8):
+            x = torch.full((256 * 320 * 3 // 4,), 1.0, device=dev)
+            y = a @ a  # keeps the stream busy
+            sums.append(x.sum() + 0 * y[0, 0])
+            expected.append(float(x.numel()))
+            del x, y
+        out = decoder._decode(files, dev)
+        assert [float(s) for s in sums] == expected
+        for r, o in zip(ref, out, strict=True):
+            assert o is not None and _mad(r, o.cpu()) <= 2.0

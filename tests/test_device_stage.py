@@ -29,8 +29,9 @@ def _attach(dm: FusionDataModule, plugin: Any) -> None:
     ("plugin", "expected"),
     [
         (Precision(), torch.float32),
-        (MixedPrecision("bf16-mixed", "cpu"), torch.bfloat16),
-        (MixedPrecision("16-mixed", "cpu"), torch.float16),
+        # Lightning hands mixed-precision modules float32 and lets autocast cast (finding 9).
+        (MixedPrecision("bf16-mixed", "cpu"), torch.float32),
+        (MixedPrecision("16-mixed", "cpu"), torch.float32),
         (HalfPrecision("bf16-true"), torch.bfloat16),
         (HalfPrecision("16-true"), torch.float16),
         (DoublePrecision(), torch.float64),
@@ -55,6 +56,9 @@ def test_explicit_output_dtype_wins_over_the_precision() -> None:
     dm = _dm(output_dtype="float32")
     _attach(dm, HalfPrecision("bf16-true"))
     assert dm.resolved_output_dtype() == torch.float32
+    half = _dm(output_dtype="bfloat16")  # half inputs under *-mixed, when asked for
+    _attach(half, MixedPrecision("bf16-mixed", "cpu"))
+    assert half.resolved_output_dtype() == torch.bfloat16
     with pytest.raises(ValueError, match=r"`output_dtype` must be one of"):
         _dm(output_dtype="int8")
 

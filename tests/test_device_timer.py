@@ -35,7 +35,8 @@ class FakeEvent:
         self.at: float | None = None
         self.read = True
 
-    def record(self) -> None:
+    def record(self, stream: FakeStream | None = None) -> None:
+        assert stream is self.stream, "recorded on another stream than the images'"
         assert self.state != "recorded", "re-recorded while the stream has not reached it"
         assert self.read, "re-recorded before its elapsed time was read"
         self.state, self.at, self.read = "recorded", None, False
@@ -52,7 +53,10 @@ class FakeEvent:
 
 def fake_timer(**kwargs) -> tuple[DeviceTimer, FakeStream]:
     stream = FakeStream()
-    return DeviceTimer(event_factory=lambda: FakeEvent(stream), **kwargs), stream
+    timer = DeviceTimer(
+        event_factory=lambda: FakeEvent(stream), stream_of=lambda device: stream, **kwargs
+    )
+    return timer, stream
 
 
 def test_cpu_regions_use_the_wall_clock(monkeypatch):

@@ -17,9 +17,9 @@ SCRIPT = ROOT / "recipes" / "gpu_check.sh"
 STEPS = ["env", "wheels", "imports", "data", "pytest", "augment", "benchmark", "report"]
 RESULT_FILES = {
     "summary.txt",
+    "setup.txt",
     "pytest.txt",
-    "augment.txt",
-    "train.txt",
+    "bench.txt",
     "benchmark.json",
     "benchmark.png",
     "fusionflow_report.json",
@@ -52,8 +52,22 @@ def test_real_plan_runs_every_step_on_cuda_with_the_gpu_check_job() -> None:
     assert not any(a.startswith("trainer.accelerator=") for a in steps["benchmark"])
     assert "-m" in steps["pytest"] and "cuda" in steps["pytest"]
     assert "report=true" in steps["report"]
-    # Every step has a time limit, and the defaults fit the check's 8 minutes with the budget.
+    # Every step has a time limit; they add up to well inside the default budget, which
+    # leaves room in one 600 s call on the GPU machine (the machine's start is not counted).
     assert all(re.fullmatch(r"\d+s", row[1]) for row in plan)
+    total = sum(int(row[1][:-1]) for row in plan)
+    budget = int(re.search(r"GPU_CHECK_BUDGET_S:-(\d+)", SCRIPT.read_text()).group(1))
+    assert total <= budget - 30 and budget <= 600 - 120, (total, budget)
+
+
+def test_logs_stream_into_out_unbuffered() -> None:
+    """Finding 10: every log is written into the result folder as it is produced (no copy at
+    the end that a cut-short run never reaches), and Python runs unbuffered."""
+    text = SCRIPT.read_text()
+    assert "export PYTHONUNBUFFERED=1" in text
+    assert 'SUMMARY="$DEST/summary.txt"' in text and 'SETUP="$DEST/setup.txt"' in text
+    assert '"$DEST/pytest.txt"' in text and 'BENCH_LOG="$DEST/bench.txt"' in text
+    assert "$WORK/pytest.txt" not in text and 'cp "$SUMMARY"' not in text
 
 
 def test_dry_run_plan_is_tiny_and_on_the_cpu() -> None:

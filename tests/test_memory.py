@@ -293,12 +293,37 @@ def test_an_output_that_does_not_fit_is_written_over_the_input(monkeypatch, capl
         raise FakeOOM("out of memory")
 
     monkeypatch.setattr(memory_module.torch, "empty_like", no_memory)
-    guard = MemoryGuard(FakeProbe(free=1 << 40), oom_errors=(FakeOOM,))
+    # Chunks of 2: the output buffer is needed (one chunk returns fn's own result).
+    guard = MemoryGuard(FakeProbe(free=1 << 40), max_chunk=2, oom_errors=(FakeOOM,))
     with caplog.at_level(logging.WARNING, logger="ff_lightning"):
         out = guard.run(augment, images, params, never_called)
     assert out is images and torch.equal(out, expected)
     assert guard.oom_events == 1 and guard.events[0]["kind"] == "oom_output"
     assert any("writing the result over" in r.getMessage() for r in caplog.records)
+
+
+def test_one_chunk_returns_the_result_without_a_second_buffer(monkeypatch):
+    """Finding 6: a batch that fits in one chunk (the usual case) allocates no output buffer
+    and copies nothing into one; chunked batches still fill one buffer."""
+    images, params = batch(6)
+    results: list[torch.Tensor] = []
+
+    def kept(images: torch.Tensor, params: Params) -> torch.Tensor:
+        results.append(augment(images, params))
+        return results[-1]
+
+    allocations: list[tuple] = []
+    real = memory_module.torch.empty_like
+    monkeypatch.setattr(
+        memory_module.torch, "empty_like", lambda t, **kw: allocations.append(t.shape) or real(t)
+    )
+    out = MemoryGuard(FakeProbe(free=1 << 40)).run(kept, images, params, never_called)
+    assert out is results[0] and allocations == []
+    chunked = MemoryGuard(FakeProbe(free=1 << 40), max_chunk=4)
+    out = chunked.run(kept, images, params, never_called)
+    assert allocations == [images.shape] and torch.equal(out, augment(images, params))
+    given = torch.empty_like(images)
+    assert MemoryGuard(FakeProbe()).run(kept, images, params, never_called, out=given) is given
 
 
 def test_real_oom_error_class_is_caught_by_default():

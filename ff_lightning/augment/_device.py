@@ -1,11 +1,40 @@
-"""Host-to-device copies that do not synchronise the CUDA stream."""
+"""Host-to-device copies that do not synchronise the CUDA stream, and the device caches' list."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["HostPack", "h2d"]
+__all__ = ["HostPack", "clear_device_caches", "device_cache", "device_cache_dict", "h2d"]
+
+_CACHES: list[Callable[[], None]] = []
+
+
+def device_cache(clear: Callable[[], None]) -> Callable[[], None]:
+    """Register ``clear``, which empties a module-level cache of device tensors, so that
+    :func:`clear_device_caches` reaches it. Returns ``clear``."""
+    _CACHES.append(clear)
+    return clear
+
+
+def device_cache_dict() -> dict:
+    """A new dict for device tensors, registered with :func:`device_cache`."""
+    cache: dict = {}
+    device_cache(cache.clear)
+    return cache
+
+
+def clear_device_caches() -> None:
+    """Empty every registered cache of device tensors (index tables, constants, ramps).
+
+    Tensors stay cached by device name; code that swaps what a device name means (the fake
+    CUDA devices of :mod:`ff_lightning.testing.fake_cuda`, in tests) calls this first and
+    after, so that no tensor of one crosses to the other.
+    """
+    for clear in _CACHES:
+        clear()
 
 
 def h2d(t: Tensor, device: torch.device | str) -> Tensor:

@@ -20,6 +20,10 @@ disabled and in explicit float32, identically on every device.
 - integer translations are a pure shift for both modes (torchvision's grid lands on pixel
   centres up to float error far below the rounding step): slice copies on CPU, a gather
   elsewhere.
+
+On accelerators the nearest picks and the shifts are cached on the device and gathered by
+:mod:`ff_lightning.augment._gather`; which function runs where is the kernel table's choice
+(:mod:`ff_lightning.augment.dispatch`, registrations in :mod:`ff_lightning.augment.runners`).
 """
 
 from __future__ import annotations
@@ -47,12 +51,11 @@ __all__ = [
     "grid_terms",
     "inverse_affine",
     "shift_rows",
-    "shift_batch",
     "source_index",
     "source_index_elementwise",
     "warp_bilinear",
-    "warp_nearest_batch",
     "warp_nearest_rows",
+    "warp_nearest_rows_native",
 ]
 
 # Integers up to this are exact in float32; see `source_index`.
@@ -222,15 +225,6 @@ def source_index_elementwise(grid_: Tensor, height: int, width: int) -> Tensor:
     return index.mul_(inside).view(grid_.shape[0], height * width)
 
 
-def _padded(images: Tensor, fill_u8: Tensor) -> Tensor:
-    """``[B, C, 1 + H*W]`` uint8: the fill colour (index 0), then the pixels."""
-    bsz, ch = images.shape[:2]
-    pad = torch.empty(bsz, ch, 1 + images[0, 0].numel(), dtype=torch.uint8, device=images.device)
-    pad[:, :, 0].copy_(fill_u8.view(1, ch).expand(bsz, ch))
-    pad[:, :, 1:].copy_(images.view(bsz, ch, -1))
-    return pad
-
-
 class _IndexCache:
     """Nearest-warp source indices (``dtype``, ``[1, H*W]``) by matrix and image size, least
     recently used out first beyond ``max_bytes``.
@@ -281,21 +275,12 @@ INDEX_CACHE32 = _IndexCache(dtype=torch.int32)
 def warp_nearest_rows(
     src: Tensor, dst: Tensor, rows: Sequence[int], factors: Tensor, fill_u8: Tensor
 ) -> None:
-    """CPU: ``dst[b] = warp(src[b])`` for ``b`` in ``rows`` (``factors[j]`` for ``rows[j]``).
-
-    The source index of each distinct matrix comes from :data:`INDEX_CACHE`; the pixels are
-    gathered with it by the native loop (:mod:`ff_lightning.augment._native`), else image by
-    image with ``torch.gather``. ``dst`` may be ``src``.
-    """
+    """CPU, torch kernels: ``dst[b] = warp(src[b])`` for ``b`` in ``rows`` (``factors[j]`` for
+    ``rows[j]``), image by image with ``torch.gather`` and the source index of each distinct
+    matrix from :data:`INDEX_CACHE`. ``dst`` may be ``src``."""
     _, ch, height, width = src.shape
     flat = factors.view(len(rows), 6)
     keys = flat.view(torch.int32).tolist()  # every row's cache key in one call
-    if _native.lib() is not None:  # one native loop over every row: no per-row torch calls
-        index = [
-            INDEX_CACHE32.get(flat[j], height, width, tuple(keys[j])) for j in range(len(rows))
-        ]
-        _native.gather(src, dst, rows, index, fill_u8)
-        return
     pad = torch.empty(ch, 1 + height * width, dtype=torch.uint8)
     pad[:, 0].copy_(fill_u8)
     body = pad[:, 1:]
@@ -305,24 +290,16 @@ def warp_nearest_rows(
         torch.gather(pad, 1, index, out=dst[b].view(ch, -1))
 
 
-def warp_nearest_batch(
-    src: Tensor,
-    dst: Tensor,
-    idx: Tensor | None,
-    terms: Sequence[Tensor],
-    fill_u8: Tensor,
+def warp_nearest_rows_native(
+    src: Tensor, dst: Tensor, rows: Sequence[int], factors: Tensor, fill_u8: Tensor
 ) -> None:
-    """Any device: ``dst[idx] = warp(src[idx])`` in a few batched calls (``idx`` None: all)."""
-    _, ch, height, width = src.shape
-    part = src if idx is None else src.index_select(0, idx)
-    bsz = part.shape[0]
-    pad = _padded(part, fill_u8)
-    index = source_index(grid(*terms), height, width)
-    index = index.view(bsz, 1, height * width).expand(bsz, ch, height * width)
-    if idx is None:
-        torch.gather(pad, 2, index, out=dst.view(bsz, ch, -1))
-    else:
-        dst.index_copy_(0, idx, torch.gather(pad, 2, index).view(bsz, ch, height, width))
+    """CPU, native loops: :func:`warp_nearest_rows` as one native gather over every row (no
+    per-row torch calls), with int32 indices from :data:`INDEX_CACHE32`."""
+    _, _, height, width = src.shape
+    flat = factors.view(len(rows), 6)
+    keys = flat.view(torch.int32).tolist()
+    index = [INDEX_CACHE32.get(flat[j], height, width, tuple(keys[j])) for j in range(len(rows))]
+    _native.gather(src, dst, rows, index, fill_u8)
 
 
 def warp_bilinear(
@@ -374,24 +351,3 @@ def shift_rows(
             dy, dx = max(ty, 0), max(tx, 0)
             sy, sx = max(-ty, 0), max(-tx, 0)
             d[:, dy : dy + h, dx : dx + w].copy_(s[:, sy : sy + h, sx : sx + w])
-
-
-def shift_batch(
-    src: Tensor, dst: Tensor, idx: Tensor | None, shifts: Tensor, fill_u8: Tensor
-) -> None:
-    """Any device: translate by integer ``shifts`` (int64 ``[B, 2]``, ``(tx, ty)``) with a gather."""
-    _, ch, height, width = src.shape
-    device = src.device
-    part = src if idx is None else src.index_select(0, idx)
-    bsz = part.shape[0]
-    tx, ty = shifts[:, 0].view(bsz, 1, 1), shifts[:, 1].view(bsz, 1, 1)
-    sx = torch.arange(width, device=device).view(1, 1, width) - tx  # [B, 1, W]
-    sy = torch.arange(height, device=device).view(1, height, 1) - ty  # [B, H, 1]
-    inside = (sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)
-    index = (sy * width + sx + 1).mul_(inside).view(bsz, 1, height * width)
-    pad = _padded(part, fill_u8)
-    index = index.expand(bsz, ch, height * width)
-    if idx is None:
-        torch.gather(pad, 2, index, out=dst.view(bsz, ch, -1))
-    else:
-        dst.index_copy_(0, idx, torch.gather(pad, 2, index).view(bsz, ch, height, width))

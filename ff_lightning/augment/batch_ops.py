@@ -1,6 +1,7 @@
 """Batch-level ops applied on the device to every sample after the policy.
 
-- :func:`normalize`: fused uint8 -> float ``(x / 255 - mean) / std``.
+- :func:`normalize`: fused uint8 -> float ``(x / 255 - mean) / std`` (in
+  :mod:`ff_lightning.augment.normalization`, re-exported here).
 - :class:`RandomErasing`: torchvision's rule, each sample its own rectangle, as masks.
 - :class:`MixUpCutMix`: timm's MixUp/CutMix with soft targets.
 
@@ -19,13 +20,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _native, rng
-from ff_lightning.augment._device import h2d
+from ff_lightning.augment import rng
+from ff_lightning.augment._device import HostPack, device_cache, h2d
+from ff_lightning.augment.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MixUpCutMix", "RandomErasing", "normalize"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_images(images: Tensor, name: str = "images") -> None:
@@ -34,80 +33,34 @@ def _check_images(images: Tensor, name: str = "images") -> None:
         raise ValueError(f"`{name}` must be a tensor shaped [B, C, H, W], got {got}")
 
 
-def normalize(
-    images: Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    *,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """uint8 ``[B, C, H, W]`` (or ``[C, H, W]``) to ``dtype`` ``(x / 255 - mean) / std``.
-
-    The package's one normaliser (the device stage, the benchmark's stock pipeline and users
-    call it). Computed as ``x * (1 / (255 std)) - mean / std`` with float32 constants in one
-    ``addcmul`` (uint8 read, float32 arithmetic, ``dtype`` written: no float32 copy of a
-    bfloat16 batch); on contiguous float32 host batches the native loop does the same
-    multiply-add in one pass.
-    """
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim not in (3, 4):
-        got = (
-            f"{images.dtype} {tuple(images.shape)}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
-        raise ValueError(
-            f"`images` must be a uint8 tensor shaped [B, C, H, W] or [C, H, W], got {got}"
-        )
-    if not dtype.is_floating_point:
-        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
-    scale, shift = _normalize_constants(
-        tuple(torch.as_tensor(mean, dtype=torch.float64).flatten().tolist()),
-        tuple(torch.as_tensor(std, dtype=torch.float64).flatten().tolist()),
-        images.shape[-3],
-        images.device,
-    )
-    if (
-        dtype == torch.float32
-        and images.device.type == "cpu"
-        and images.ndim == 4
-        and images.is_contiguous()
-        and _native.fused()
-    ):
-        return _native.normalize(images, scale, shift)  # the same values, one pass
-    out = torch.empty(images.shape, dtype=dtype, device=images.device)
-    return torch.addcmul(shift, images, scale, out=out)
+_AXES: dict[tuple[str, int], Tensor] = {}
+device_cache(_AXES.clear)
 
 
-_CONSTANTS: dict[tuple, tuple[Tensor, Tensor]] = {}
+def _axis(n: int, device: torch.device) -> Tensor:
+    """int64 ``arange(n)`` on ``device``, kept per device and size (a constant)."""
+    key = (str(device), n)
+    axis = _AXES.get(key)
+    if axis is None:
+        if len(_AXES) > 64:
+            _AXES.clear()
+        axis = _AXES[key] = torch.arange(n, device=device)
+    return axis
 
 
-def _normalize_constants(
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    channels: int,
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """``(1 / (255 std), -mean / std)`` as float32 ``[C, 1, 1]`` on ``device``, cached per
-    (values, device): after the first call no copy reaches the device (and the first is one
-    pinned, non-blocking copy, so no call synchronises)."""
-    key = (mean, std, channels, str(device))
-    cached = _CONSTANTS.get(key)
-    if cached is not None:
-        return cached
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"`mean` and `std` must have {channels} values (one per channel), got {len(mean)} and {len(std)}"
-        )
-    if not all(s > 0 for s in std):
-        raise ValueError(f"`std` must be positive, got {list(std)}")
-    mean_t = torch.tensor(mean, dtype=torch.float64)
-    std_t = torch.tensor(std, dtype=torch.float64)
-    host = torch.stack([1.0 / (255.0 * std_t), -mean_t / std_t]).to(torch.float32)
-    scale, shift = h2d(host, device).view(2, channels, 1, 1).unbind(0)
-    if len(_CONSTANTS) > 32:
-        _CONSTANTS.clear()
-    _CONSTANTS[key] = (scale, shift)
-    return scale, shift
+def _box_mask(edges: Tensor, height: int, width: int) -> Tensor:
+    """bool ``[B, H, W]``: inside each sample's box, ``edges`` int64 ``[B, 4]`` on the images'
+    device as ``(top, bottom, left, right)``, bottom and right exclusive."""
+    rows = _axis(height, edges.device).view(1, height, 1)
+    cols = _axis(width, edges.device).view(1, 1, width)
+    e = edges.view(-1, 4, 1, 1)
+    inside_rows = (rows >= e[:, 0]) & (rows < e[:, 1])  # [B, H, 1]
+    inside_cols = (cols >= e[:, 2]) & (cols < e[:, 3])  # [B, 1, W]
+    return inside_rows & inside_cols
+
+
+_FILLS: dict[tuple, Tensor] = {}
+device_cache(_FILLS.clear)
 
 
 def _to(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -197,11 +150,10 @@ class RandomErasing:
         _check_images(images)
         bsz, ch, height, width = images.shape
         g = _generator(generator, self.generator)
-        boxes = _to(self.sample(bsz, height, width, g), images.device)
-        top, left, h, w = (boxes[:, i, None, None] for i in range(4))
-        rows = torch.arange(height, device=images.device)[None, :, None]
-        cols = torch.arange(width, device=images.device)[None, None, :]
-        mask = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        top, left, h, w = self.sample(bsz, height, width, g).unbind(1)
+        # The box edges on the host, then one pinned copy.
+        edges = _to(torch.stack([top, top + h, left, left + w], dim=1), images.device)
+        mask = _box_mask(edges, height, width)
         if isinstance(self.value, str):
             if not images.is_floating_point():
                 raise ValueError("`value='random'` needs float images, got uint8")
@@ -217,7 +169,13 @@ class RandomErasing:
             vals = torch.as_tensor(self.value, dtype=torch.float32).flatten()
             if vals.numel() not in (1, ch):
                 raise ValueError(f"`value` must have 1 or {ch} numbers, got {vals.numel()}")
-            fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
+            key = (tuple(vals.tolist()), images.dtype, str(images.device))
+            fill = _FILLS.get(key)
+            if fill is None:  # copied once per value, dtype and device
+                if len(_FILLS) > 64:
+                    _FILLS.clear()
+                fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
+                _FILLS[key] = fill
         return torch.where(mask[:, None], fill, images)
 
     def __repr__(self) -> str:
@@ -359,24 +317,26 @@ class MixUpCutMix:
             raise ValueError(f"`targets` has {targets.shape[0]} rows for {bsz} images")
         soft = self.soft_targets(targets.to(images.device))
         lam, boxes = self.sample(bsz, height, width, generator)
-        lam_d = _to(lam, images.device, torch.float32)
-        boxes = _to(boxes, images.device)
+        # Everything per sample is computed on the host in float32 (the values the device
+        # would compute) and travels in one pinned copy: the weights, the box edges.
+        lam32 = lam.to(torch.float32)
+        # CutMix samples: blend 1 (the box carries the mix); MixUp: lam, and no box.
+        blend = torch.where(boxes[:, 1] > boxes[:, 0], 1.0, lam32)
+        pack = HostPack()
+        slots = [pack.add(t) for t in (lam32, 1.0 - lam32, blend, 1.0 - blend, boxes)]
+        on_device = pack.to(images.device)  # the one host-to-device copy of the call
+        lam_d, lam_c, blend_d, blend_c, edges = (on_device[k] for k in slots)
         flipped = images.flip(0)
-        rows = torch.arange(height, device=images.device)[None, :, None]
-        cols = torch.arange(width, device=images.device)[None, None, :]
-        y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
-        in_box = ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))[:, None]
-        # CutMix samples: lam_blend is 1 (the box carries the mix); MixUp: lam, and no box.
-        blend = torch.where(boxes[:, 1] > boxes[:, 0], 1.0, lam_d).view(bsz, 1, 1, 1)
+        in_box = _box_mask(edges, height, width)[:, None]  # boxes are (y0, y1, x0, x1)
         work = images if images.is_floating_point() else images.to(torch.float32)
         flip_w = flipped if flipped.is_floating_point() else flipped.to(torch.float32)
-        mixed = torch.where(in_box, flip_w, work * blend + flip_w * (1.0 - blend))
+        per = (bsz, 1, 1, 1)
+        mixed = torch.where(in_box, flip_w, work * blend_d.view(per) + flip_w * blend_c.view(per))
         if not images.is_floating_point():
             mixed = mixed.round_().clamp_(0, 255).to(images.dtype)
         else:
             mixed = mixed.to(images.dtype)
-        lam_t = lam_d.view(bsz, 1)
-        return mixed, soft * lam_t + soft.flip(0) * (1.0 - lam_t)
+        return mixed, soft * lam_d.view(bsz, 1) + soft.flip(0) * lam_c.view(bsz, 1)
 
     def __repr__(self) -> str:
         return (

@@ -42,8 +42,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _native
 from ff_lightning.augment._device import HostPack
+from ff_lightning.augment.dispatch import kernels_for
 from ff_lightning.augment.groups import plan_groups
 from ff_lightning.augment.registry import (
     INTERPOLATIONS,
@@ -148,7 +148,7 @@ def _apply_grouped(
     rest_slot = pack.add(rest)
     on_device = pack.to(x.device)  # the one host-to-device copy of this call
     if rest is not None:
-        _run_identity(ctx, x, dst, rest, on_device[rest_slot], ())
+        _run_identity(ctx, x, dst, rest, on_device[rest_slot], (), ())
     for g, (idx_slot, param_slots) in zip(groups, slots, strict=True):
         g.run(ctx, x, dst, on_device[idx_slot], [on_device[s] for s in param_slots])
     return dst
@@ -161,7 +161,7 @@ def _context(images: Tensor, interpolation: object, fill: object) -> _Ctx:
         channels=images.shape[1],
         interpolation=_check_interpolation(interpolation),
         fill=_check_fill(fill),
-        native=images.device.type == "cpu" and _native.lib() is not None,
+        kernels=kernels_for(images.device),  # the backend, chosen once per call
     )
 
 

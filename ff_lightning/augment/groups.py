@@ -16,9 +16,11 @@ at 96 px most of ``apply_batch``'s time was that fixed cost. Now:
 - with the torch kernels, Brightness, Posterize, Solarize, Invert, Color and Sharpness stay
   one group each (their direct kernels cost less per pixel than torch's table gather; measured
   with ``recipes/benchmark_augment.py --vs-pil`` at 96 and 224 px);
-- on host images with the native loops (``_Ctx.native``), every op with a table (the seven
-  colour-table ops) is one group: statistics, tables and the lookup are native, straight on the
-  batch rows (no selection or scatter), and Color and Sharpness run their native loops.
+- where the table lookup is native (host images with the native loops: the kernel table,
+  :mod:`ff_lightning.augment.dispatch`, gives a native ``"lut.group"``), every op with a table
+  (the seven colour-table ops) is one group: statistics, tables and the lookup are native,
+  straight on the batch rows (no selection or scatter), and Color and Sharpness run their
+  native loops.
 
 Every sample's result is the one its op alone gives (the tests compare both).
 """
@@ -26,11 +28,13 @@ Every sample's result is the one its op alone gives (the tests compare both).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _color, _native
+from ff_lightning.augment import _color
+from ff_lightning.augment.dispatch import register_kernel
 from ff_lightning.augment.registry import REGISTRY, OpDef, _Ctx, _rows, _select
 
 __all__ = ["LUT_CHUNK_ELEMENTS", "Group", "plan_groups"]
@@ -55,6 +59,12 @@ class Group:
         raise NotImplementedError
 
 
+def _kernel(ctx: _Ctx, ref: Any) -> Any:
+    """An op's runner or table builder: looked up in the call's kernel table by name, or
+    the callable itself."""
+    return ctx.kernels[ref] if isinstance(ref, str) else ref
+
+
 class _OpGroup(Group):
     """The samples of one op (or of a family of ops sharing its runner)."""
 
@@ -64,7 +74,8 @@ class _OpGroup(Group):
 
     def run(self, ctx, src, dst, idx_dev, params) -> None:
         assert self.op.run is not None
-        self.op.run(ctx, src, dst, self.idx, idx_dev, tuple(params))
+        run = _kernel(ctx, self.op.run)
+        run(ctx, src, dst, self.idx, idx_dev, tuple(params), tuple(self.tensors))
 
 
 Member = tuple[OpDef, "Tensor | None", list[float]]  # op, its samples (None: all), magnitudes
@@ -127,79 +138,90 @@ class _LutGroup(Group):
         super().__init__(_samples(members), tensors)
 
     def run(self, ctx, src, dst, idx_dev, params) -> None:
-        n = src.shape[0] if self.idx is None else self.idx.shape[0]
-        if ctx.native and src.device.type == "cpu":
-            self._run_native(src, dst, params, n)
-            return
-        per = n
-        if src.device.type == "cpu":  # cache-sized chunks (see the registry's `_dense`)
-            per = max(1, LUT_CHUNK_ELEMENTS // src[0].numel())
-        for start in range(0, n, per):
-            self._run_chunk(src, dst, idx_dev, params, start, min(start + per, n))
+        ctx.kernels["lut.group"](self, ctx, src, dst, idx_dev, params)
 
-    def _tables(self, params, lo: int, hi: int, luts: Tensor, stats) -> None:
-        """Fill ``luts`` (``[hi - lo, C, 256]``) with the tables of samples ``lo:hi``;
-        ``stats(a, b)``: the :class:`~ff_lightning.augment._color.TableStats` of ``a:b``."""
+    def _tables(self, ctx, params, lo: int, hi: int, channels: int, stats) -> Tensor:
+        """uint8 ``[hi - lo, C, 256]``: the tables of samples ``lo:hi``, each op's builder
+        called once on its rows, joined in one ``cat``; ``stats(a, b)``: the
+        :class:`~ff_lightning.augment._color.TableStats` of ``a:b``."""
+        parts: list[Tensor] = []
         pos = 0
         for op, start, stop, count in self.spans:
             a, b = max(start, lo), min(stop, hi)
             if a < b:
                 assert op.lut is not None
                 own = tuple(p[a - start : b - start] for p in params[pos : pos + count])
-                luts[a - lo : b - lo] = op.lut(stats(a, b), *own)
+                table = _kernel(ctx, op.lut)(stats(a, b), *own)  # [b - a, 1 or C, 256]
+                parts.append(table.expand(b - a, channels, 256))
             pos += count
+        if len(parts) == 1:
+            return parts[0].contiguous()
+        return torch.cat(parts)
 
-    def _run_native(self, src, dst, params, n: int) -> None:
-        """Host images, native loops: statistics and the lookup straight on the batch rows
-        (no row selection, no index pass, no scatter back)."""
-        ch, npix = src.shape[1], src[0, 0].numel()
-        rows = self.idx
-        fused = _native.fused()
 
-        def stats(a: int, b: int) -> _color.TableStats:
-            sub = torch.arange(a, b) if rows is None else rows[a:b]  # batch rows of a:b
-            return _color.TableStats(
-                b - a,
-                ch,
-                npix,
-                src.device,
-                images=lambda: src[a:b] if rows is None else _select(src, sub),
-                hist=lambda: _native.hist(src, sub),
-                luma_sum=(lambda: _native.luma_sum(src, sub)) if fused else None,
-                native=True,
-            )
+@register_kernel("lut.group", "cpu", "native")
+def _lut_group_native(group: _LutGroup, ctx, src, dst, idx_dev, params) -> None:
+    """Host images, native loops: statistics and the lookup straight on the batch rows (no
+    row selection, no index pass, no scatter back)."""
+    n = src.shape[0] if group.idx is None else group.idx.shape[0]
+    ch, npix = src.shape[1], src[0, 0].numel()
+    rows = group.idx
+    hist, luma_sum = ctx.kernels["hist"], ctx.kernels.get("luma_sum")
 
-        luts = torch.empty(n, ch, 256, dtype=torch.uint8)
-        self._tables(params, 0, n, luts, stats)
-        _native.lut_apply(src, dst, rows, luts)
+    def stats(a: int, b: int) -> _color.TableStats:
+        sub = torch.arange(a, b) if rows is None else rows[a:b]  # batch rows of a:b
+        return _color.TableStats(
+            b - a,
+            ch,
+            npix,
+            src.device,
+            images=lambda: src[a:b] if rows is None else _select(src, sub),
+            hist=lambda: hist(src, sub),
+            luma_sum=None if luma_sum is None else (lambda: luma_sum(src, sub)),
+        )
 
-    def _run_chunk(self, src, dst, idx_dev, params, lo: int, hi: int) -> None:
-        """Samples ``lo:hi`` of the group: their tables, then one gather."""
-        if self.idx is None:
-            part = src[lo:hi]
-        else:
-            part = _select(src, idx_dev[lo:hi])
-        ch, npix = part.shape[1], part[0, 0].numel()
-        index = _color.lut_index(part)  # [(hi - lo) * C, H * W] int32, rows offset by 256
+    luts = group._tables(ctx, params, 0, n, ch, stats)
+    ctx.kernels["lut.apply"](src, dst, rows, luts)
 
-        def stats(a: int, b: int) -> _color.TableStats:
-            rows = slice((a - lo) * ch, (b - lo) * ch)
-            return _color.TableStats(
-                b - a,
-                ch,
-                npix,
-                src.device,
-                images=lambda: part[a - lo : b - lo],
-                hist=lambda: _color.histograms(index[rows], rows.start, rows.stop - rows.start),
-            )
 
-        luts = torch.empty(hi - lo, ch, 256, dtype=torch.uint8, device=src.device)
-        self._tables(params, lo, hi, luts, stats)
-        if self.idx is None:
-            _color.apply_luts(luts, index, dst[lo:hi])
-        else:
-            mapped = _color.apply_luts(luts, index, torch.empty_like(part))
-            _rows(dst).index_copy_(0, idx_dev[lo:hi], _rows(mapped))
+@register_kernel("lut.group", "any", "torch")
+def _lut_group_torch(group: _LutGroup, ctx, src, dst, idx_dev, params) -> None:
+    """Torch kernels: per chunk, an index pass, the tables, one gather (cache-sized chunks on
+    CPU, the whole group elsewhere)."""
+    n = src.shape[0] if group.idx is None else group.idx.shape[0]
+    per = n
+    if src.device.type == "cpu":  # cache-sized chunks (see the runners' `_dense`)
+        per = max(1, LUT_CHUNK_ELEMENTS // src[0].numel())
+    for start in range(0, n, per):
+        _lut_chunk(group, ctx, src, dst, idx_dev, params, start, min(start + per, n))
+
+
+def _lut_chunk(group: _LutGroup, ctx, src, dst, idx_dev, params, lo: int, hi: int) -> None:
+    """Samples ``lo:hi`` of the group: their tables, then one gather."""
+    if group.idx is None:
+        part = src[lo:hi]
+    else:
+        part = _select(src, idx_dev[lo:hi])
+    ch, npix = part.shape[1], part[0, 0].numel()
+    index = _color.lut_index(part)  # [(hi - lo) * C, H * W] int32, rows offset by 256
+
+    def stats(a: int, b: int) -> _color.TableStats:
+        rows = slice((a - lo) * ch, (b - lo) * ch)
+        return _color.TableStats(
+            b - a,
+            ch,
+            npix,
+            src.device,
+            images=lambda: part[a - lo : b - lo],
+            hist=lambda: _color.histograms(index[rows], rows.start, rows.stop - rows.start),
+        )
+
+    luts = group._tables(ctx, params, lo, hi, ch, stats)
+    if group.idx is None:
+        _color.apply_luts(luts, index, dst[lo:hi])
+    else:
+        mapped = _color.apply_luts(luts, index, torch.empty_like(part))
+        _rows(dst).index_copy_(0, idx_dev[lo:hi], _rows(mapped))
 
 
 def _family_group(members: list[Member], ctx: _Ctx) -> Group:
@@ -220,6 +242,9 @@ def plan_groups(ids: Tensor, m: Tensor, names: Sequence[str], ctx: _Ctx) -> list
     members: dict[int, list[int]] = {}
     for i, k in enumerate(ids.tolist()):
         members.setdefault(k, []).append(i)
+    # Ops with a direct kernel join the table group where the lookup is native (cheaper per
+    # pixel than their direct kernels); with torch's gather they keep their own kernels.
+    tables_first = ctx.kernels.is_native("lut.group")
     luts: list[Member] = []
     families: dict[str, list[Member]] = {}
     groups: list[Group] = []
@@ -235,7 +260,7 @@ def plan_groups(ids: Tensor, m: Tensor, names: Sequence[str], ctx: _Ctx) -> list
                 rows = active
         mags = [values[i] for i in rows]
         idx = None if len(rows) == batch else torch.tensor(rows, dtype=torch.int64)
-        if op.lut is not None and (op.run is None or ctx.native):
+        if op.lut is not None and (op.run is None or tables_first):
             luts.append((op, idx, mags))
         elif op.family is not None:
             families.setdefault(op.family, []).append((op, idx, mags))

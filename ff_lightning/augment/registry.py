@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _color, _geometry
+from ff_lightning.augment import _color, _geometry  # noqa: F401 - _color registers the tables
 from ff_lightning.augment.reference import (
     _ref,
     _ref_identity,
@@ -25,19 +25,7 @@ from ff_lightning.augment.reference import (
     _ref_shear,
     _ref_translate,
 )
-from ff_lightning.augment.runners import (
-    Runner,
-    _brightness,
-    _Ctx,
-    _dense,
-    _rows,
-    _run_color,
-    _run_identity,
-    _run_sharpness,
-    _run_translate,
-    _run_warp,
-    _select,
-)
+from ff_lightning.augment.runners import Runner, _Ctx, _rows, _run_identity, _select
 
 __all__ = [
     "INTERPOLATIONS",
@@ -57,6 +45,7 @@ FillArg = float | Sequence[float] | None
 
 # ==================================================================== the op registry
 # Table builders: ``lut(stats, *params)`` (``stats``: ``_color.TableStats``); see ``OpDef.lut``.
+# The kernels named below register in ``runners`` (group runners) and ``_color`` (tables).
 LutBuilder = Callable[..., Tensor]
 
 
@@ -73,17 +62,21 @@ class OpDef:
             samples, see ``Policy.estimate_cost``). With the torch kernels Sharpness and
             Equalize cost relatively more.
         prepare: host float64 magnitudes ``[G]`` -> the kernel's per-sample host tensors.
-        run: the group runner (see above).
+        run: the name of the op's group runner in the kernel table
+            (:mod:`ff_lightning.augment.dispatch`; ``ctx.kernels[run]`` gives the runner for
+            the call's device and backend), or a runner called on every device as it is.
         noop: magnitude (a Python float) -> whether the op is exactly the identity there
             (``None``: never, or not worth knowing).
         reference: torchvision v2's kernel on one ``[3, H, W]`` image with a Python-float
             magnitude, as ``_AutoAugmentBase._apply_image_or_video_transform`` calls it.
         lut: for ops that map each pixel value through a per-sample (or per-channel) table:
+            the name of the table builder in the kernel table (or the builder itself),
             ``lut(stats, *params)`` -> uint8 ``[n, 1 or C, 256]`` (see
             :mod:`ff_lightning.augment._color`). Every such op of a slot is applied in one
-            lookup (``ff_lightning.augment.groups``): always when ``run`` is ``None``, and on
-            host images with the native loops (``_Ctx.native``) for ops that also have a
-            direct kernel (cheaper than torch's table gather, dearer than the native lookup).
+            lookup (``ff_lightning.augment.groups``): always when ``run`` is ``None``, and,
+            for ops that also have a direct kernel, where the lookup runs natively
+            (``ctx.kernels.is_native("lut.group")``: cheaper than torch's table gather,
+            dearer than the native lookup).
         family: ops that share ``run`` ("affine": Shear/Rotate, "shift": Translate): samples
             of every op of a family run as one group, their per-sample tensors concatenated.
         per_sample: how many of the leading prepared tensors have one row per sample (the
@@ -94,10 +87,10 @@ class OpDef:
     kind: str
     cost: float
     prepare: Callable[[Tensor, _Ctx], tuple[Tensor, ...]]
-    run: Runner | None
+    run: str | Runner | None
     noop: Callable[[float], bool] | None
     reference: Callable[[Tensor, float, str, FillArg], Tensor]
-    lut: LutBuilder | None = None
+    lut: str | LutBuilder | None = None
     family: str | None = None
     per_sample: int | None = None
 
@@ -205,13 +198,13 @@ _SHIFT = {"family": "shift", "per_sample": 1}  # (tx, ty)
 #: Every op, in torchvision's order; ``OPS`` is its tuple of names.
 REGISTRY: dict[str, OpDef] = dict(
     [
-        _op("Identity", "identity", 0.0, _no_params, _run_identity, None, _ref_identity),
+        _op("Identity", "identity", 0.0, _no_params, "Identity", None, _ref_identity),
         _op(
             "ShearX",
             "geometric",
             2.5,
             _prepare_shear(0),
-            _run_warp,
+            "affine",
             _zero,
             _ref_shear(0),
             **_AFFINE,
@@ -221,7 +214,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "geometric",
             2.6,
             _prepare_shear(1),
-            _run_warp,
+            "affine",
             _zero,
             _ref_shear(1),
             **_AFFINE,
@@ -231,7 +224,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "geometric",
             1.3,
             _prepare_translate(0),
-            _run_translate,
+            "shift",
             _zero_shift,
             _ref_translate(0),
             **_SHIFT,
@@ -241,7 +234,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "geometric",
             1.3,
             _prepare_translate(1),
-            _run_translate,
+            "shift",
             _zero_shift,
             _ref_translate(1),
             **_SHIFT,
@@ -251,7 +244,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "geometric",
             2.5,
             _prepare_rotate,
-            _run_warp,
+            "affine",
             _zero_angle,
             _ref_rotate,
             **_AFFINE,
@@ -261,17 +254,17 @@ REGISTRY: dict[str, OpDef] = dict(
             "colour",
             1.0,
             lambda m, ctx: _prepare_blend(m, ctx)[:1],
-            _dense(_brightness),
+            "Brightness",
             _zero,
             _ref("adjust_brightness_image", lambda m: 1.0 + m),
-            lut=_color.kernel_lut(_brightness),
+            lut="Brightness.table",
         ),
         _op(
             "Color",
             "colour",
             0.8,
             _prepare_blend,
-            _run_color,
+            "Color",
             _zero,
             _ref("adjust_saturation_image", lambda m: 1.0 + m),
         ),
@@ -279,7 +272,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "Contrast",
             1.2,
             _prepare_blend,
-            _color.contrast_lut,
+            "Contrast.table",
             _zero,
             _ref("adjust_contrast_image", lambda m: 1.0 + m),
         ),
@@ -288,7 +281,7 @@ REGISTRY: dict[str, OpDef] = dict(
             "colour",
             2.4,
             _prepare_blend,
-            _run_sharpness,
+            "Sharpness",
             _zero,
             _ref("adjust_sharpness_image", lambda m: 1.0 + m),
         ),
@@ -297,39 +290,39 @@ REGISTRY: dict[str, OpDef] = dict(
             "colour",
             0.9,
             _prepare_posterize,
-            _dense(_color.posterize),
+            "Posterize",
             None,
             _ref("posterize_image", int),
-            lut=_color.kernel_lut(_color.posterize),
+            lut="Posterize.table",
         ),
         _op(
             "Solarize",
             "colour",
             1.1,
             _prepare_solarize,
-            _dense(_color.solarize),
+            "Solarize",
             None,
             _ref("solarize_image", lambda m: 255.0 * m),
-            lut=_color.kernel_lut(_color.solarize),
+            lut="Solarize.table",
         ),
         _lut_op(
             "AutoContrast",
             2.3,
             _no_params,
-            _color.autocontrast_lut,
+            "AutoContrast.table",
             None,
             _ref("autocontrast_image"),
         ),
-        _lut_op("Equalize", 2.2, _no_params, _color.equalize_lut, None, _ref("equalize_image")),
+        _lut_op("Equalize", 2.2, _no_params, "Equalize.table", None, _ref("equalize_image")),
         _op(
             "Invert",
             "colour",
             1.1,
             _no_params,
-            _dense(_color.invert),
+            "Invert",
             None,
             _ref("invert_image"),
-            lut=_color.kernel_lut(_color.invert),
+            lut="Invert.table",
         ),
     ]
 )

@@ -1,11 +1,16 @@
-"""Group runners: the functions that apply one op (or one family of ops) to a group of samples.
+"""Group runners: the kernels that apply one op (or one family of ops) to a group of samples.
 
-A runner is called as ``run(ctx, src, dst, idx, idx_dev, params)`` and writes ``op(src[idx])``
-into ``dst[idx]`` (``idx`` None: every sample; ``idx`` int64 on the host, ``idx_dev`` the same
-on the images' device; ``params`` the op's per-sample tensors on the device, one row per
-selected sample). ``dst`` may be ``src`` (in place). On host images the native loops
-(:mod:`ff_lightning.augment._native`) run where they exist; the torch kernels everywhere else.
-The op registry (:mod:`ff_lightning.augment.registry`) names each op's runner.
+A runner is called as ``run(ctx, src, dst, idx, idx_dev, params, host)`` and writes
+``op(src[idx])`` into ``dst[idx]`` (``idx`` None: every sample; ``idx`` int64 on the host,
+``idx_dev`` the same on the images' device; ``params`` the op's per-sample tensors on the
+device, one row per selected sample, and ``host`` the same tensors on the host, which the
+kernels read only to key their caches). ``dst`` may be ``src`` (in place).
+
+Each runner registers in the kernel table (:mod:`ff_lightning.augment.dispatch`) under the
+name an :class:`~ff_lightning.augment.registry.OpDef` gives in ``run``, once per (device type,
+backend): the native loops on host images where they are loaded, the torch kernels on the host
+otherwise, and the batched torch kernels (nearest picks cached on the device,
+:mod:`ff_lightning.augment._gather`) on every other device.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import _color, _geometry, _native
+from ff_lightning.augment import _color, _gather, _geometry, _native
+from ff_lightning.augment.dispatch import Kernels, kernels_for, register_kernel
 
 __all__ = ["Runner", "_Ctx", "_dense", "_rows", "_run_identity", "_select"]
 
@@ -26,22 +32,29 @@ _CPU_CHUNK_ELEMENTS = 1 << 17
 
 @dataclass(frozen=True)
 class _Ctx:
-    """What every op of a call shares: image size, interpolation, fill."""
+    """What every op of a call shares: image size, interpolation, fill, and the kernels
+    chosen for the images' device (:func:`~ff_lightning.augment.dispatch.kernels_for`)."""
 
     height: int
     width: int
     channels: int
     interpolation: str
     fill: list[float] | None
-    #: host images and the native loops loaded (:mod:`ff_lightning.augment._native`): every
-    #: op with a table joins the slot's lookup-table group
-    native: bool = False
+    kernels: Kernels = None  # type: ignore[assignment]  # set by functional._context
+
+    def __post_init__(self) -> None:
+        if self.kernels is None:
+            object.__setattr__(self, "kernels", kernels_for("cpu"))
+
+    @property
+    def native(self) -> bool:
+        """Whether this call's backend is the native loops (read-only; kernels dispatch
+        through :attr:`kernels`, not through this flag)."""
+        return self.kernels.backend == "native"
 
 
 # A group runner (see the module docstring).
-Runner = Callable[
-    [_Ctx, Tensor, Tensor, "Tensor | None", "Tensor | None", tuple[Tensor, ...]], None
-]
+Runner = Callable[..., None]
 
 
 def _rows(images: Tensor) -> Tensor:
@@ -70,7 +83,7 @@ def _dense(kernel: Callable[..., Tensor]) -> Runner:
     get the whole group at once. Gathered rows are transformed in place.
     """
 
-    def run(ctx, src, dst, idx, idx_dev, params) -> None:
+    def run(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
         n = src.shape[0] if idx is None else idx.shape[0]
         per = n
         if src.device.type == "cpu":
@@ -92,35 +105,67 @@ def _dense(kernel: Callable[..., Tensor]) -> Runner:
     return run
 
 
-def _run_warp(ctx, src, dst, idx, idx_dev, params) -> None:
-    factors, xt, yt, t2, *fill = params
+# ------------------------------------------------------------------ geometric
+def _host_rows(src: Tensor, idx: Tensor | None) -> range | list[int]:
+    return range(src.shape[0]) if idx is None else idx.tolist()
+
+
+@register_kernel("affine.nearest", "cpu", "native")
+def _warp_rows_native(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
+    factors, _, _, _, fill = params
+    _geometry.warp_nearest_rows_native(src, dst, _host_rows(src, idx), factors, fill)
+
+
+@register_kernel("affine.nearest", "cpu", "torch")
+def _warp_rows(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
+    factors, _, _, _, fill = params
+    _geometry.warp_nearest_rows(src, dst, _host_rows(src, idx), factors, fill)
+
+
+@register_kernel("affine.nearest", "any", "torch")
+def _warp_device(ctx, src, dst, idx, idx_dev, params, host) -> None:
+    _, xt, yt, t2, fill = params
+    _gather.warp_device(src, dst, idx_dev, host[0], (xt, yt, t2), fill)
+
+
+@register_kernel("affine.bilinear", "any", "torch")
+def _warp_bilinear(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
+    _, xt, yt, t2, *fill = params
+    fill_t = fill[0] if fill else None
+
+    def kernel(images: Tensor, out: Tensor, *terms: Tensor) -> Tensor:
+        return _geometry.warp_bilinear(images, out, terms, fill_t)
+
+    _dense(kernel)(ctx, src, dst, idx, idx_dev, (xt, yt, t2))
+
+
+def _run_warp(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
+    """ShearX/Y and Rotate: the nearest or bilinear warp the table gives for this device,
+    in float32 whatever an enclosing autocast says."""
+    kernel = ctx.kernels["affine.nearest" if ctx.interpolation == "nearest" else "affine.bilinear"]
     with _geometry.float32_math(src.device):
-        if ctx.interpolation == "nearest":
-            if src.device.type == "cpu":
-                rows = range(src.shape[0]) if idx is None else idx.tolist()
-                _geometry.warp_nearest_rows(src, dst, rows, factors, fill[0])
-            else:
-                _geometry.warp_nearest_batch(src, dst, idx_dev, (xt, yt, t2), fill[0])
-            return
-        fill_t = fill[0] if fill else None
-
-        def kernel(images: Tensor, out: Tensor, *terms: Tensor) -> Tensor:
-            return _geometry.warp_bilinear(images, out, terms, fill_t)
-
-        _dense(kernel)(ctx, src, dst, idx, idx_dev, (xt, yt, t2))
+        kernel(ctx, src, dst, idx, idx_dev, params, host)
 
 
-def _run_translate(ctx, src, dst, idx, idx_dev, params) -> None:
+register_kernel("affine", "any", "torch", _run_warp)
+
+
+@register_kernel("shift", "cpu", "torch")
+def _shift_rows(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
     shifts, fill = params
-    if src.device.type == "cpu":
-        rows = range(src.shape[0]) if idx is None else idx.tolist()
-        pairs = [tuple(s) for s in shifts.tolist()]
-        _geometry.shift_rows(src, dst, rows, pairs, fill.tolist())
-    else:
-        _geometry.shift_batch(src, dst, idx_dev, shifts, fill)
+    pairs = [tuple(s) for s in shifts.tolist()]
+    _geometry.shift_rows(src, dst, _host_rows(src, idx), pairs, fill.tolist())
 
 
-def _run_identity(ctx, src, dst, idx, idx_dev, params) -> None:
+@register_kernel("shift", "any", "torch")
+def _shift_device(ctx, src, dst, idx, idx_dev, params, host) -> None:
+    shifts, fill = params
+    _gather.shift_device(src, dst, idx_dev, host[0], shifts, fill)
+
+
+# ------------------------------------------------------------------ colour
+@register_kernel("Identity", "any", "torch")
+def _run_identity(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
     if dst is src:
         return
     if idx is None:
@@ -133,24 +178,28 @@ def _brightness(x: Tensor, out: Tensor, factor: Tensor) -> Tensor:
     return _color.brightness(x, factor, out)
 
 
+register_kernel("Brightness", "any", "torch", _dense(_brightness))
+register_kernel("Posterize", "any", "torch", _dense(_color.posterize))
+register_kernel("Solarize", "any", "torch", _dense(_color.solarize))
+register_kernel("Invert", "any", "torch", _dense(_color.invert))
+register_kernel("Color", "any", "torch", _dense(lambda x, out, f, a: _color.color(x, f, a, out)))
+register_kernel(
+    "Sharpness", "any", "torch", _dense(lambda x, out, f, a: _color.sharpness(x, a, out))
+)
+
 _color_dense = _dense(lambda x, out, f, a: _color.color(x, f, a, out))
 
 
-def _run_color(ctx, src, dst, idx, idx_dev, params) -> None:
-    """Native loop on host 3-channel images where its float arithmetic is torch's, else the
-    torch kernel."""
-    if ctx.native and src.shape[1] == 3 and src.device.type == "cpu" and _native.fused():
+@register_kernel("Color", "cpu", "native", float_loops=True)
+def _color_native(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
+    """The native loop on 3-channel images (its float arithmetic is torch's where it is
+    registered), the torch kernel on one channel (the identity)."""
+    if src.shape[1] == 3:
         _native.color(src, dst, idx, *params)
     else:
         _color_dense(ctx, src, dst, idx, idx_dev, params)
 
 
-_sharpness_dense = _dense(lambda x, out, f, a: _color.sharpness(x, a, out))
-
-
-def _run_sharpness(ctx, src, dst, idx, idx_dev, params) -> None:
-    """Native loop on host images where its float arithmetic is torch's, else torch."""
-    if ctx.native and src.device.type == "cpu" and _native.fused():
-        _native.sharpness(src, dst, idx, params[1])
-    else:
-        _sharpness_dense(ctx, src, dst, idx, idx_dev, params)
+@register_kernel("Sharpness", "cpu", "native", float_loops=True)
+def _sharpness_native(ctx, src, dst, idx, idx_dev, params, host=None) -> None:
+    _native.sharpness(src, dst, idx, params[1])

@@ -15,6 +15,7 @@ Python work per file.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 
-__all__ = ["JpegHeader", "decode_jpegs", "jpeg_header"]
+__all__ = ["JpegHeader", "decode_jpegs", "is_allocation_failure", "jpeg_header"]
 
 _SOF_BASELINE = (0xC0, 0xC1)  # baseline and extended sequential, Huffman-coded
 # Every other frame type (progressive C2, lossless C3, arithmetic C9-CB, hierarchical ...).
@@ -123,6 +124,26 @@ def jpeg_header(data: bytes | bytearray | memoryview) -> JpegHeader | None:
 
 
 _OOM = (torch.cuda.OutOfMemoryError,)
+# nvJPEG reports running out of device memory as a RuntimeError, not as torch's
+# OutOfMemoryError: torchvision's "Failed to decode batch: 5" / older "nvjpegDecode failed: 5"
+# (status 5 is NVJPEG_STATUS_ALLOCATOR_FAILURE), a buffer it could not create or attach, or a
+# CUDA allocation error.
+_ALLOCATION_FAILURE = re.compile(
+    r"out of memory|NVJPEG_STATUS_ALLOCATOR_FAILURE|allocat\w* fail|fail\w* to allocate"
+    r"|cudaErrorMemoryAllocation|failed(?: to [\w ]+)?: 5\b"
+    r"|failed to (?:create|attach) (?:device|pinned) buffer",
+    re.IGNORECASE,
+)
+
+
+def is_allocation_failure(err: BaseException, device: torch.device) -> bool:
+    """Whether a decode error on ``device`` is the device running out of memory (a CUDA
+    device only: on the host the retry and fallback would run out alike)."""
+    return device.type == "cuda" and bool(_ALLOCATION_FAILURE.search(str(err)))
+
+
+def _as_oom(err: BaseException) -> torch.cuda.OutOfMemoryError:
+    return torch.cuda.OutOfMemoryError(f"{type(err).__name__} from the JPEG decoder: {err}")
 
 
 def _drain_caller_stream(device: torch.device) -> None:
@@ -140,30 +161,38 @@ def decode_jpegs(
     device: torch.device | str,
     *,
     oom_errors: tuple[type[BaseException], ...] = _OOM,
+    drain: bool = True,
 ) -> list[Tensor | None]:
     """Decode JPEG files (uint8 CPU tensors) to RGB uint8 ``[3, H, W]`` on ``device``.
 
     One batched ``decode_jpeg`` call; when it fails, each file again on its own, and a file
     that fails alone comes back as ``None``. Out-of-memory errors propagate (the memory
-    guard handles them). No EXIF orientation is applied (the caller applies it).
+    guard handles them), nvJPEG's allocation failures included, as ``OutOfMemoryError``. No
+    EXIF orientation is applied (the caller applies it). ``drain``: wait for the caller's
+    CUDA stream first (see ``_drain_caller_stream``); ``False`` for a caller that orders the
+    decode itself (the device stage decodes on a side stream).
     """
     dev = torch.device(device)
     if not files:
         return []
-    _drain_caller_stream(dev)
+    if drain:
+        _drain_caller_stream(dev)
     try:
         out = decode_jpeg(list(files), mode=ImageReadMode.RGB, device=dev)
         return list(out)
     except oom_errors:
         raise
-    except Exception:  # one bad file fails the batched call: retry item by item
-        pass
+    except Exception as err:  # one bad file fails the batched call: retry item by item
+        if is_allocation_failure(err, dev):
+            raise _as_oom(err) from err
     result: list[Tensor | None] = []
     for f in files:
         try:
             result.append(decode_jpeg(f, mode=ImageReadMode.RGB, device=dev))
         except oom_errors:
             raise
-        except Exception:
+        except Exception as err:
+            if is_allocation_failure(err, dev):
+                raise _as_oom(err) from err
             result.append(None)
     return result

@@ -188,9 +188,10 @@ class MemoryGuard:
                 even one chunk of ``min_chunk``; its result is copied into the output.
             total: the full batch size (both routes), so that :attr:`ratio_cap` is a share
                 of the whole batch (default: ``n``).
-            out: where to write the result (default: a new tensor like ``images``, or
-                ``images`` itself when even that allocation runs out of memory); it may be
-                ``images`` itself: each chunk is read before it is written.
+            out: where to write the result (default: ``fn``'s own result when one chunk takes
+                every sample, else a new tensor like ``images``, or ``images`` itself when
+                even that allocation runs out of memory); it may be ``images`` itself: each
+                chunk is read before it is written.
             sample_bytes_hint: bytes of one sample for the estimate (default: one float32
                 copy of a sample).
         """
@@ -198,8 +199,10 @@ class MemoryGuard:
         if n == 0:
             return torch.empty_like(images) if out is None else out
         self._largest_n = max(self._largest_n, n)
-        if out is None:
-            out = self._allocate_out(images)
+        # The output buffer is allocated only once a second chunk is needed: a batch that
+        # fits in one chunk (the usual case) returns fn's result as it is, with no second
+        # batch-sized buffer and no copy into it.
+        given = out is not None
         hint = sample_bytes_hint or images[0].numel() * 4
         had_oom = self.oom_events
         start, chunk = 0, self.chunk_size(n, hint)
@@ -214,7 +217,14 @@ class MemoryGuard:
                     base = self.probe.allocated_bytes()
                     peak_before = self.probe.peak_allocated_bytes()
                 sub = params if size == n else _index(params, start, stop)
-                out[start:stop] = fn(images[start:stop], sub)
+                result = fn(images[start:stop], sub)
+                if size == n and not given:
+                    out = result
+                else:
+                    if out is None:
+                        out = self._allocate_out(images)
+                    out[start:stop] = result
+                del result
                 if measure:
                     self._measure(base, peak_before, self.probe.peak_allocated_bytes(), size, hint)
             except self.oom_errors as err:
@@ -250,9 +260,12 @@ class MemoryGuard:
                     half,
                 )
                 continue
+            if out is None:
+                out = self._allocate_out(images)
             self._fallback(cpu_fallback, images, params, start, out, total or n, msg)
             break
         self._count_call(clean=self.oom_events == had_oom)
+        assert out is not None
         return out
 
     def state(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ff_lightning.augment import batch_ops
+from ff_lightning.augment import batch_ops, normalization
 from ff_lightning.augment._device import h2d
 from ff_lightning.errors import ConfigError
 from ff_lightning.pipeline.batch import BatchRoute, StepStats, is_training_batch
@@ -32,20 +32,18 @@ __all__ = ["DeviceStage", "output_dtype_for"]
 
 
 def output_dtype_for(output_dtype: str, precision_plugin: Any = None) -> torch.dtype:
-    """The dtype the model receives: ``output_dtype`` unless ``"auto"``, else the precision the
-    Trainer trains in (``bf16-true``/``bf16-mixed``: bfloat16, ``16-*``: float16, ``64-true``:
-    float64, anything else float32)."""
+    """The dtype the model receives: ``output_dtype`` unless ``"auto"``, else the dtype the
+    Trainer hands its module (``bf16-true``: bfloat16, ``16-true``: float16, ``64-true``:
+    float64, anything else float32, ``*-mixed`` included: Lightning gives mixed-precision
+    modules float32 inputs and lets autocast cast inside, so code outside autocast still sees
+    float32; ask for half inputs with ``output_dtype``)."""
     if output_dtype != "auto":
         return getattr(torch, output_dtype)
     desired = getattr(precision_plugin, "_desired_input_dtype", None)
     if isinstance(desired, torch.dtype) and desired.is_floating_point:
         return desired
     precision = str(getattr(precision_plugin, "precision", ""))
-    return {
-        "bf16-mixed": torch.bfloat16,
-        "16-mixed": torch.float16,
-        "64-true": torch.float64,
-    }.get(precision, torch.float32)
+    return {"64-true": torch.float64}.get(precision, torch.float32)
 
 
 class DeviceStage:
@@ -263,13 +261,13 @@ class DeviceStage:
         written in the same pass; constants copied to each device once)."""
         c = int(images.shape[1])
         if not self.normalize:
-            return batch_ops.normalize(images, (0.0,) * c, (1.0,) * c, dtype=dtype)
+            return normalization.normalize(images, (0.0,) * c, (1.0,) * c, dtype=dtype)
         if len(self.mean) != c:
             raise ConfigError(
                 f"`mean` and `std` have {len(self.mean)} values but the images have {c} "
                 "channels; give one value per channel"
             )
-        return batch_ops.normalize(images, self.mean, self.std, dtype=dtype)
+        return normalization.normalize(images, self.mean, self.std, dtype=dtype)
 
     def _batch_ops(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # The batch ops draw their random numbers on the CPU (same result on every device);

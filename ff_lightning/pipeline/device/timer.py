@@ -27,16 +27,29 @@ class DeviceTimer:
     time has been read both events go back to a small pool, so that steady training creates no
     new events (about two in flight per step of lag, not two per step).
 
+    Both events of a region are recorded on the current stream of the region's device (the
+    images' device), not of the current device: in a plain loop on a second GPU without
+    ``torch.cuda.set_device`` the current device's stream holds none of the work, and the
+    region would read about zero.
+
     Args:
         event_factory: makes one timing event (default:
             ``torch.cuda.Event(enable_timing=True)``); tests inject their own.
         pool_size: most idle events kept for reuse; more are dropped.
+        stream_of: the stream to record on for a device (default:
+            ``torch.cuda.current_stream(device)``); tests inject their own.
     """
 
-    def __init__(self, event_factory: Callable[[], Any] | None = None, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        event_factory: Callable[[], Any] | None = None,
+        pool_size: int = 8,
+        stream_of: Callable[[torch.device], Any] | None = None,
+    ) -> None:
         if not isinstance(pool_size, int) or pool_size < 0:
             raise ValueError(f"`pool_size` must be a non-negative int, got {pool_size!r}")
         self._factory = event_factory or _timing_event
+        self._stream_of = stream_of or _current_stream
         self._pool_size = pool_size
         self._pool: list[Any] = []  # idle events whose last reading has been collected
         self._pending: deque[tuple[Any, Any]] = deque()
@@ -59,7 +72,7 @@ class DeviceTimer:
         # the stream, so it is not pooled.
         if device.type == "cuda":
             ev = self._event()
-            ev.record()  # enqueued on the current stream: no synchronisation
+            ev.record(self._stream_of(device))  # enqueued on the images' stream: no sync
             self._open = (ev, device)
         else:
             self._open = (time.perf_counter(), device)
@@ -71,7 +84,7 @@ class DeviceTimer:
         self._open = None
         if device.type == "cuda":
             end = self._event()
-            end.record()
+            end.record(self._stream_of(device))  # the same stream as its start
             self._pending.append((begin, end))
         else:
             self._pending.append((begin, time.perf_counter()))
@@ -96,3 +109,7 @@ class DeviceTimer:
 
 def _timing_event() -> Any:
     return torch.cuda.Event(enable_timing=True)
+
+
+def _current_stream(device: torch.device) -> Any:
+    return torch.cuda.current_stream(device)
