@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
+from ff_lightning.augment._device import HostPack, h2d
 from ff_lightning.augment.transforms import _native_ops
 from ff_lightning.augment.transforms.base import run_rows
 
@@ -39,8 +40,8 @@ def _select(device: torch.device) -> Tensor:
     key = str(device)
     table = _SELECT.get(key)
     if table is None:
-        # Built once per device: a copy from pageable memory per call would synchronise.
-        table = _SELECT.setdefault(key, torch.tensor(_SECTORS, dtype=torch.int64).to(device))
+        # Built once per device (pinned, non-blocking copy).
+        table = _SELECT.setdefault(key, h2d(torch.tensor(_SECTORS, dtype=torch.int64), device))
     return table
 
 
@@ -81,14 +82,20 @@ def _hue_torch(images: Tensor, factor: Tensor) -> Tensor:
 
 def hue(images: Tensor, factor: Tensor, rows: Tensor) -> Tensor:
     """``adjust_hue`` of the images ``images[rows]``, in place (``images``: contiguous uint8
-    ``[B, C, H, W]``; ``rows``: host int64; ``factor``: float32, one per row, in ``[-0.5,
-    0.5]``, on the images' device). One channel: the identity (as torchvision)."""
+    ``[B, C, H, W]``; ``rows``: host int64; ``factor``: host float32, one per row, in
+    ``[-0.5, 0.5]``). One channel: the identity (as torchvision)."""
     if images.shape[1] == 1 or rows.numel() == 0:
         return images
     if images.device.type == "cpu" and _native_ops.available():
         _native_ops.hue(images, images, factor, rows)  # straight on the rows: no gather
         return images
-    return run_rows(lambda part: part.copy_(_hue_torch(part, factor)), images, rows)
+    pack = HostPack()
+    slots = pack.add(rows), pack.add(factor.to(torch.float32))
+    moved = pack.to(images.device)  # one pinned, non-blocking copy
+    dev_factor = moved[slots[1]]
+    return run_rows(
+        lambda part: part.copy_(_hue_torch(part, dev_factor)), images, rows, moved[slots[0]]
+    )
 
 
 def gaussian_taps(kernel_size: int, sigma: Tensor) -> Tensor:

@@ -100,15 +100,19 @@ def _row_view(x: Tensor) -> Tensor:
     return rows
 
 
-def run_rows(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Tensor) -> Tensor:
+def run_rows(
+    fn: Callable[[Tensor], Tensor], x: Tensor, rows: Tensor, rows_dev: Tensor | None = None
+) -> Tensor:
     """``x[rows] = fn(x[rows])`` for host int64 ``rows`` (sorted) of contiguous ``x``, in place;
-    ``fn`` may write its argument. All rows: ``fn(x)`` itself, no gather or scatter."""
+    ``fn`` may write its argument. All rows: ``fn(x)`` itself, no gather or scatter.
+    ``rows_dev``: the same rows on ``x``'s device when the caller moved them already."""
     n = int(rows.numel())
     if n == 0:
         return x
     if n == x.shape[0]:
         return fn(x)
-    idx = h2d(rows, x.device)  # pinned, non-blocking: no synchronisation
+    # pinned, non-blocking: no synchronisation
+    idx = rows_dev if rows_dev is not None else h2d(rows, x.device)
     part = _row_view(x).index_select(0, idx).view(torch.uint8).view(n, *x.shape[1:])
     done = fn(part).contiguous()
     _row_view(x).index_copy_(0, idx, _row_view(done))

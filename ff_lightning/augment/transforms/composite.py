@@ -58,7 +58,8 @@ class PolicyStage(RoutedTransform):
         super().__init__(stream=stream)
         if not isinstance(policy, Policy):
             raise ConfigError(
-                f"`policy` must be a Policy (build_policy(...)), got {type(policy).__name__}"
+                f"PolicyStage: `policy` must be a Policy (build_policy(...)), "
+                f"got {type(policy).__name__}"
             )
         self.policy = policy
         self.primary = primary

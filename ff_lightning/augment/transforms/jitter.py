@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ff_lightning.augment._device import h2d
 from ff_lightning.augment.functional import apply_ops_grouped
 from ff_lightning.augment.transforms import _kernels
 from ff_lightning.augment.transforms.base import (
@@ -109,10 +108,7 @@ class ColorJitter(RoutedTransform):
                 x = apply_ops_grouped(x, ids, mags, _REGISTRY_OPS, out=x)
             if self.ranges[3] is not None and x.shape[1] == 3:
                 rows = rows_of(which == 3)
-                if rows.numel():
-                    # pinned, non-blocking copy of the rows' factors (host tensors on CPU)
-                    hue = h2d(factors[rows, 3].contiguous(), x.device)
-                    x = _kernels.hue(x, hue, rows)
+                x = _kernels.hue(x, factors[rows, 3].contiguous(), rows)
         return x
 
     def _cost(self, rec: Record) -> Tensor:
