@@ -39,6 +39,7 @@ from ff_lightning.errors import ConfigError
 from ff_lightning.validation import check_int, check_probability
 
 __all__ = [
+    "COSTS",
     "FIRST_STREAM",
     "RoutedTransform",
     "check_images",
@@ -50,6 +51,19 @@ __all__ = [
 
 #: The first stream id a routed transform may use (lower ids are reserved by ``rng``).
 FIRST_STREAM = 16
+
+#: Relative CPU cost per applied sample of the kernels the op registry does not have, in the
+#: registry's unit (Brightness at 224 px = 1; the registry's ops keep their own ``cost``).
+#: Measured on one thread at 224 px with ``recipes/benchmark_transforms.py --costs``.
+COSTS = {
+    "hue": 4.3,
+    "blur_tap": 0.2,  # per non-zero tap of each 1-D pass
+    "grayscale": 0.4,
+    "flip": 0.5,
+    "warp_nearest": 7.0,
+    "warp_bilinear": 45.0,
+    "quarter_turn": 0.5,
+}
 
 
 @contextlib.contextmanager

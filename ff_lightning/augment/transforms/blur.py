@@ -10,6 +10,7 @@ from torch import Tensor
 from ff_lightning.augment._device import HostPack
 from ff_lightning.augment.transforms import _kernels
 from ff_lightning.augment.transforms.base import (
+    COSTS,
     FIRST_STREAM,
     RoutedTransform,
     named,
@@ -84,9 +85,6 @@ class GaussianBlur(RoutedTransform):
     """
 
     num_draws = 1
-    #: relative CPU cost per sample at 224 px with the native loop (23 taps, sigma in
-    #: (0.1, 2)); the torch route costs about ten times more
-    unit_cost = 1.2
 
     def __init__(
         self,
@@ -117,7 +115,10 @@ class GaussianBlur(RoutedTransform):
         return _kernels.blur(x, taps_x, taps_y, x, spans)
 
     def _cost(self, rec: Record) -> Tensor:
-        return torch.full((len(rec),), self.unit_cost * (sum(self.kernel_size) / 46.0))
+        # per non-zero tap of each pass: the native loop sums only those
+        kx, ky = self.kernel_size
+        taps = (blur_taps(kx, rec["sigma"]) != 0).sum(1) + (blur_taps(ky, rec["sigma"]) != 0).sum(1)
+        return taps.to(torch.float32) * COSTS["blur_tap"]
 
     def _extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, sigma={self.sigma}"

@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from ff_lightning.augment import _geometry, rng
 from ff_lightning.augment._device import HostPack
 from ff_lightning.augment.transforms.base import (
+    COSTS,
     FIRST_STREAM,
     GatedTransform,
     RoutedTransform,
@@ -220,8 +221,7 @@ class _AffineBase(RoutedTransform):
         return self.center[0] - width * 0.5, self.center[1] - height * 0.5
 
     def _cost(self, rec: Record) -> Tensor:
-        per = 2.5 if self.interpolation == "nearest" else 4.0
-        return torch.full((len(rec),), per)
+        return torch.full((len(rec),), COSTS[f"warp_{self.interpolation}"])
 
     def _extra_repr(self) -> str:
         return f"interpolation={self.interpolation!r}, fill={self.fill}, center={self.center}"
@@ -373,6 +373,14 @@ class RandomRotation(_AffineBase):
             x = _warp(x, torch.tensor(warped), matrices, self.interpolation, self.fill)
         return x
 
+    def _cost(self, rec: Record) -> Tensor:
+        cost = super()._cost(rec)
+        if self.center is None:  # 0 and 180 degrees need no warp at any size
+            turn = rec["angle"].double().remainder(360.0)
+            cost[turn == 0] = 0.0
+            cost[turn == 180] = COSTS["quarter_turn"]
+        return cost
+
     def _extra_repr(self) -> str:
         return f"degrees={self.degrees}, {super()._extra_repr()}"
 
@@ -380,7 +388,7 @@ class RandomRotation(_AffineBase):
 class RandomHorizontalFlip(GatedTransform):
     """torchvision's ``RandomHorizontalFlip(p)``, per sample."""
 
-    unit_cost = 0.3
+    unit_cost = COSTS["flip"]
 
     def _apply_rows(self, x: Tensor, rows: Tensor, rec: Record) -> Tensor:
         return run_rows(lambda part: part.flip(-1), x, rows)
@@ -389,7 +397,7 @@ class RandomHorizontalFlip(GatedTransform):
 class RandomVerticalFlip(GatedTransform):
     """torchvision's ``RandomVerticalFlip(p)``, per sample."""
 
-    unit_cost = 0.3
+    unit_cost = COSTS["flip"]
 
     def _apply_rows(self, x: Tensor, rows: Tensor, rec: Record) -> Tensor:
         return run_rows(lambda part: part.flip(-2), x, rows)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ff_lightning.augment.functional import apply_ops_grouped
+from ff_lightning.augment.functional import REGISTRY, apply_ops_grouped
 from ff_lightning.augment.transforms import _kernels
 from ff_lightning.augment.transforms.base import (
+    COSTS,
     FIRST_STREAM,
     RoutedTransform,
     check_range,
@@ -35,8 +36,8 @@ __all__ = ["ADJUSTMENTS", "ColorJitter"]
 #: The adjustments in torchvision's numbering (``fn_idx``), with their identity factor.
 ADJUSTMENTS = (("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("hue", 0.0))
 _REGISTRY_OPS = ("Identity", "Brightness", "Contrast", "Color")
-#: relative CPU cost per applied adjustment at 224 px (native loops; Brightness = 1)
-_COSTS = (1.0, 1.2, 0.8, 1.0)
+#: relative CPU cost per applied adjustment: the registry's ops' own, and the hue kernel's
+_COSTS = (*(REGISTRY[op].cost for op in _REGISTRY_OPS[1:]), COSTS["hue"])
 
 Range = float | tuple[float, float] | list[float] | None
 

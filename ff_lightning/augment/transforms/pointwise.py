@@ -21,9 +21,15 @@ import torch
 from torch import Tensor
 
 from ff_lightning.augment import _color, _native
-from ff_lightning.augment.functional import apply_ops_grouped
+from ff_lightning.augment.functional import REGISTRY, apply_ops_grouped
 from ff_lightning.augment.transforms import _native_ops
-from ff_lightning.augment.transforms.base import FIRST_STREAM, GatedTransform, named, run_rows
+from ff_lightning.augment.transforms.base import (
+    COSTS,
+    FIRST_STREAM,
+    GatedTransform,
+    named,
+    run_rows,
+)
 from ff_lightning.augment.transforms.record import Record
 from ff_lightning.validation import check_float, check_int
 
@@ -52,9 +58,14 @@ def _exact_magnitude(target: float, forward: Callable[[float], float], inverse: 
 
 
 class _RegistryOp(GatedTransform):
-    """A gated auto-augment op of the registry with one magnitude for every sample."""
+    """A gated auto-augment op of the registry with one magnitude for every sample (its cost
+    is the registry's)."""
 
     op: str = "Identity"
+
+    @property
+    def unit_cost(self) -> float:  # type: ignore[override]
+        return REGISTRY[self.op].cost
 
     def _magnitude(self) -> float:
         return 0.0
@@ -69,28 +80,24 @@ class RandomEqualize(_RegistryOp):
     """torchvision's ``RandomEqualize(p)``: histogram equalisation per channel."""
 
     op = "Equalize"
-    unit_cost = 2.2
 
 
 class RandomAutocontrast(_RegistryOp):
     """torchvision's ``RandomAutocontrast(p)``: each channel stretched to ``[0, 255]``."""
 
     op = "AutoContrast"
-    unit_cost = 2.3
 
 
 class RandomInvert(_RegistryOp):
     """torchvision's ``RandomInvert(p)``: ``255 - x``."""
 
     op = "Invert"
-    unit_cost = 1.1
 
 
 class RandomPosterize(_RegistryOp):
     """torchvision's ``RandomPosterize(bits, p)``: keep the ``bits`` high bits (0 to 8)."""
 
     op = "Posterize"
-    unit_cost = 0.9
 
     def __init__(self, bits: int, p: float = 0.5, *, stream: int = FIRST_STREAM) -> None:
         super().__init__(p, stream=stream)
@@ -112,7 +119,6 @@ class RandomSolarize(_RegistryOp):
     """
 
     op = "Solarize"
-    unit_cost = 1.1
 
     def __init__(self, threshold: float, p: float = 0.5, *, stream: int = FIRST_STREAM) -> None:
         super().__init__(p, stream=stream)
@@ -133,7 +139,6 @@ class RandomAdjustSharpness(_RegistryOp):
     """torchvision's ``RandomAdjustSharpness(sharpness_factor, p)`` (borders kept)."""
 
     op = "Sharpness"
-    unit_cost = 2.4
 
     def __init__(
         self, sharpness_factor: float, p: float = 0.5, *, stream: int = FIRST_STREAM
@@ -169,7 +174,7 @@ class RandomGrayscale(GatedTransform):
     """torchvision's ``RandomGrayscale(p=0.1)``: the luma in every channel (the number of
     channels is kept)."""
 
-    unit_cost = 0.6
+    unit_cost = COSTS["grayscale"]
 
     def __init__(self, p: float = 0.1, *, stream: int = FIRST_STREAM) -> None:
         super().__init__(p, stream=stream)
