@@ -41,12 +41,15 @@ from ff_lightning.validation import check_int, check_probability
 __all__ = [
     "COSTS",
     "FIRST_STREAM",
+    "GatedTransform",
     "RoutedTransform",
     "check_images",
+    "check_range",
     "named",
     "permutations",
     "rows_of",
     "run_rows",
+    "uniform_in",
 ]
 
 #: The first stream id a routed transform may use (lower ids are reserved by ``rng``).
@@ -101,7 +104,8 @@ def check_images(images: object, ndim: int = 4) -> Tensor:
 
 
 def rows_of(mask: Tensor) -> Tensor:
-    """Host int64 positions where the host bool ``mask`` is set."""
+    """Host int64 positions where the host bool ``mask`` is set (records are planned on the
+    host: this never reads a device value)."""
     return mask.nonzero().view(-1)
 
 
