@@ -70,12 +70,6 @@ def blur_taps(kernel_size: int, sigma: Tensor) -> Tensor:
     return taps.masked_fill_(taps < TAP_FLOOR, 0.0)
 
 
-def _span(taps: Tensor) -> int:
-    """The first tap that is not zero in every row (host)."""
-    live = (taps != 0).any(0).nonzero()
-    return int(live[0]) if live.numel() else taps.shape[1] // 2
-
-
 class GaussianBlur(RoutedTransform):
     """torchvision's ``GaussianBlur(kernel_size, sigma=(0.1, 2.0))``: a sigma per sample,
     uniform in ``sigma``, the same along both axes; reflect padding.
@@ -106,7 +100,10 @@ class GaussianBlur(RoutedTransform):
         kx, ky = self.kernel_size
         taps_x = blur_taps(kx, sigma)
         taps_y = taps_x if ky == kx else blur_taps(ky, sigma)
-        spans = (_span(taps_x), _span(taps_y))  # host: the edge taps every row skips
+        spans = (
+            _kernels.first_live_tap(taps_x),
+            _kernels.first_live_tap(taps_y),
+        )  # host: the edge taps every row skips
         if x.device.type != "cpu":
             pack = HostPack()
             slots = pack.add(taps_x), pack.add(taps_y)
