@@ -3,12 +3,14 @@
 ``build_policy(name, **kwargs)`` gives a policy with ``sample(indices, epoch, seed) ->
 Params``, ``apply_batch(images, params)`` (any device) and ``apply_one(image, params_i)``
 (CPU worker route). ``ff_lightning.augment.rng`` holds the counter-based RNG that the
-policy and the worker's crop/flip draw from.
+policy and the worker's crop/flip draw from. ``ff_lightning.augment.transforms`` holds the
+routed per-sample torchvision v2 transforms (ColorJitter, GaussianBlur, RandomAffine, ...) with
+the same protocol, and ``Chain`` to make one routed stage of them.
 """
 
 from __future__ import annotations
 
-from ff_lightning.augment import rng
+from ff_lightning.augment import rng, transforms
 from ff_lightning.augment.batch_ops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -44,4 +46,5 @@ __all__ = [
     "build_policy",
     "normalize",
     "rng",
+    "transforms",
 ]

@@ -441,3 +441,355 @@ FF_FMA_TARGET void ff_normalize(const uint8_t *src, float *out, int64_t B, int64
             for (; p < P; ++p) o[p] = __builtin_fmaf((float)s[p], sc, sh);
         }
 }
+
+/* ---------------------------------------------------------------- grayscale
+ * rgb_to_grayscale keeping three channels, in place: every channel of image j becomes the
+ * truncated luma (ff_luma: torch's fused arithmetic, so only where fused() holds). */
+FF_FMA_TARGET void ff_grayscale(uint8_t *img, int64_t n, int64_t P) {
+    for (int64_t j = 0; j < n; ++j) {
+        uint8_t *r = img + j * 3 * P, *g = r + P, *b = g + P;
+        int64_t p = 0;
+#ifdef FF_HAVE_COLOR8
+        for (; p + 8 <= P; p += 8) {
+            __m256i i = _mm256_cvttps_epi32(ff_luma8(r + p, g + p, b + p));
+            __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+            __m128i v = _mm_packus_epi16(w, w);
+            _mm_storel_epi64((__m128i *)(r + p), v);
+            _mm_storel_epi64((__m128i *)(g + p), v);
+            _mm_storel_epi64((__m128i *)(b + p), v);
+        }
+#endif
+        for (; p < P; ++p) {
+            uint8_t v = (uint8_t)(int32_t)ff_luma(r[p], g[p], b[p]);
+            r[p] = g[p] = b[p] = v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- hue
+ * adjust_hue as the torch kernel computes it (RGB -> HSV, h = remainder(h + factor, 1),
+ * HSV -> RGB, times 255.999 truncated): the same float32 operations per pixel, each product
+ * and sum its own statement (no contraction), so the results are bit-identical. fmod(a, 1)
+ * is a - trunc(a) (exact for every finite float). dst may be src. */
+static void ff_hue_px(const uint8_t *s, uint8_t *d, int64_t P, int64_t count, float factor) {
+    const float inv255 = (float)(1.0 / 255.0), sixth = (float)(1.0 / 6.0);
+    const float scale = (float)(255.0 + 1.0 - 1e-3);
+    for (int64_t p = 0; p < count; ++p) {
+        float r = (float)s[p], g = (float)s[P + p], b = (float)s[2 * P + p];
+        r = r * inv255;
+        g = g * inv255;
+        b = b * inv255;
+        float maxc = r > g ? r : g;
+        maxc = maxc > b ? maxc : b;
+        float minc = r < g ? r : g;
+        minc = minc < b ? minc : b;
+        const int eqc = maxc == minc;
+        float crange = maxc - minc;
+        float sat = crange / (eqc ? 1.0f : maxc);
+        float div = eqc ? 1.0f : crange;
+        float rc = maxc - r, gc = maxc - g, bc = maxc - b;
+        rc = rc / div;
+        gc = gc / div;
+        bc = bc / div;
+        const int neq_r = maxc != r, eq_g = maxc == g;
+        float hr = bc - gc;
+        hr = hr * (float)(!neq_r);
+        float hg = rc + 2.0f;
+        hg = hg - bc;
+        hg = hg * (float)(eq_g && neq_r);
+        float hb = gc + 4.0f;
+        hb = hb - rc;
+        hb = hb * (float)(neq_r && !eq_g);
+        float h = hr + hg;
+        h = h + hb;
+        h = h * sixth;
+        h = h + 1.0f;
+        h = h - __builtin_truncf(h);
+        h = h + factor;
+        h = h - __builtin_truncf(h);
+        if (h < 0.0f) h = h + 1.0f;
+        float h6 = h * 6.0f;
+        float sector = __builtin_floorf(h6);
+        float f = h6 - sector;
+        float sxf = sat * f;
+        float oms = 1.0f - sat;
+        float q = 1.0f - sxf;
+        q = q * maxc;
+        q = q < 0.0f ? 0.0f : (q > 1.0f ? 1.0f : q);
+        float t = sxf + oms;
+        t = t * maxc;
+        t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+        float pv = oms * maxc;
+        pv = pv < 0.0f ? 0.0f : (pv > 1.0f ? 1.0f : pv);
+        int i = (int)sector % 6;
+        if (i < 0) i += 6;
+        float ro = i == 0 || i == 5 ? maxc : (i == 1 ? q : (i == 4 ? t : pv));
+        float go = i == 0 ? t : (i == 1 || i == 2 ? maxc : (i == 3 ? q : pv));
+        float bo = i == 0 || i == 1 ? pv : (i == 2 ? t : (i == 5 ? q : maxc));
+        ro = ro * scale;
+        go = go * scale;
+        bo = bo * scale;
+        d[p] = (uint8_t)(int32_t)ro;
+        d[P + p] = (uint8_t)(int32_t)go;
+        d[2 * P + p] = (uint8_t)(int32_t)bo;
+    }
+}
+
+#ifdef FF_X86_SIMD
+#define FF_AVX2 __attribute__((target("avx2")))
+FF_AVX2 static inline __m256 ff_clamp01(__m256 x) {
+    return _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
+}
+
+FF_AVX2 static inline __m256 ff_is(__m256i sector, int k) {
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(sector, _mm256_set1_epi32(k)));
+}
+
+/* ff_hue_px on 8 pixels per step, the same operations in the same order (vector lanes). */
+FF_AVX2 static void ff_hue_avx2(const uint8_t *s, uint8_t *d, int64_t P, float factor) {
+    const __m256 inv255 = _mm256_set1_ps((float)(1.0 / 255.0));
+    const __m256 sixth = _mm256_set1_ps((float)(1.0 / 6.0));
+    const __m256 scale = _mm256_set1_ps((float)(255.0 + 1.0 - 1e-3));
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 two = _mm256_set1_ps(2.0f), four = _mm256_set1_ps(4.0f);
+    const __m256 six = _mm256_set1_ps(6.0f), fac = _mm256_set1_ps(factor);
+        int64_t p = 0;
+    for (; p + 8 <= P; p += 8) {
+        __m256 r = _mm256_mul_ps(ff_widen8(s + p), inv255);
+        __m256 g = _mm256_mul_ps(ff_widen8(s + P + p), inv255);
+        __m256 b = _mm256_mul_ps(ff_widen8(s + 2 * P + p), inv255);
+        __m256 maxc = _mm256_max_ps(_mm256_max_ps(r, g), b);
+        __m256 minc = _mm256_min_ps(_mm256_min_ps(r, g), b);
+        __m256 eqc = _mm256_cmp_ps(maxc, minc, _CMP_EQ_OQ);
+        __m256 crange = _mm256_sub_ps(maxc, minc);
+        __m256 sat = _mm256_div_ps(crange, _mm256_blendv_ps(maxc, one, eqc));
+        __m256 dv = _mm256_blendv_ps(crange, one, eqc);
+        __m256 rc = _mm256_div_ps(_mm256_sub_ps(maxc, r), dv);
+        __m256 gc = _mm256_div_ps(_mm256_sub_ps(maxc, g), dv);
+        __m256 bc = _mm256_div_ps(_mm256_sub_ps(maxc, b), dv);
+        __m256 eq_r = _mm256_cmp_ps(maxc, r, _CMP_EQ_OQ);
+        __m256 eq_g = _mm256_cmp_ps(maxc, g, _CMP_EQ_OQ);
+        __m256 m_r = _mm256_and_ps(eq_r, one);
+        __m256 m_g = _mm256_and_ps(_mm256_andnot_ps(eq_r, eq_g), one);
+        __m256 m_b = _mm256_andnot_ps(eq_g, _mm256_andnot_ps(eq_r, one));
+        __m256 hr = _mm256_mul_ps(_mm256_sub_ps(bc, gc), m_r);
+        __m256 hg = _mm256_mul_ps(_mm256_sub_ps(_mm256_add_ps(rc, two), bc), m_g);
+        __m256 hb = _mm256_mul_ps(_mm256_sub_ps(_mm256_add_ps(gc, four), rc), m_b);
+        __m256 h = _mm256_add_ps(_mm256_add_ps(hr, hg), hb);
+        h = _mm256_add_ps(_mm256_mul_ps(h, sixth), one);
+        h = _mm256_sub_ps(h, _mm256_round_ps(h, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        h = _mm256_add_ps(h, fac);
+        h = _mm256_sub_ps(h, _mm256_round_ps(h, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        h = _mm256_blendv_ps(h, _mm256_add_ps(h, one), _mm256_cmp_ps(h, zero, _CMP_LT_OQ));
+        __m256 h6 = _mm256_mul_ps(h, six);
+        __m256 sector = _mm256_round_ps(h6, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        __m256 f = _mm256_sub_ps(h6, sector);
+        __m256 sxf = _mm256_mul_ps(sat, f);
+        __m256 oms = _mm256_sub_ps(one, sat);
+        __m256 q = ff_clamp01(_mm256_mul_ps(_mm256_sub_ps(one, sxf), maxc));
+        __m256 t = ff_clamp01(_mm256_mul_ps(_mm256_add_ps(sxf, oms), maxc));
+        __m256 pv = ff_clamp01(_mm256_mul_ps(oms, maxc));
+        __m256i i = _mm256_cvttps_epi32(sector);
+        i = _mm256_andnot_si256(_mm256_cmpeq_epi32(i, _mm256_set1_epi32(6)), i); /* 6 -> 0 */
+        __m256 s1 = ff_is(i, 1), s2 = ff_is(i, 2), s3 = ff_is(i, 3), s4 = ff_is(i, 4),
+               s5 = ff_is(i, 5);
+        /* sectors 0..5: r = v q p p t v, g = t v v q p p, b = p p t v v q */
+        __m256 ro = _mm256_blendv_ps(maxc, q, s1);
+        ro = _mm256_blendv_ps(ro, pv, _mm256_or_ps(s2, s3));
+        ro = _mm256_blendv_ps(ro, t, s4);
+        __m256 go = _mm256_blendv_ps(t, maxc, _mm256_or_ps(s1, s2));
+        go = _mm256_blendv_ps(go, q, s3);
+        go = _mm256_blendv_ps(go, pv, _mm256_or_ps(s4, s5));
+        __m256 bo = _mm256_blendv_ps(pv, t, s2);
+        bo = _mm256_blendv_ps(bo, maxc, _mm256_or_ps(s3, s4));
+        bo = _mm256_blendv_ps(bo, q, s5);
+        __m256 outs[3] = {ro, go, bo};
+        for (int c = 0; c < 3; ++c) {
+            __m256i v = _mm256_cvttps_epi32(_mm256_mul_ps(outs[c], scale));
+            __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            _mm_storel_epi64((__m128i *)(d + c * P + p), _mm_packus_epi16(w, w));
+        }
+    }
+    ff_hue_px(s + p, d + p, P, P - p, factor);
+}
+#endif
+
+/* adjust_hue of 3-channel images src[rows[j]] into dst[rows[j]] with factor[j]. */
+void ff_hue(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t P,
+            const float *factor) {
+#ifdef FF_X86_SIMD
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2");
+#endif
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+#ifdef FF_X86_SIMD
+        if (avx2) {
+            ff_hue_avx2(src + b * 3 * P, dst + b * 3 * P, P, factor[j]);
+            continue;
+        }
+#endif
+        ff_hue_px(src + b * 3 * P, dst + b * 3 * P, P, P, factor[j]);
+    }
+}
+
+/* ---------------------------------------------------------------- gaussian blur
+ * Separable blur with reflect padding, as the torch kernel: along the width, then the
+ * height, acc = w[0] * x[0], then acc += w[k] * x[k] for k = 1.. (a multiply, then an add:
+ * no contraction), then round half to even, clamp and store. Taps that are exactly zero
+ * change nothing (0 * x = 0 and acc + 0 = acc for finite x), so only the non-zero span
+ * [k0, k - 1 - k0] of each (symmetric) kernel is summed. `scratch`: floats for one padded
+ * row (W + kx - 1), the horizontal result of one plane (H * W) and one row of sums (W).
+ * dst may be src. */
+static int64_t ff_first_tap(const float *w, int64_t k) {
+    int64_t k0 = 0;
+    while (k0 < k / 2 && w[k0] == 0.0f) ++k0;
+    return k0;
+}
+
+static inline int64_t ff_reflect(int64_t i, int64_t n) {
+    return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i);
+}
+
+static void ff_pad_row(const uint8_t *in, float *row, int64_t W, int64_t rx) {
+    for (int64_t x = 0; x < W; ++x) row[rx + x] = (float)in[x];
+    for (int64_t i = 0; i < rx; ++i) {
+        row[rx - 1 - i] = (float)in[i + 1];
+        row[rx + W + i] = (float)in[W - 2 - i];
+    }
+}
+
+static inline uint8_t ff_round_u8(float v) {
+    v = __builtin_rintf(v);
+    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+    return (uint8_t)(int32_t)v;
+}
+
+/* Output x of one 1-D pass: taps k0..k1 of w over src[x + k * stride]. */
+static inline float ff_taps1(const float *src, int64_t stride, const float *w, int64_t k0,
+                             int64_t k1) {
+    float acc = w[k0] * src[k0 * stride];
+    for (int64_t k = k0 + 1; k <= k1; ++k) {
+        float prod = w[k] * src[k * stride];
+        acc = acc + prod;
+    }
+    return acc;
+}
+
+static void ff_blur_plane(const uint8_t *s, uint8_t *d, int64_t H, int64_t W, const float *wx,
+                          int64_t kx, const float *wy, int64_t ky, float *scratch) {
+    const int64_t rx = kx / 2, ry = ky / 2;
+    const int64_t x0 = ff_first_tap(wx, kx), x1 = kx - 1 - x0;
+    const int64_t y0 = ff_first_tap(wy, ky), y1 = ky - 1 - y0;
+    float *row = scratch, *tmp = scratch + (W + kx - 1), *col = tmp + H * W;
+    for (int64_t y = 0; y < H; ++y) {
+        ff_pad_row(s + y * W, row, W, rx);
+        for (int64_t x = 0; x < W; ++x) tmp[y * W + x] = ff_taps1(row + x, 1, wx, x0, x1);
+    }
+    for (int64_t x = 0; x < W; ++x) {
+        for (int64_t i = 0; i < H + ky - 1; ++i) col[i] = tmp[ff_reflect(i - ry, H) * W + x];
+        for (int64_t y = 0; y < H; ++y) d[y * W + x] = ff_round_u8(ff_taps1(col + y, 1, wy, y0, y1));
+    }
+}
+
+#ifdef FF_X86_SIMD
+/* The same sums, 32 outputs per step in four vectors (each lane the same operations). */
+FF_AVX2 static void ff_blur_plane_avx2(const uint8_t *s, uint8_t *d, int64_t H, int64_t W,
+                                       const float *wx, int64_t kx, const float *wy, int64_t ky,
+                                       float *scratch, const float **rows) {
+    const int64_t rx = kx / 2, ry = ky / 2;
+    const int64_t x0 = ff_first_tap(wx, kx), x1 = kx - 1 - x0;
+    const int64_t y0 = ff_first_tap(wy, ky), y1 = ky - 1 - y0;
+    float *row = scratch, *tmp = scratch + (W + kx - 1);
+    for (int64_t y = 0; y < H; ++y) {
+        ff_pad_row(s + y * W, row, W, rx);
+        float *o = tmp + y * W;
+        int64_t x = 0;
+        for (; x + 32 <= W; x += 32) {
+            const float *r = row + x;
+            __m256 w = _mm256_set1_ps(wx[x0]);
+            __m256 a0 = _mm256_mul_ps(w, _mm256_loadu_ps(r + x0));
+            __m256 a1 = _mm256_mul_ps(w, _mm256_loadu_ps(r + x0 + 8));
+            __m256 a2 = _mm256_mul_ps(w, _mm256_loadu_ps(r + x0 + 16));
+            __m256 a3 = _mm256_mul_ps(w, _mm256_loadu_ps(r + x0 + 24));
+            for (int64_t k = x0 + 1; k <= x1; ++k) {
+                w = _mm256_set1_ps(wx[k]);
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(w, _mm256_loadu_ps(r + k)));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(w, _mm256_loadu_ps(r + k + 8)));
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(w, _mm256_loadu_ps(r + k + 16)));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(w, _mm256_loadu_ps(r + k + 24)));
+            }
+            _mm256_storeu_ps(o + x, a0);
+            _mm256_storeu_ps(o + x + 8, a1);
+            _mm256_storeu_ps(o + x + 16, a2);
+            _mm256_storeu_ps(o + x + 24, a3);
+        }
+        for (; x < W; ++x) o[x] = ff_taps1(row + x, 1, wx, x0, x1);
+    }
+    const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (int64_t y = 0; y < H; ++y) {
+        for (int64_t k = y0; k <= y1; ++k) rows[k] = tmp + ff_reflect(y - ry + k, H) * W;
+        uint8_t *out = d + y * W;
+        int64_t x = 0;
+        for (; x + 32 <= W; x += 32) {
+            __m256 w = _mm256_set1_ps(wy[y0]);
+            const float *r = rows[y0] + x;
+            __m256 a[4];
+            for (int v = 0; v < 4; ++v) a[v] = _mm256_mul_ps(w, _mm256_loadu_ps(r + 8 * v));
+            for (int64_t k = y0 + 1; k <= y1; ++k) {
+                w = _mm256_set1_ps(wy[k]);
+                r = rows[k] + x;
+                for (int v = 0; v < 4; ++v)
+                    a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(w, _mm256_loadu_ps(r + 8 * v)));
+            }
+            __m256i i[4];
+            for (int v = 0; v < 4; ++v)
+                i[v] = _mm256_cvttps_epi32(
+                    _mm256_min_ps(_mm256_max_ps(_mm256_round_ps(a[v], nearest), lo), hi));
+            /* pack 32 int32 to 32 bytes; packs interleave 128-bit lanes, the permute restores
+             * the order */
+            __m256i w01 = _mm256_packus_epi32(i[0], i[1]), w23 = _mm256_packus_epi32(i[2], i[3]);
+            __m256i b = _mm256_packus_epi16(w01, w23);
+            b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(out + x), b);
+        }
+        for (; x < W; ++x) {
+            float acc = wy[y0] * rows[y0][x];
+            for (int64_t k = y0 + 1; k <= y1; ++k) {
+                float prod = wy[k] * rows[k][x];
+                acc = acc + prod;
+            }
+            out[x] = ff_round_u8(acc);
+        }
+    }
+}
+#endif
+
+/* Blur every channel of src[rows[j]] into dst[rows[j]] with the taps wx[j] ([kx]) along the
+ * width and wy[j] ([ky]) along the height. */
+void ff_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
+             int64_t H, int64_t W, const float *wx, int64_t kx, const float *wy, int64_t ky,
+             float *scratch) {
+#ifdef FF_X86_SIMD
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2");
+    const float *row_ptrs[ky];
+#endif
+    const int64_t P = H * W;
+    for (int64_t j = 0; j < n; ++j) {
+        int64_t b = ROW(j);
+        for (int64_t c = 0; c < C; ++c) {
+            const uint8_t *s = src + (b * C + c) * P;
+            uint8_t *d = dst + (b * C + c) * P;
+#ifdef FF_X86_SIMD
+            if (avx2) {
+                ff_blur_plane_avx2(s, d, H, W, wx + j * kx, kx, wy + j * ky, ky, scratch,
+                                   row_ptrs);
+                continue;
+            }
+#endif
+            ff_blur_plane(s, d, H, W, wx + j * kx, kx, wy + j * ky, ky, scratch);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+"""Routed per-sample transforms against kornia's per-sample ones, per image, on one thread.
+
+For ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` and ``GaussianBlur(23, sigma=(0.1, 2.0))`` at
+``--size`` px, batch ``--batch``, on the CPU by default, each round times:
+
+- ``ours``: ``sample`` + ``apply_batch`` of the routed transform on the uint8 batch (a new
+  record every round, sampling included);
+- ``kornia``: ``kornia.augmentation.ColorJitter(..., same_on_batch=False)`` /
+  ``RandomGaussianBlur((23, 23), (0.1, 2.0), same_on_batch=False)`` with ``p=1`` on the same
+  batch already converted to float in ``[0, 1]`` (the conversion is not timed: the comparison
+  most favourable to kornia);
+- ``tv-tensor``: torchvision v2's transform called per uint8 image (for reference).
+
+Rounds are interleaved (ours, kornia, torchvision, ours, ...) so machine noise hits all alike;
+each time is the thread's CPU time (``time.thread_time``: waiting for a core shared with other
+processes is not counted). The report gives medians per image and the median over rounds of
+each round's kornia/ours ratio.
+
+``--costs`` prints instead every routed transform's time per applied image at ``--size`` px
+relative to the op registry's Brightness (the unit of ``estimate_cost``).
+
+Examples::
+
+    python recipes/benchmark_transforms.py --rounds 9
+    python recipes/benchmark_transforms.py --costs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from ff_lightning.augment.functional import apply_op
+from ff_lightning.augment.transforms import (
+    ColorJitter,
+    GaussianBlur,
+    RandomAdjustSharpness,
+    RandomAffine,
+    RandomAutocontrast,
+    RandomEqualize,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomInvert,
+    RandomPosterize,
+    RandomRotation,
+    RandomSolarize,
+)
+
+
+def make_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth colour gradients with noise, uint8 ``[B, 3, S, S]``."""
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.linspace(0, 1, size)
+    yy, xx = lin[:, None], lin[None, :]
+    base = torch.stack([yy * 200 + xx * 40, yy * 0 + xx * 180 + 30, (yy + xx) * 110 + 10])
+    x = base + torch.rand(batch, 3, 1, 1, generator=g) * 40
+    x = x + torch.randn(batch, 3, size, size, generator=g) * 8
+    return x.clamp(0, 255).to(torch.uint8)
+
+
+def _cases(batch: int) -> dict[str, dict[str, Any]]:
+    import kornia.augmentation as K
+
+    return {
+        "ColorJitter": {
+            "ours": ColorJitter(0.4, 0.4, 0.4, 0.1),
+            "kornia": K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0, same_on_batch=False),
+            "tv": v2.ColorJitter(0.4, 0.4, 0.4, 0.1),
+        },
+        "GaussianBlur": {
+            "ours": GaussianBlur(23, (0.1, 2.0)),
+            "kornia": K.RandomGaussianBlur((23, 23), (0.1, 2.0), p=1.0, same_on_batch=False),
+            "tv": v2.GaussianBlur(23, (0.1, 2.0)),
+        },
+    }
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds of ours / kornia / torchvision per case."""
+    x = make_images(args.batch, args.size)
+    xf = x.float().div_(255)
+    b = args.batch
+    out: dict[str, Any] = {}
+    for name, case in _cases(b).items():
+        ours, kor, tv = case["ours"], case["kornia"], case["tv"]
+        state = {"epoch": 0}
+
+        def run_ours(ours: Any = ours, state: dict[str, int] = state) -> None:
+            state["epoch"] += 1
+            ours.apply_batch(x, ours.sample(torch.arange(b), state["epoch"], 0))
+
+        methods: dict[str, Callable[[], Any]] = {
+            "ours": run_ours,
+            "kornia": lambda kor=kor: kor(xf),
+            "tv-tensor": lambda tv=tv: [tv(x[i]) for i in range(b)],
+        }
+        for fn in methods.values():  # warm-up: caches, allocator, native build
+            fn()
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(args.rounds):
+            for m, fn in methods.items():
+                t0 = time.thread_time()
+                fn()
+                times[m].append((time.thread_time() - t0) / b)
+        ratios = [k / o for k, o in zip(times["kornia"], times["ours"], strict=True)]
+        row = {
+            "us_per_image": {m: statistics.median(t) * 1e6 for m, t in times.items()},
+            "kornia_over_ours_per_round": ratios,
+            "kornia_over_ours": statistics.median(ratios),
+            "tv_over_ours": statistics.median(
+                [t / o for t, o in zip(times["tv-tensor"], times["ours"], strict=True)]
+            ),
+        }
+        us = row["us_per_image"]
+        print(
+            f"  {name:12s} ours {us['ours']:8.1f} us/img  kornia {us['kornia']:8.1f} us/img  "
+            f"tv-tensor {us['tv-tensor']:8.1f} us/img  kornia/ours per round "
+            f"{' '.join(f'{r:.2f}' for r in ratios)}  median {row['kornia_over_ours']:.2f}x",
+            flush=True,
+        )
+        out[name] = row
+    return out
+
+
+def costs(args: argparse.Namespace) -> dict[str, float]:
+    """Time per applied image of every routed transform, relative to Brightness."""
+    x = make_images(args.batch, args.size)
+    b = args.batch
+
+    def per_image(fn: Callable[[], Any]) -> float:
+        fn()
+        return (
+            statistics.median(
+                [
+                    (lambda t0: (fn(), time.thread_time() - t0)[1])(time.thread_time())
+                    for _ in range(5)
+                ]
+            )
+            / b
+        )
+
+    unit = per_image(lambda: apply_op(x, "Brightness", torch.full((b,), 0.3)))
+    transforms = [
+        ColorJitter(brightness=0.4),
+        ColorJitter(contrast=0.4),
+        ColorJitter(saturation=0.4),
+        ColorJitter(hue=0.1),
+        GaussianBlur(23, (0.1, 2.0)),
+        RandomGrayscale(1.0),
+        RandomSolarize(128, 1.0),
+        RandomPosterize(4, 1.0),
+        RandomEqualize(1.0),
+        RandomAutocontrast(1.0),
+        RandomInvert(1.0),
+        RandomAdjustSharpness(2.0, 1.0),
+        RandomAffine(20, (0.1, 0.1), (0.9, 1.1), 5),
+        RandomAffine(20, (0.1, 0.1), (0.9, 1.1), 5, interpolation="bilinear"),
+        RandomRotation(30),
+        RandomHorizontalFlip(1.0),
+    ]
+    result = {}
+    for t in transforms:
+        rec = t.sample(torch.arange(b), 0, 0)
+        rel = per_image(lambda t=t, rec=rec: t.apply_batch(x, rec)) / unit
+        est = float(t.estimate_cost(rec).mean())
+        key = repr(t).split(", stream")[0]
+        result[key] = rel
+        print(f"  {key:70s} measured {rel:5.2f}  estimate_cost {est:5.2f}", flush=True)
+    print(f"  (unit: Brightness, {unit * 1e6:.1f} us per image)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
+    parser.add_argument("--costs", action="store_true", help="relative costs instead")
+    parser.add_argument("--out", default="outputs/benchmark_transforms.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import kornia
+
+    env = {
+        "torch": torch.__version__,
+        "kornia": kornia.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "size": args.size,
+        "rounds": args.rounds,
+    }
+    result: dict[str, Any] = {"env": env}
+    if args.costs:
+        result["costs"] = costs(args)
+    else:
+        result["compare"] = compare(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
