@@ -2,7 +2,9 @@
 
 ``build_policy(name, **kwargs)`` gives a policy with ``sample(indices, epoch, seed) ->
 Params``, ``apply_batch(images, params)`` (any device) and ``apply_one(image, params_i)``
-(CPU worker route). ``ff_lightning.augment.rng`` holds the counter-based RNG that the
+(CPU worker route): torchvision's auto-augment policies, timm's (``timm_randaugment``,
+``timm_autoaugment``, ``timm_augmix``: Pillow semantics, timm's config strings) and DeepAA
+(``deepaa``, from a policy file). ``policy_from_timm(t)`` converts timm's own transform. ``ff_lightning.augment.rng`` holds the counter-based RNG that the
 policy and the worker's crop/flip draw from.
 """
 
@@ -16,8 +18,10 @@ from ff_lightning.augment.batch_ops import (
     RandomErasing,
     normalize,
 )
+from ff_lightning.augment.op_record import OpRecord
 from ff_lightning.augment.params import Params
 from ff_lightning.augment.policies import (
+    PIL_POLICIES,
     POLICIES,
     AugMix,
     AutoAugment,
@@ -27,6 +31,7 @@ from ff_lightning.augment.policies import (
     TrivialAugmentWide,
     build_policy,
 )
+from ff_lightning.augment.timm_convert import policy_from_timm
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -36,6 +41,8 @@ __all__ = [
     "AutoAugment",
     "MixUpCutMix",
     "NoAugment",
+    "OpRecord",
+    "PIL_POLICIES",
     "Params",
     "Policy",
     "RandAugment",
@@ -43,5 +50,6 @@ __all__ = [
     "TrivialAugmentWide",
     "build_policy",
     "normalize",
+    "policy_from_timm",
     "rng",
 ]

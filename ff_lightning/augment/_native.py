@@ -65,9 +65,11 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL:
-    """Compile (unless cached) and load the library; raises with the reason on failure."""
-    source = _SOURCE.read_bytes()
+def _build(path: Path | None = None) -> ctypes.CDLL:
+    """Compile ``path`` (default: ``_native.c``; unless cached) and load the library; raises
+    with the reason on failure."""
+    path = _SOURCE if path is None else path
+    source = path.read_bytes()
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
@@ -76,7 +78,7 @@ def _build() -> ctypes.CDLL:
     ).hexdigest()[:16]
     suffix = ".dll" if sys.platform == "win32" else ".so"
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "ff_lightning"):
-        target = folder / f"ff_native-{tag}{suffix}"
+        target = folder / f"ff_{path.stem.lstrip('_')}-{tag}{suffix}"
         if target.exists():
             return ctypes.CDLL(str(target))
         try:
@@ -88,7 +90,7 @@ def _build() -> ctypes.CDLL:
             continue  # unwritable cache: try the next folder
         try:
             done = subprocess.run(
-                [cc, *_FLAGS, "-o", tmp, str(_SOURCE)],
+                [cc, *_FLAGS, "-o", tmp, str(path)],
                 capture_output=True,
                 text=True,
                 timeout=120,

@@ -1,0 +1,134 @@
+"""Native CPU loops with Pillow's arithmetic (``_pil_native.c``): affine warps, Color, Sharpness.
+
+Compiled and cached like :mod:`ff_lightning.augment._native` (same compiler, cache folder and
+switch: with ``FF_LIGHTNING_NATIVE=0``, inside ``_native.disabled()`` or without a compiler,
+:func:`lib` returns ``None`` and the callers take the torch kernels, which give the same bytes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ff_lightning.augment import _native
+
+__all__ = ["affine", "color", "lib", "sharpness"]
+
+_SOURCE = Path(__file__).with_name("_pil_native.c")
+_state: dict[str, object] = {"tried": False, "lib": None}
+
+
+def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    so.ff_pil_affine.argtypes = [p, p, i64, p, i64, i64, i64, p, p, p, p]
+    so.ff_pil_color.argtypes = [p, p, i64, p, i64, p]
+    so.ff_pil_sharpness.argtypes = [p, p, i64, p, i64, i64, i64, p]
+    for fn in (so.ff_pil_affine, so.ff_pil_color, so.ff_pil_sharpness):
+        fn.restype = None
+    return so
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded library, or ``None`` (native loops off or unavailable: warned once)."""
+    if _native.lib() is None:
+        return None
+    if not _state["tried"]:
+        _state["tried"] = True
+        try:
+            _state["lib"] = _declare(_native._build(_SOURCE))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            warnings.warn(
+                f"ff_lightning: native PIL loops unavailable ({exc}); using the torch kernels "
+                "(same results, slower on CPU).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _host(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to("cpu", dtype).contiguous()
+
+
+def affine(
+    src: Tensor,
+    dst: Tensor,
+    rows: Tensor | None,
+    coef: Tensor,
+    mode: Tensor,
+    fixed: Tensor,
+    fill: Tensor,
+) -> None:
+    """``dst[rows[j]] = warp(src[rows[j]])``: float64 ``coef [n, 6]`` (Pillow's affine data),
+    int64 ``mode [n]`` (0, 2, 3), int64 ``fixed [n, 6]`` (see ``pil_warp``), uint8 ``fill [C]``."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    _native._check(dst)
+    _, ch, height, width = src.shape
+    n = coef.shape[0]
+    coef, mode, fixed = (
+        _host(coef, torch.float64),
+        _host(mode, torch.int64),
+        _host(fixed, torch.int64),
+    )
+    fill = _host(fill, torch.uint8)
+    so.ff_pil_affine(
+        src.data_ptr(),
+        dst.data_ptr(),
+        n,
+        _native._rows_ptr(rows),
+        ch,
+        height,
+        width,
+        coef.data_ptr(),
+        mode.data_ptr(),
+        fixed.data_ptr(),
+        fill.data_ptr(),
+    )
+
+
+def color(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> None:
+    """ImageEnhance.Color of three-channel rows with float32 factors ``alpha [n]``."""
+    so = lib()
+    assert so is not None and src.shape[1] == 3
+    _native._check(src)
+    _native._check(dst)
+    alpha = _host(alpha, torch.float32)
+    so.ff_pil_color(
+        src.data_ptr(),
+        dst.data_ptr(),
+        alpha.shape[0],
+        _native._rows_ptr(rows),
+        src[0, 0].numel(),
+        alpha.data_ptr(),
+    )
+
+
+def sharpness(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> None:
+    """ImageEnhance.Sharpness of rows with float32 factors ``alpha [n]``."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    _native._check(dst)
+    alpha = _host(alpha, torch.float32)
+    _, ch, height, width = src.shape
+    so.ff_pil_sharpness(
+        src.data_ptr(),
+        dst.data_ptr(),
+        alpha.shape[0],
+        _native._rows_ptr(rows),
+        ch,
+        height,
+        width,
+        alpha.data_ptr(),
+    )
