@@ -73,7 +73,7 @@ class TimmAugMix(_TimmPolicy):
             torch.full((b.shape[0], w), self.depth) if self.depth > 0 else 1 + (u[:, :w] * 3).long()
         )
         op_ids = rng.bits_to_randint(b[:, w : w + k], len(self.specs))
-        slots = u[:, w + k : w + k * (1 + _DRAWS)].reshape(-1, _DRAWS, k).transpose(1, 2)
+        slots = u[:, w + k : w + k * (1 + _DRAWS)].reshape(len(u), _DRAWS, k).transpose(1, 2)
         gam = u[:, w + k * (1 + _DRAWS) :]
         mix = rng.dirichlet(gam[:, : w * gd], self.alpha, w).to(torch.float32)
         m = rng.dirichlet(gam[:, w * gd :], self.alpha, 2)[:, :1].to(torch.float32)

@@ -258,7 +258,7 @@ class TimmRandAugment(_TimmPolicy):
             op_ids = rng.bits_to_randint(b[:, :k], len(self.specs))
         else:
             op_ids = _without_replacement(self.choice_weights, u[:, :k])
-        return self._record(op_ids, u[:, k:].reshape(-1, _DRAWS, k).transpose(1, 2))
+        return self._record(op_ids, u[:, k:].reshape(len(u), _DRAWS, k).transpose(1, 2))
 
     def _extra_repr(self) -> str:
         return (
@@ -321,7 +321,7 @@ class TimmAutoAugment(_TimmPolicy):
     def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> OpRecord:
         k = self.num_slots
         b = rng.bits(seed, epoch, indices, self.stream, 1 + k * _DRAWS)
-        u = rng.bits_to_uniform(b[:, 1:], torch.float64).reshape(-1, _DRAWS, k).transpose(1, 2)
+        u = rng.bits_to_uniform(b[:, 1:], torch.float64).reshape(len(b), _DRAWS, k).transpose(1, 2)
         ops = self.sub_ops[rng.bits_to_randint(b[:, 0], self.sub_ops.shape[0])]
         record = self._record(ops.clamp(min=0), u)
         applied = record.applied & (ops >= 0)  # a shorter sub-policy leaves its last slots out
