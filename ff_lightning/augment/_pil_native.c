@@ -85,77 +85,108 @@ static inline double cubic(double v1, double v2, double v3, double v4, double d)
     return p1 + d * (p2 + d * (p3 + d * p4));
 }
 
-/* Per output pixel of a row: its clamped taps (column offsets and row offsets) and fractions. */
-typedef struct {
-    int32_t xc[4], yc[4];
-    double dx, dy;
-    int32_t inside;
-} tap_t;
+/* The same on four pixel values of a row: p1..p4 are small integers, exact in int32 as in
+ * float64. At d == 0 the result is the second value exactly (p1 + 0 * finite). */
+static inline double cubic_px(const uint8_t *r, const int32_t *xc, double d) {
+    int32_t v1 = r[xc[0]], v2 = r[xc[1]];
+    if (d == 0.0) return (double)v2;
+    int32_t v3 = r[xc[2]], v4 = r[xc[3]];
+    int32_t p2 = v3 - v1, p3 = 2 * (v1 - v2) + v3 - v4, p4 = v2 - v1 - v3 + v4;
+    return (double)v2 + d * ((double)p2 + d * ((double)p3 + d * (double)p4));
+}
 
-/* Pillow's position arithmetic for one output row (shared by every channel). */
-static void row_taps(int64_t y, int64_t H, int64_t W, const double *a, int64_t lo, int64_t span,
-                     tap_t *t) {
-    double yin = (double)y + 0.5;
-    for (int64_t x = 0; x < W; ++x) {
-        double xin = (double)x + 0.5;
-        double xs = a[0] * xin + a[1] * yin + a[2];
-        double ys = a[3] * xin + a[4] * yin + a[5];
-        t[x].inside = !(xs < 0.0 || xs >= (double)W || ys < 0.0 || ys >= (double)H);
-        xs -= 0.5;
-        ys -= 0.5;
-        int64_t ix = pil_floor(xs), iy = pil_floor(ys);
-        t[x].dx = xs - (double)ix;
-        t[x].dy = ys - (double)iy;
-        for (int64_t k = 0; k < span; ++k) {
-            t[x].xc[k] = (int32_t)clampi(ix + lo + k, W - 1);
-            t[x].yc[k] = (int32_t)(clampi(iy + lo + k, H - 1) * W);
+/* Bilinear on two pixel values of a row (exactly the first at d == 0). */
+static inline double linear_px(const uint8_t *r, const int32_t *xc, double d) {
+    double a = r[xc[0]];
+    if (d == 0.0) return a;
+    return a + ((double)r[xc[1]] - a) * d;
+}
+
+/* One axis of a sample position: the clamped taps (row offsets scaled by `stride`), the
+ * fraction, and whether Pillow counts the position inside. */
+typedef struct {
+    int32_t c[4];
+    double f;
+    int32_t inside;
+} axis_t;
+
+static void axis_taps(double pos, int64_t size, int64_t lo, int64_t span, int64_t stride,
+                      axis_t *t) {
+    t->inside = !(pos < 0.0 || pos >= (double)size);
+    pos -= 0.5;
+    int64_t i = pil_floor(pos);
+    t->f = pos - (double)i;
+    for (int64_t k = 0; k < span; ++k) t->c[k] = (int32_t)(clampi(i + lo + k, size - 1) * stride);
+}
+
+/* Bilinear (mode 2) or bicubic (mode 3), any matrix: Pillow's generic transform with its
+ * filters; the positions of a row are computed once for every channel. A fraction of exactly 0
+ * (shears keep one of them there) skips the taps it would multiply by 0: the same doubles. */
+static void interp(const uint8_t *s, uint8_t *d, int64_t C, int64_t H, int64_t W,
+                   const double *a, int64_t mode, const uint8_t *fill, axis_t *tx, axis_t *ty) {
+    int64_t P = H * W;
+    int64_t lo = (mode == 2) ? 0 : -1, span = (mode == 2) ? 2 : 4;
+    for (int64_t y = 0; y < H; ++y) {
+        double yin = (double)y + 0.5;
+        for (int64_t x = 0; x < W; ++x) {
+            double xin = (double)x + 0.5;
+            axis_taps(a[0] * xin + a[1] * yin + a[2], W, lo, span, 1, tx + x);
+            axis_taps(a[3] * xin + a[4] * yin + a[5], H, lo, span, W, ty + x);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+            const uint8_t *p = s + c * P;
+            uint8_t *o = d + c * P + y * W;
+            for (int64_t x = 0; x < W; ++x) {
+                const axis_t *qx = tx + x, *qy = ty + x;
+                if (!(qx->inside && qy->inside)) {
+                    o[x] = fill[c];
+                } else if (mode == 2) {
+                    double v1 = linear_px(p + qy->c[0], qx->c, qx->f);
+                    double v2 = (qy->f == 0.0) ? v1 : linear_px(p + qy->c[1], qx->c, qx->f);
+                    o[x] = trunc_u8(v1 + (v2 - v1) * qy->f);
+                } else if (qy->f == 0.0) {
+                    o[x] = clamp_trunc_u8(cubic_px(p + qy->c[1], qx->c, qx->f));
+                } else {
+                    double v[4];
+                    for (int k = 0; k < 4; ++k) v[k] = cubic_px(p + qy->c[k], qx->c, qx->f);
+                    o[x] = clamp_trunc_u8(cubic(v[0], v[1], v[2], v[3], qy->f));
+                }
+            }
         }
     }
 }
 
-/* Bilinear (mode 2) or bicubic (mode 3): Pillow's generic transform with its filters. */
-static void interp(const uint8_t *s, uint8_t *d, int64_t C, int64_t H, int64_t W,
-                   const double *a, int64_t mode, const uint8_t *fill, tap_t *t) {
+/* Axis-aligned matrices (a1 == a3 == 0: translations, crops): a column's position does not
+ * depend on the row, nor a row's on the column, so each source row is filtered horizontally
+ * once (`h`, the very doubles the generic path computes per output pixel) and the output is
+ * the vertical filter of those rows. */
+static void interp_axis(const uint8_t *s, uint8_t *d, int64_t C, int64_t H, int64_t W,
+                        const double *a, int64_t mode, const uint8_t *fill, axis_t *tx,
+                        axis_t *ty, double *h) {
     int64_t P = H * W;
-    for (int64_t y = 0; y < H; ++y) {
-        if (mode == 2) {
-            row_taps(y, H, W, a, 0, 2, t);
-            for (int64_t c = 0; c < C; ++c) {
-                const uint8_t *p = s + c * P;
-                uint8_t *o = d + c * P + y * W;
-                for (int64_t x = 0; x < W; ++x) {
-                    const tap_t *q = t + x;
-                    if (!q->inside) {
-                        o[x] = fill[c];
-                        continue;
-                    }
-                    double a0 = p[q->yc[0] + q->xc[0]], b0 = p[q->yc[0] + q->xc[1]];
-                    double a1 = p[q->yc[1] + q->xc[0]], b1 = p[q->yc[1] + q->xc[1]];
-                    double v1 = a0 + (b0 - a0) * q->dx;
-                    double v2 = a1 + (b1 - a1) * q->dx;
-                    o[x] = trunc_u8(v1 + (v2 - v1) * q->dy);
-                }
-            }
-        } else {
-            row_taps(y, H, W, a, -1, 4, t);
-            for (int64_t c = 0; c < C; ++c) {
-                const uint8_t *p = s + c * P;
-                uint8_t *o = d + c * P + y * W;
-                for (int64_t x = 0; x < W; ++x) {
-                    const tap_t *q = t + x;
-                    if (!q->inside) {
-                        o[x] = fill[c];
-                        continue;
-                    }
-                    double v[4];
-                    for (int k = 0; k < 4; ++k) {
-                        const uint8_t *r = p + q->yc[k];
-                        int32_t v1 = r[q->xc[0]], v2 = r[q->xc[1]], v3 = r[q->xc[2]], v4 = r[q->xc[3]];
-                        int32_t p2 = v3 - v1, p3 = 2 * (v1 - v2) + v3 - v4, p4 = v2 - v1 - v3 + v4;
-                        double dd = q->dx;
-                        v[k] = (double)v2 + dd * ((double)p2 + dd * ((double)p3 + dd * (double)p4));
-                    }
-                    o[x] = clamp_trunc_u8(cubic(v[0], v[1], v[2], v[3], q->dy));
+    int64_t lo = (mode == 2) ? 0 : -1, span = (mode == 2) ? 2 : 4;
+    for (int64_t x = 0; x < W; ++x)
+        axis_taps(a[0] * ((double)x + 0.5) + a[1] * 0.5 + a[2], W, lo, span, 1, tx + x);
+    for (int64_t y = 0; y < H; ++y)
+        axis_taps(a[3] * 0.5 + a[4] * ((double)y + 0.5) + a[5], H, lo, span, 1, ty + y);
+    for (int64_t c = 0; c < C; ++c) {
+        const uint8_t *p = s + c * P;
+        for (int64_t r = 0; r < H; ++r)
+            for (int64_t x = 0; x < W; ++x)
+                h[r * W + x] = (mode == 2) ? linear_px(p + r * W, tx[x].c, tx[x].f)
+                                           : cubic_px(p + r * W, tx[x].c, tx[x].f);
+        for (int64_t y = 0; y < H; ++y) {
+            uint8_t *o = d + c * P + y * W;
+            const axis_t *qy = ty + y;
+            const double *r0 = h + qy->c[0] * W, *r1 = h + qy->c[1] * W;
+            for (int64_t x = 0; x < W; ++x) {
+                if (!(qy->inside && tx[x].inside)) {
+                    o[x] = fill[c];
+                } else if (mode == 2) {
+                    o[x] = trunc_u8(r0[x] + (r1[x] - r0[x]) * qy->f);
+                } else {
+                    const double *r2 = h + qy->c[2] * W, *r3 = h + qy->c[3] * W;
+                    o[x] = clamp_trunc_u8(cubic(r0[x], r1[x], r2[x], r3[x], qy->f));
                 }
             }
         }
@@ -171,7 +202,10 @@ void ff_pil_affine(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *r
     int64_t img = C * H * W;
     uint8_t *scratch = (src == dst) ? (uint8_t *)malloc((size_t)img) : NULL;
     int64_t *xtab = (int64_t *)malloc((size_t)W * sizeof(int64_t));
-    tap_t *taps = (tap_t *)malloc((size_t)W * sizeof(tap_t));
+    int64_t side = (W > H) ? W : H;
+    axis_t *tx = (axis_t *)malloc((size_t)side * sizeof(axis_t));
+    axis_t *ty = (axis_t *)malloc((size_t)side * sizeof(axis_t));
+    double *hbuf = NULL;
     for (int64_t j = 0; j < n; ++j) {
         const uint8_t *s = src + ROW(j) * img;
         uint8_t *d = dst + ROW(j) * img;
@@ -184,11 +218,16 @@ void ff_pil_affine(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *r
                 near_scale(s, d, C, H, W, coef + 6 * j, fill, xtab);
             else
                 near_fixed(s, d, C, H, W, fixed + 6 * j, fill);
+        } else if (coef[6 * j + 1] == 0.0 && coef[6 * j + 3] == 0.0) {
+            if (!hbuf) hbuf = (double *)malloc((size_t)(H * W) * sizeof(double));
+            interp_axis(s, d, C, H, W, coef + 6 * j, mode[j], fill, tx, ty, hbuf);
         } else {
-            interp(s, d, C, H, W, coef + 6 * j, mode[j], fill, taps);
+            interp(s, d, C, H, W, coef + 6 * j, mode[j], fill, tx, ty);
         }
     }
-    free(taps);
+    free(hbuf);
+    free(ty);
+    free(tx);
     free(xtab);
     free(scratch);
 }
