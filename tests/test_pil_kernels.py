@@ -173,7 +173,9 @@ def test_posterize_below_one_bit_is_black():
 @pytest.mark.parametrize("sigma", [0.1, 0.5, 1.0, 1.7, 2.0])
 def test_gaussian_blur_matches_pillow(sigma):
     x = _images(3)
-    out = apply_slot(x, torch.empty_like(x), [(OP_ID["GaussianBlur"], (sigma,), 0)] * 3, FILL)
+    calls = [(OP_ID["GaussianBlur"], (sigma,), 0)] * 3
+    out, torch_out = _both(lambda: apply_slot(x, torch.empty_like(x), calls, FILL))
+    assert torch.equal(out, torch_out)
     for i in range(3):
         ref = _pil(x[i]).filter(ImageFilter.GaussianBlur(sigma))
         assert torch.equal(out[i], _tensor(ref)), sigma
@@ -197,7 +199,11 @@ def test_flip_and_cutout_match_pillow():
         (OP_ID["Cutout"], (0, 0, 45, 37, 1, 2, 3), 0),
         (OP_ID["Identity"], (), 0),
     ]
-    out = apply_slot(x, torch.empty_like(x), calls, FILL)
+    out, torch_out = _both(lambda: apply_slot(x, torch.empty_like(x), calls, FILL))
+    assert torch.equal(out, torch_out)
+    in_place = x.clone()
+    apply_slot(in_place, in_place, calls, FILL)
+    assert torch.equal(in_place, out)
     assert torch.equal(out[0], _tensor(ImageOps.mirror(_pil(x[0]))))
     for i in (1, 2):
         im = _pil(x[i]).copy()

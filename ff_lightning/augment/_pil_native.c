@@ -9,7 +9,6 @@
  * turn reproduce Pillow's C code (Geometry.c transform filters, Blend.c, the SMOOTH filter and
  * the RGB -> L conversion) for the same parameters.
  */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +17,12 @@
 
 static inline int64_t clampi(int64_t v, int64_t hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
 
-/* Pillow's FLOOR for the coordinates (floor for both signs). */
-static inline int64_t pil_floor(double v) { return (int64_t)floor(v); }
+/* Pillow's FLOOR for the coordinates (floor for both signs; |v| < 2**53 here), without a libm
+ * call: truncate, then step down where truncation went up. */
+static inline int64_t pil_floor(double v) {
+    int64_t i = (int64_t)v;
+    return ((double)i > v) ? i - 1 : i;
+}
 
 static inline uint8_t trunc_u8(double v) { return (uint8_t)v; }
 
@@ -119,13 +122,102 @@ static void axis_taps(double pos, int64_t size, int64_t lo, int64_t span, int64_
     for (int64_t k = 0; k < span; ++k) t->c[k] = (int32_t)(clampi(i + lo + k, size - 1) * stride);
 }
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define FF_PIL_AVX2 1
+
+/* Four output pixels of one channel at once (lanes = pixels x..x+3, all inside): the same
+ * float64 operations as cubic()/cubic_px() lane by lane (AVX2 without FMA: each multiply and
+ * add rounds as the scalar code does), so the bytes are the scalar loop's. */
+__attribute__((target("avx2"))) static inline __m256d cubic4(__m256d v1, __m256d v2, __m256d v3,
+                                                              __m256d v4, __m256d d) {
+    const __m256d two = _mm256_set1_pd(2.0);
+    __m256d p2 = _mm256_sub_pd(v3, v1);
+    __m256d p3 = _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(two, _mm256_sub_pd(v1, v2)), v3), v4);
+    __m256d p4 = _mm256_add_pd(_mm256_sub_pd(_mm256_sub_pd(v2, v1), v3), v4);
+    __m256d t = _mm256_add_pd(p3, _mm256_mul_pd(d, p4));
+    t = _mm256_add_pd(p2, _mm256_mul_pd(d, t));
+    return _mm256_add_pd(v2, _mm256_mul_pd(d, t));
+}
+
+__attribute__((target("avx2"))) static inline __m128i tap4(const uint8_t *p, const axis_t *qx,
+                                                            const axis_t *qy, int k, int j) {
+    return _mm_set_epi32(p[qy[3].c[k] + qx[3].c[j]], p[qy[2].c[k] + qx[2].c[j]],
+                         p[qy[1].c[k] + qx[1].c[j]], p[qy[0].c[k] + qx[0].c[j]]);
+}
+
+/* cubic_px on four lanes: p1..p4 in int32 (exact), then the float64 Horner form. */
+__attribute__((target("avx2"))) static inline __m256d cubic4_px(const uint8_t *p, const axis_t *qx,
+                                                                 const axis_t *qy, int k,
+                                                                 __m256d d) {
+    __m128i v1 = tap4(p, qx, qy, k, 0), v2 = tap4(p, qx, qy, k, 1);
+    __m128i v3 = tap4(p, qx, qy, k, 2), v4 = tap4(p, qx, qy, k, 3);
+    __m128i p2 = _mm_sub_epi32(v3, v1);
+    __m128i p3 = _mm_sub_epi32(_mm_add_epi32(_mm_slli_epi32(_mm_sub_epi32(v1, v2), 1), v3), v4);
+    __m128i p4 = _mm_add_epi32(_mm_sub_epi32(_mm_sub_epi32(v2, v1), v3), v4);
+    __m256d t = _mm256_add_pd(_mm256_cvtepi32_pd(p3), _mm256_mul_pd(d, _mm256_cvtepi32_pd(p4)));
+    t = _mm256_add_pd(_mm256_cvtepi32_pd(p2), _mm256_mul_pd(d, t));
+    return _mm256_add_pd(_mm256_cvtepi32_pd(v2), _mm256_mul_pd(d, t));
+}
+
+__attribute__((target("avx2"))) static void store4(uint8_t *o, __m256d v) {
+    v = _mm256_min_pd(_mm256_max_pd(v, _mm256_setzero_pd()), _mm256_set1_pd(255.0));
+    __m128i i = _mm256_cvttpd_epi32(v); /* truncation, as the (uint8_t) casts */
+    int32_t out[4];
+    _mm_storeu_si128((__m128i *)out, i);
+    for (int l = 0; l < 4; ++l) o[l] = (uint8_t)out[l];
+}
+
+__attribute__((target("avx2"))) static int64_t interp4(const uint8_t *p, uint8_t *o, int64_t W,
+                                                        int64_t mode, const axis_t *tx,
+                                                        const axis_t *ty) {
+    int64_t x = 0;
+    for (; x + 4 <= W; x += 4) {
+        const axis_t *qx = tx + x, *qy = ty + x;
+        if (!(qx[0].inside & qx[1].inside & qx[2].inside & qx[3].inside & qy[0].inside &
+              qy[1].inside & qy[2].inside & qy[3].inside))
+            break; /* the scalar loop takes over from here */
+        __m256d dx = _mm256_set_pd(qx[3].f, qx[2].f, qx[1].f, qx[0].f);
+        __m256d dy = _mm256_set_pd(qy[3].f, qy[2].f, qy[1].f, qy[0].f);
+        if (mode == 2) {
+            __m256d r[2];
+            for (int k = 0; k < 2; ++k) {
+                __m256d a = _mm256_cvtepi32_pd(tap4(p, qx, qy, k, 0));
+                __m256d b = _mm256_cvtepi32_pd(tap4(p, qx, qy, k, 1));
+                r[k] = _mm256_add_pd(a, _mm256_mul_pd(_mm256_sub_pd(b, a), dx));
+            }
+            store4(o + x, _mm256_add_pd(r[0], _mm256_mul_pd(_mm256_sub_pd(r[1], r[0]), dy)));
+        } else if (qy[0].f == 0.0 && qy[1].f == 0.0 && qy[2].f == 0.0 && qy[3].f == 0.0) {
+            store4(o + x, cubic4_px(p, qx, qy, 1, dx)); /* rows 0, 2, 3 get weight 0 */
+        } else {
+            __m256d r[4];
+            for (int k = 0; k < 4; ++k) r[k] = cubic4_px(p, qx, qy, k, dx);
+            store4(o + x, cubic4(r[0], r[1], r[2], r[3], dy));
+        }
+    }
+    return x;
+}
+#endif
+
+static int has_avx2(void) {
+#ifdef FF_PIL_AVX2
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return cached;
+#else
+    return 0;
+#endif
+}
+
 /* Bilinear (mode 2) or bicubic (mode 3), any matrix: Pillow's generic transform with its
  * filters; the positions of a row are computed once for every channel. A fraction of exactly 0
- * (shears keep one of them there) skips the taps it would multiply by 0: the same doubles. */
+ * (shears keep one of them there) skips the taps it would multiply by 0: the same doubles. With
+ * AVX2, runs of four inside pixels take the vector loop (same operations, same bytes). */
 static void interp(const uint8_t *s, uint8_t *d, int64_t C, int64_t H, int64_t W,
                    const double *a, int64_t mode, const uint8_t *fill, axis_t *tx, axis_t *ty) {
     int64_t P = H * W;
     int64_t lo = (mode == 2) ? 0 : -1, span = (mode == 2) ? 2 : 4;
+    int vector = has_avx2();
     for (int64_t y = 0; y < H; ++y) {
         double yin = (double)y + 0.5;
         for (int64_t x = 0; x < W; ++x) {
@@ -136,7 +228,15 @@ static void interp(const uint8_t *s, uint8_t *d, int64_t C, int64_t H, int64_t W
         for (int64_t c = 0; c < C; ++c) {
             const uint8_t *p = s + c * P;
             uint8_t *o = d + c * P + y * W;
-            for (int64_t x = 0; x < W; ++x) {
+            int64_t x = 0;
+            while (x < W) {
+#ifdef FF_PIL_AVX2
+                if (vector) {
+                    int64_t done = interp4(p, o + x, W - x, mode, tx + x, ty + x);
+                    x += done;
+                    if (x >= W) break;
+                }
+#endif
                 const axis_t *qx = tx + x, *qy = ty + x;
                 if (!(qx->inside && qy->inside)) {
                     o[x] = fill[c];
@@ -151,6 +251,7 @@ static void interp(const uint8_t *s, uint8_t *d, int64_t C, int64_t H, int64_t W
                     for (int k = 0; k < 4; ++k) v[k] = cubic_px(p + qy->c[k], qx->c, qx->f);
                     o[x] = clamp_trunc_u8(cubic(v[0], v[1], v[2], v[3], qy->f));
                 }
+                ++x;
             }
         }
     }
@@ -298,4 +399,62 @@ void ff_pil_sharpness(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t
         }
     }
     free(line);
+}
+
+/* One of Pillow's box passes on a line of n values with stride `step` (ImagingLineBoxBlur8):
+ * out[i] = (sum(in[i-r..i+r]) ww + (in[i-r-1] + in[i+r+1]) fw + 2**23) >> 24, positions
+ * clamped to the line. `tmp` holds the input (the pass may write over it). */
+static void box_line(uint8_t *line, int64_t n, int64_t step, int64_t r, uint32_t ww, uint32_t fw,
+                     uint8_t *tmp) {
+    for (int64_t i = 0; i < n; ++i) tmp[i] = line[i * step];
+    int64_t last = n - 1;
+    /* window of position -1: [-r-1, r-1], clamped */
+    uint32_t acc = 0;
+    for (int64_t k = -r - 1; k <= r - 1; ++k) acc += tmp[clampi(k, last)];
+    for (int64_t i = 0; i < n; ++i) {
+        acc += tmp[clampi(i + r, last)];
+        acc -= tmp[clampi(i - r - 1, last)];
+        uint32_t bulk = acc * ww + (tmp[clampi(i - r - 1, last)] + tmp[clampi(i + r + 1, last)]) * fw;
+        line[i * step] = (uint8_t)((bulk + (1u << 23)) >> 24);
+    }
+}
+
+/* ImageFilter.GaussianBlur: three horizontal passes, then three vertical ones, per sample its
+ * (r, ww, fw) (weights[3j..3j+2]; ww == 0: a copy). */
+void ff_pil_box_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
+                     int64_t H, int64_t W, const int64_t *weights) {
+    int64_t P = H * W;
+    uint8_t *tmp = (uint8_t *)malloc((size_t)((H > W ? H : W) + 1));
+    for (int64_t j = 0; j < n; ++j) {
+        const uint8_t *s = src + ROW(j) * C * P;
+        uint8_t *d = dst + ROW(j) * C * P;
+        if (d != s) memcpy(d, s, (size_t)(C * P));
+        int64_t r = weights[3 * j];
+        uint32_t ww = (uint32_t)weights[3 * j + 1], fw = (uint32_t)weights[3 * j + 2];
+        if (ww == 0) continue;
+        for (int64_t c = 0; c < C; ++c) {
+            uint8_t *plane = d + c * P;
+            for (int pass = 0; pass < 3; ++pass)
+                for (int64_t y = 0; y < H; ++y) box_line(plane + y * W, W, 1, r, ww, fw, tmp);
+            for (int pass = 0; pass < 3; ++pass)
+                for (int64_t x = 0; x < W; ++x) box_line(plane + x, H, W, r, ww, fw, tmp);
+        }
+    }
+    free(tmp);
+}
+
+/* The sum of each row's "L" values (Pillow's ITU-R 601-2 conversion, rounded), for Contrast. */
+void ff_pil_luma_sum(const uint8_t *src, int64_t n, const int64_t *rows, int64_t C, int64_t P,
+                     int64_t *out) {
+    for (int64_t j = 0; j < n; ++j) {
+        const uint8_t *s = src + ROW(j) * C * P;
+        int64_t sum = 0;
+        if (C == 3) {
+            for (int64_t p = 0; p < P; ++p)
+                sum += (s[p] * 19595 + s[P + p] * 38470 + s[2 * P + p] * 7471 + 0x8000) >> 16;
+        } else {
+            for (int64_t p = 0; p < P; ++p) sum += s[p];
+        }
+        out[j] = sum;
+    }
 }

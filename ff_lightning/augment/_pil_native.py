@@ -1,4 +1,5 @@
-"""Native CPU loops with Pillow's arithmetic (``_pil_native.c``): affine warps, Color, Sharpness.
+"""Native CPU loops with Pillow's arithmetic (``_pil_native.c``): affine warps, Color, Sharpness,
+GaussianBlur's box passes and the sums of Pillow's "L" values (Contrast).
 
 Compiled and cached like :mod:`ff_lightning.augment._native` (same compiler, cache folder and
 switch: with ``FF_LIGHTNING_NATIVE=0``, inside ``_native.disabled()`` or without a compiler,
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ff_lightning.augment import _native
 
-__all__ = ["affine", "color", "lib", "sharpness"]
+__all__ = ["affine", "box_blur", "color", "lib", "luma_sum", "sharpness"]
 
 _SOURCE = Path(__file__).with_name("_pil_native.c")
 _state: dict[str, object] = {"tried": False, "lib": None}
@@ -28,7 +29,10 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
     so.ff_pil_affine.argtypes = [p, p, i64, p, i64, i64, i64, p, p, p, p]
     so.ff_pil_color.argtypes = [p, p, i64, p, i64, p]
     so.ff_pil_sharpness.argtypes = [p, p, i64, p, i64, i64, i64, p]
-    for fn in (so.ff_pil_affine, so.ff_pil_color, so.ff_pil_sharpness):
+    so.ff_pil_box_blur.argtypes = [p, p, i64, p, i64, i64, i64, p]
+    so.ff_pil_luma_sum.argtypes = [p, i64, p, i64, i64, p]
+    fns = (so.ff_pil_affine, so.ff_pil_color, so.ff_pil_sharpness, so.ff_pil_box_blur)
+    for fn in (*fns, so.ff_pil_luma_sum):
         fn.restype = None
     return so
 
@@ -132,3 +136,41 @@ def sharpness(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> N
         width,
         alpha.data_ptr(),
     )
+
+
+def box_blur(src: Tensor, dst: Tensor, rows: Tensor | None, weights: Tensor) -> None:
+    """ImageFilter.GaussianBlur of rows with int64 ``weights [n, 3]`` (``pil_color.box_weights``)."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    _native._check(dst)
+    weights = _host(weights, torch.int64)
+    _, ch, height, width = src.shape
+    so.ff_pil_box_blur(
+        src.data_ptr(),
+        dst.data_ptr(),
+        weights.shape[0],
+        _native._rows_ptr(rows),
+        ch,
+        height,
+        width,
+        weights.data_ptr(),
+    )
+
+
+def luma_sum(src: Tensor, rows: Tensor) -> Tensor:
+    """int64 ``[n]``: the sum of Pillow's "L" values of each image ``src[rows]``."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    ch = src.shape[1]
+    so.ff_pil_luma_sum(
+        src.data_ptr(),
+        rows.shape[0],
+        _native._rows_ptr(rows),
+        ch,
+        src[0, 0].numel(),
+        out.data_ptr(),
+    )
+    return out
