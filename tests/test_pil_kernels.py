@@ -281,3 +281,22 @@ def test_native_library_loads():
     if _native.lib() is None:
         pytest.skip("no C compiler: the torch kernels run everywhere")
     assert _pil_native.lib() is not None
+
+
+def test_without_the_pil_library_the_torch_kernels_run(monkeypatch):
+    """``_native`` loaded but ``_pil_native`` not (e.g. its C file missing): torch kernels,
+    same bytes."""
+    x = _images(6)
+    calls = [
+        (OP_ID["Affine"], pil_warp.rotate(10.0, 45, 37), 3),
+        (OP_ID["Contrast"], (0.5,), 0),
+        (OP_ID["Color"], (1.5,), 0),
+        (OP_ID["Sharpness"], (0.2,), 0),
+        (OP_ID["GaussianBlur"], (0.8,), 0),
+        (OP_ID["Equalize"], (), 0),
+    ]
+    expected = apply_slot(x, torch.empty_like(x), calls, FILL)
+    monkeypatch.setitem(_pil_native._state, "tried", True)
+    monkeypatch.setitem(_pil_native._state, "lib", None)
+    assert _pil_native.lib() is None
+    assert torch.equal(apply_slot(x, torch.empty_like(x), calls, FILL), expected)

@@ -269,7 +269,8 @@ def apply_slot(src: Tensor, dst: Tensor, calls: Sequence[Call], fill: Sequence[i
         fill: the colour of pixels a warp uncovers (``C`` or 1 values in ``[0, 255]``).
     """
     batch, ch, height, width = src.shape
-    native = src.device.type == "cpu" and _native.lib() is not None
+    # host images with both native libraries loaded (_pil_native needs _native)
+    native = src.device.type == "cpu" and _pil_native.lib() is not None
     by_kind: dict[tuple, list[int]] = {}
     for i, (op, args, _) in enumerate(calls):
         name = OPS[op]
