@@ -189,6 +189,10 @@ __attribute__((target("avx2"))) static int64_t interp4(const uint8_t *p, uint8_t
             store4(o + x, _mm256_add_pd(r[0], _mm256_mul_pd(_mm256_sub_pd(r[1], r[0]), dy)));
         } else if (qy[0].f == 0.0 && qy[1].f == 0.0 && qy[2].f == 0.0 && qy[3].f == 0.0) {
             store4(o + x, cubic4_px(p, qx, qy, 1, dx)); /* rows 0, 2, 3 get weight 0 */
+        } else if (qx[0].f == 0.0 && qx[1].f == 0.0 && qx[2].f == 0.0 && qx[3].f == 0.0) {
+            __m256d r[4]; /* each row's cubic at d == 0 is its second tap, exactly */
+            for (int k = 0; k < 4; ++k) r[k] = _mm256_cvtepi32_pd(tap4(p, qx, qy, k, 1));
+            store4(o + x, cubic4(r[0], r[1], r[2], r[3], dy));
         } else {
             __m256d r[4];
             for (int k = 0; k < 4; ++k) r[k] = cubic4_px(p, qx, qy, k, dx);
