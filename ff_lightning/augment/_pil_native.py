@@ -1,5 +1,5 @@
-"""Native CPU loops with Pillow's arithmetic (``_pil_native.c``): affine warps, Color, Sharpness,
-GaussianBlur's box passes and the sums of Pillow's "L" values (Contrast).
+"""Native CPU loops with Pillow's arithmetic: affine warps (``_pil_warp.c``); Color, Sharpness,
+GaussianBlur's box passes and the sums of Pillow's "L" values for Contrast (``_pil_filters.c``).
 
 Compiled and cached like :mod:`ff_lightning.augment._native` (same compiler, cache folder and
 switch: with ``FF_LIGHTNING_NATIVE=0``, inside ``_native.disabled()`` or without a compiler,
@@ -20,31 +20,38 @@ from ff_lightning.augment import _native
 
 __all__ = ["affine", "box_blur", "color", "lib", "luma_sum", "sharpness"]
 
-_SOURCE = Path(__file__).with_name("_pil_native.c")
+_SOURCES = (Path(__file__).with_name("_pil_warp.c"), Path(__file__).with_name("_pil_filters.c"))
 _state: dict[str, object] = {"tried": False, "lib": None}
 
 
-def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    so.ff_pil_affine.argtypes = [p, p, i64, p, i64, i64, i64, p, p, p, p]
-    so.ff_pil_color.argtypes = [p, p, i64, p, i64, p]
-    so.ff_pil_sharpness.argtypes = [p, p, i64, p, i64, i64, i64, p]
-    so.ff_pil_box_blur.argtypes = [p, p, i64, p, i64, i64, i64, p]
-    so.ff_pil_luma_sum.argtypes = [p, i64, p, i64, i64, p]
-    fns = (so.ff_pil_affine, so.ff_pil_color, so.ff_pil_sharpness, so.ff_pil_box_blur)
-    for fn in (*fns, so.ff_pil_luma_sum):
-        fn.restype = None
-    return so
+class _Libraries:
+    """The two compiled files' functions under one name space."""
+
+    def __init__(self, warp: ctypes.CDLL, filters: ctypes.CDLL) -> None:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        self.ff_pil_affine = warp.ff_pil_affine
+        self.ff_pil_affine.argtypes = [p, p, i64, p, i64, i64, i64, p, p, p, p]
+        self.ff_pil_color = filters.ff_pil_color
+        self.ff_pil_color.argtypes = [p, p, i64, p, i64, p]
+        self.ff_pil_sharpness = filters.ff_pil_sharpness
+        self.ff_pil_sharpness.argtypes = [p, p, i64, p, i64, i64, i64, p]
+        self.ff_pil_box_blur = filters.ff_pil_box_blur
+        self.ff_pil_box_blur.argtypes = [p, p, i64, p, i64, i64, i64, p]
+        self.ff_pil_luma_sum = filters.ff_pil_luma_sum
+        self.ff_pil_luma_sum.argtypes = [p, i64, p, i64, i64, p]
+        for fn in (self.ff_pil_affine, self.ff_pil_color, self.ff_pil_sharpness):
+            fn.restype = None
+        self.ff_pil_box_blur.restype = self.ff_pil_luma_sum.restype = None
 
 
-def lib() -> ctypes.CDLL | None:
-    """The loaded library, or ``None`` (native loops off or unavailable: warned once)."""
+def lib() -> _Libraries | None:
+    """The loaded libraries, or ``None`` (native loops off or unavailable: warned once)."""
     if _native.lib() is None:
         return None
     if not _state["tried"]:
         _state["tried"] = True
         try:
-            _state["lib"] = _declare(_native._build(_SOURCE))
+            _state["lib"] = _Libraries(*(_native._build(path) for path in _SOURCES))
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             warnings.warn(
                 f"ff_lightning: native PIL loops unavailable ({exc}); using the torch kernels "
