@@ -173,8 +173,9 @@ def _clipped_normal_moments(
     xs = np.linspace(mean - 12 * std, mean + 12 * std, 200_001)
     pdf = stats.norm.pdf(xs, mean, std)
     vals = np.clip(xs, low, high)
-    m1 = np.trapezoid(vals * pdf, xs)
-    m2 = np.trapezoid(vals**2 * pdf, xs)
+    integrate = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    m1 = integrate(vals * pdf, xs)
+    m2 = integrate(vals**2 * pdf, xs)
     return float(m1), float(m2 - m1 * m1)
 
 
