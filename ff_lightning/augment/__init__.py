@@ -31,7 +31,11 @@ from ff_lightning.augment.policies import (
     TrivialAugmentWide,
     build_policy,
 )
+from ff_lightning.augment.deepaa import DeepAA
+from ff_lightning.augment.pil_policy import PilPolicy
+from ff_lightning.augment.timm_augmix import TimmAugMix
 from ff_lightning.augment.timm_convert import policy_from_timm
+from ff_lightning.augment.timm_policies import TimmAutoAugment, TimmRandAugment
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -39,14 +43,19 @@ __all__ = [
     "POLICIES",
     "AugMix",
     "AutoAugment",
+    "DeepAA",
     "MixUpCutMix",
     "NoAugment",
     "OpRecord",
     "PIL_POLICIES",
     "Params",
+    "PilPolicy",
     "Policy",
     "RandAugment",
     "RandomErasing",
+    "TimmAugMix",
+    "TimmAutoAugment",
+    "TimmRandAugment",
     "TrivialAugmentWide",
     "build_policy",
     "normalize",
