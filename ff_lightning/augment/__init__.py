@@ -18,8 +18,10 @@ from ff_lightning.augment.batch_ops import (
     RandomErasing,
     normalize,
 )
+from ff_lightning.augment.deepaa import DeepAA
 from ff_lightning.augment.op_record import OpRecord
 from ff_lightning.augment.params import Params
+from ff_lightning.augment.pil_policy import PilPolicy
 from ff_lightning.augment.policies import (
     PIL_POLICIES,
     POLICIES,
@@ -31,8 +33,6 @@ from ff_lightning.augment.policies import (
     TrivialAugmentWide,
     build_policy,
 )
-from ff_lightning.augment.deepaa import DeepAA
-from ff_lightning.augment.pil_policy import PilPolicy
 from ff_lightning.augment.timm_augmix import TimmAugMix
 from ff_lightning.augment.timm_convert import policy_from_timm
 from ff_lightning.augment.timm_policies import TimmAutoAugment, TimmRandAugment
