@@ -1,7 +1,8 @@
 """Build step of ff-lightning: the native CPU loops, compiled when the package is built.
 
-Everything else about the package is in ``pyproject.toml``. ``ff_lightning/augment/_native.c``
-becomes ``ff_lightning/augment/_ff_native<ext-suffix>``, a plain shared library that
+Everything else about the package is in ``pyproject.toml``. The C files of
+``ff_lightning/augment/`` (``_native.c``, ``_pil_warp.c``, ``_pil_filters.c``) become one
+``ff_lightning/augment/_ff_native<ext-suffix>``, a plain shared library that
 ``ff_lightning.augment._native`` loads with ctypes (it is not a Python module: it has no
 ``PyInit`` entry, and uses neither Python's nor torch's headers). A wheel carries it, so the
 training machine needs no compiler. When no compiler is present at build time the package still
@@ -20,10 +21,12 @@ from setuptools.command.build_ext import build_ext
 
 # Plain ISO C, no fast-math: the loops must give the torch kernels' results bit for bit.
 _FLAGS = ["/O2"] if sys.platform == "win32" else ["-O3", "-std=c99"]
-_SOURCE = "ff_lightning/augment/_native.c"
-# The source's hash, built into the library: the loader skips a packaged library that is older
-# than the source beside it (an editable checkout whose C file changed since the install).
-_TAG = hashlib.sha256((Path(__file__).parent / _SOURCE).read_bytes()).hexdigest()[:16]
+# One library from these files, in this order (ff_lightning/augment/_native_load.py's SOURCES).
+_SOURCES = [f"ff_lightning/augment/{n}" for n in ("_native.c", "_pil_warp.c", "_pil_filters.c")]
+# The sources' hash, built into the library: the loader skips a packaged library that is older
+# than the sources beside it (an editable checkout whose C files changed since the install).
+_HERE = Path(__file__).parent
+_TAG = hashlib.sha256(b"".join((_HERE / s).read_bytes() for s in _SOURCES)).hexdigest()[:16]
 
 
 class NativeLoops(build_ext):
@@ -57,7 +60,7 @@ setup(
     ext_modules=[
         Extension(
             "ff_lightning.augment._ff_native",
-            sources=[_SOURCE],
+            sources=_SOURCES,
             extra_compile_args=_FLAGS,
             define_macros=[("FF_SOURCE_TAG", f'"{_TAG}"')],
         )

@@ -140,6 +140,6 @@ def test_a_packaged_library_older_than_its_source_is_not_used(monkeypatch, tmp_p
     monkeypatch.setenv("FF_LIGHTNING_CACHE", str(tmp_path))
     monkeypatch.setattr(_native_load, "source_tag", lambda: "0123456789abcdef")  # an edited .c
     so, how = _native_load.load()
-    assert "predates _native.c (reinstall to rebuild it)" in how
+    assert "predates its C sources (reinstall to rebuild it)" in how
     if so is not None:  # compiled from the current source instead
         assert how.startswith("native loops (built on first use")

@@ -439,7 +439,8 @@ def test_build_policy_kwargs_and_repr():
         (
             "foo",
             {},
-            r"`name` must be one of \('randaugment', 'trivialaugment', 'autoaugment', 'augmix', 'none'\), got 'foo'",
+            r"`name` must be one of \('randaugment', 'trivialaugment', 'autoaugment', 'augmix', "
+            r"'none', 'timm_randaugment', 'timm_autoaugment', 'timm_augmix', 'deepaa'\), got 'foo'",
         ),
         ("randaugment", {"nops": 2, "mag": 1}, r"unknown keyword argument\(s\) \['mag', 'nops'\]"),
         ("randaugment", {"magnitude": 31}, r"`magnitude` must be an integer in \[0, 30\], got 31"),

@@ -31,9 +31,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["ENV", "FLAGS", "PACKAGED_STEM", "SOURCE", "cache_dir", "load", "packaged_library"]
+__all__ = [
+    "ENV",
+    "FLAGS",
+    "PACKAGED_STEM",
+    "SOURCE",
+    "SOURCES",
+    "cache_dir",
+    "load",
+    "packaged_library",
+]
 
-SOURCE = Path(__file__).with_name("_native.c")
+#: The C files of the one native library (setup.py builds the same list, in this order).
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("_native.c", "_pil_warp.c", "_pil_filters.c")
+)
+SOURCE = SOURCES[0]
 #: Plain ISO C: no fast-math, no contraction beyond what the code asks for (the loops must give
 #: the torch kernels' results bit for bit).
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared")
@@ -103,9 +116,14 @@ def _open(path: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(path))
 
 
+def _sources() -> tuple[Path, ...]:
+    # A test may point SOURCE at another file: then it alone is built.
+    return SOURCES if SOURCE == SOURCES[0] else (SOURCE,)
+
+
 def source_tag() -> str:
-    """The hash of ``_native.c`` a packaged library must have been built from."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    """The hash of the C sources a packaged library must have been built from."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
 
 
 def _built_from(so: ctypes.CDLL) -> str:
@@ -118,7 +136,8 @@ def _built_from(so: ctypes.CDLL) -> str:
 
 def _build() -> tuple[ctypes.CDLL, Path]:
     """Compile (unless a good build is cached) and load; raises :class:`BuildError`."""
-    source = SOURCE.read_bytes()
+    sources = _sources()
+    source = b"".join(p.read_bytes() for p in sources)
     cc = _compiler()
     tag = hashlib.sha256(
         source + repr((FLAGS, cc, platform.machine(), sys.platform)).encode()
@@ -144,12 +163,14 @@ def _build() -> tuple[ctypes.CDLL, Path]:
             continue  # unwritable: try the next folder
         try:
             done = subprocess.run(
-                [cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120
+                [cc, *FLAGS, "-o", tmp, *map(str, sources)],
+                capture_output=True,
+                text=True,
+                timeout=180,
             )
             if done.returncode != 0:
-                raise BuildError(
-                    f"`{cc}` failed to build {SOURCE.name}: {done.stderr.strip()[-400:]}"
-                )
+                names = ", ".join(p.name for p in sources)
+                raise BuildError(f"`{cc}` failed to build {names}: {done.stderr.strip()[-400:]}")
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(OSError):
@@ -170,10 +191,10 @@ def load() -> tuple[ctypes.CDLL | None, str]:
         except OSError as err:
             notes.append(f"the packaged {packaged.name} did not load ({err})")
         else:
-            if not SOURCE.is_file() or _built_from(so) == source_tag():
+            if not all(p.is_file() for p in SOURCES) or _built_from(so) == source_tag():
                 return so, f"native loops (packaged: {packaged.name})"
             notes.append(
-                f"the packaged {packaged.name} predates {SOURCE.name} (reinstall to rebuild it)"
+                f"the packaged {packaged.name} predates its C sources (reinstall to rebuild it)"
             )
     try:
         so, path = _build()

@@ -45,6 +45,7 @@ from ff_lightning.augment.spaces import (
 from ff_lightning.errors import ConfigError
 
 __all__ = [
+    "PIL_POLICIES",
     "POLICIES",
     "AugMix",
     "AutoAugment",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 POLICIES = ("randaugment", "trivialaugment", "autoaugment", "augmix", "none")
+#: Policies with Pillow semantics (timm's and DeepAA), built by their own modules.
+PIL_POLICIES = ("timm_randaugment", "timm_autoaugment", "timm_augmix", "deepaa")
 
 
 # ==================================================================== policies
@@ -328,6 +331,20 @@ _CLASSES: dict[str, type[Policy]] = {
 _ALIASES = {"trivialaugmentwide": "trivialaugment", "identity": "none"}
 
 
+def _pil_classes() -> dict[str, type]:
+    """The Pillow-semantics policies by normalised name (imported on first use)."""
+    from ff_lightning.augment.deepaa import DeepAA
+    from ff_lightning.augment.timm_augmix import TimmAugMix
+    from ff_lightning.augment.timm_policies import TimmAutoAugment, TimmRandAugment
+
+    return {
+        "timmrandaugment": TimmRandAugment,
+        "timmautoaugment": TimmAutoAugment,
+        "timmaugmix": TimmAugMix,
+        "deepaa": DeepAA,
+    }
+
+
 def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
     """Build a policy by name with torchvision's keyword arguments.
 
@@ -336,8 +353,15 @@ def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
     name them (``num_ops``, ``magnitude``, ``num_magnitude_bins``, ``policy``, ``severity``,
     ``mixture_width``, ``chain_depth``, ``alpha``, ``all_ops``) plus ``interpolation``
     (``"nearest"`` or ``"bilinear"``) and ``fill``.
+
+    ``name`` may also be one of :data:`PIL_POLICIES`, with their own arguments: timm's config
+    string and ``hparams`` (``build_policy("timm_randaugment", config="rand-m9-mstd0.5-inc1",
+    hparams={...})``; ``"timm_autoaugment"``, ``"timm_augmix"`` alike) or DeepAA's
+    ``policy_file`` and ``variant``; every one takes ``stream``.
     """
-    if isinstance(name, Policy):
+    from ff_lightning.augment.pil_policy import PilPolicy
+
+    if isinstance(name, (Policy, PilPolicy)):
         if kwargs:
             raise ConfigError(
                 f"keyword arguments {sorted(kwargs)} cannot be applied to an existing policy {name!r}"
@@ -345,9 +369,10 @@ def build_policy(name: str | Policy, **kwargs: Any) -> Policy:
         return name
     key = name.lower().replace("-", "").replace("_", "") if isinstance(name, str) else name
     key = _ALIASES.get(key, key)
-    if key not in _CLASSES:
-        raise ConfigError(f"`name` must be one of {POLICIES}, got {name!r}")
-    cls = _CLASSES[key]
+    classes = {**_CLASSES, **_pil_classes()}
+    if key not in classes:
+        raise ConfigError(f"`name` must be one of {POLICIES + PIL_POLICIES}, got {name!r}")
+    cls = classes[key]
     allowed = tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
     unknown = sorted(k for k in kwargs if k not in allowed)
     if unknown:

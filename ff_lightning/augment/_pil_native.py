@@ -1,0 +1,173 @@
+"""Native CPU loops with Pillow's arithmetic: affine warps (``_pil_warp.c``); Color, Sharpness,
+GaussianBlur's box passes and the sums of Pillow's "L" values for Contrast (``_pil_filters.c``).
+
+Part of the package's one native library (built with the package, or on first use; see
+:mod:`ff_lightning.augment._native_load`): with ``FF_LIGHTNING_NATIVE=0``, inside
+``_native.disabled()`` or without the library, :func:`lib` returns ``None`` and the callers take
+the torch kernels, which give the same bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from ff_lightning.augment import _native
+
+__all__ = ["affine", "box_blur", "color", "lib", "luma_sum", "sharpness"]
+
+_state: dict[str, object] = {"lib": None, "so": None}
+
+
+class _Libraries:
+    """The package's native library, with the Pillow loops' signatures declared."""
+
+    def __init__(self, so: ctypes.CDLL) -> None:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        self.ff_pil_affine = so.ff_pil_affine
+        self.ff_pil_affine.argtypes = [p, p, i64, p, i64, i64, i64, p, p, p, p]
+        self.ff_pil_color = so.ff_pil_color
+        self.ff_pil_color.argtypes = [p, p, i64, p, i64, p]
+        self.ff_pil_sharpness = so.ff_pil_sharpness
+        self.ff_pil_sharpness.argtypes = [p, p, i64, p, i64, i64, i64, p]
+        self.ff_pil_box_blur = so.ff_pil_box_blur
+        self.ff_pil_box_blur.argtypes = [p, p, i64, p, i64, i64, i64, p]
+        self.ff_pil_luma_sum = so.ff_pil_luma_sum
+        self.ff_pil_luma_sum.argtypes = [p, i64, p, i64, i64, p]
+        for fn in (self.ff_pil_affine, self.ff_pil_color, self.ff_pil_sharpness):
+            fn.restype = None
+        self.ff_pil_box_blur.restype = self.ff_pil_luma_sum.restype = None
+
+
+def lib() -> _Libraries | None:
+    """The Pillow loops of the package's native library, or ``None`` (native loops off or
+    unavailable: :mod:`ff_lightning.augment._native` warned once)."""
+    so = _native.lib()
+    if so is None:
+        return None
+    if _state.get("so") is not so:
+        _state["lib"], _state["so"] = _Libraries(so), so
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _host(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to("cpu", dtype).contiguous()
+
+
+def affine(
+    src: Tensor,
+    dst: Tensor,
+    rows: Tensor | None,
+    coef: Tensor,
+    mode: Tensor,
+    fixed: Tensor,
+    fill: Tensor,
+) -> None:
+    """``dst[rows[j]] = warp(src[rows[j]])``: float64 ``coef [n, 6]`` (Pillow's affine data),
+    int64 ``mode [n]`` (0, 2, 3), int64 ``fixed [n, 6]`` (see ``pil_warp``), uint8 ``fill [C]``."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    _native._check(dst)
+    _, ch, height, width = src.shape
+    n = coef.shape[0]
+    coef, mode, fixed = (
+        _host(coef, torch.float64),
+        _host(mode, torch.int64),
+        _host(fixed, torch.int64),
+    )
+    fill = _host(fill, torch.uint8)
+    so.ff_pil_affine(
+        src.data_ptr(),
+        dst.data_ptr(),
+        n,
+        _native._rows_ptr(rows),
+        ch,
+        height,
+        width,
+        coef.data_ptr(),
+        mode.data_ptr(),
+        fixed.data_ptr(),
+        fill.data_ptr(),
+    )
+
+
+def color(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> None:
+    """ImageEnhance.Color of three-channel rows with float32 factors ``alpha [n]``."""
+    so = lib()
+    assert so is not None and src.shape[1] == 3
+    _native._check(src)
+    _native._check(dst)
+    alpha = _host(alpha, torch.float32)
+    so.ff_pil_color(
+        src.data_ptr(),
+        dst.data_ptr(),
+        alpha.shape[0],
+        _native._rows_ptr(rows),
+        src[0, 0].numel(),
+        alpha.data_ptr(),
+    )
+
+
+def sharpness(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> None:
+    """ImageEnhance.Sharpness of rows with float32 factors ``alpha [n]``."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    _native._check(dst)
+    alpha = _host(alpha, torch.float32)
+    _, ch, height, width = src.shape
+    so.ff_pil_sharpness(
+        src.data_ptr(),
+        dst.data_ptr(),
+        alpha.shape[0],
+        _native._rows_ptr(rows),
+        ch,
+        height,
+        width,
+        alpha.data_ptr(),
+    )
+
+
+def box_blur(src: Tensor, dst: Tensor, rows: Tensor | None, weights: Tensor) -> None:
+    """ImageFilter.GaussianBlur of rows with int64 ``weights [n, 3]`` (``pil_color.box_weights``)."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    _native._check(dst)
+    weights = _host(weights, torch.int64)
+    _, ch, height, width = src.shape
+    so.ff_pil_box_blur(
+        src.data_ptr(),
+        dst.data_ptr(),
+        weights.shape[0],
+        _native._rows_ptr(rows),
+        ch,
+        height,
+        width,
+        weights.data_ptr(),
+    )
+
+
+def luma_sum(src: Tensor, rows: Tensor) -> Tensor:
+    """int64 ``[n]``: the sum of Pillow's "L" values of each image ``src[rows]``."""
+    so = lib()
+    assert so is not None
+    _native._check(src)
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    ch = src.shape[1]
+    so.ff_pil_luma_sum(
+        src.data_ptr(),
+        rows.shape[0],
+        _native._rows_ptr(rows),
+        ch,
+        src[0, 0].numel(),
+        out.data_ptr(),
+    )
+    return out
