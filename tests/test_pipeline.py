@@ -50,7 +50,7 @@ def test_the_keyword_form_builds_the_stage_list() -> None:
     assert pipe.geometry.size == 32 and pipe.tail.random_erasing == 0.25
     text = pipe.describe()
     assert "workers" in text and "device" in text and "RandAugment" in text
-    assert "random erasing p=0.25" in text
+    assert "RandomErasing(p=0.25" in text
 
 
 def test_options_are_checked_once_and_named() -> None:

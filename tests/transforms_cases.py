@@ -148,7 +148,7 @@ def reference(t: object, img: torch.Tensor, rec: Record) -> torch.Tensor:
             img = reference(t.transforms[i], img, rec.part(str(i)))
         return img
     if isinstance(t, PolicyStage):
-        return t.policy.apply_one(img, PolicyStage.params(rec))
+        return t.policy.apply_one(img, t.params(rec))
     if not bool(rec["applied"][0]):
         return img
     gated = {

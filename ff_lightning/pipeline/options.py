@@ -76,6 +76,12 @@ class PipelineOptions:
         multiprocessing_context: start method of the worker processes (``None``: the default).
         image_key, label_key: the keys of dict items (Hugging Face ``datasets`` rows); ``None``
             tries the usual names (``image``/``img``/..., ``label``/``labels``/...).
+        transform: the user's own training pipeline instead of the keywords: a torchvision v2
+            ``Compose`` (or list of transforms) or timm's ``create_transform(...)`` output,
+            compiled into the stages (:mod:`ff_lightning.pipeline.compiler`).
+        val_transform: the evaluation pipeline to go with ``transform`` (default: resize and
+            centre crop from the training geometry, the same normalisation).
+        batch_transform: v2 ``MixUp``/``CutMix``/``RandomChoice`` of them, or timm's ``Mixup``.
     """
 
     policy: Any = "randaugment"
@@ -108,6 +114,9 @@ class PipelineOptions:
     multiprocessing_context: str | None = None
     image_key: str | None = None
     label_key: str | None = None
+    transform: Any = None
+    val_transform: Any = None
+    batch_transform: Any = None
     #: Set by :meth:`resolve` (``False`` until then).
     resolved: bool = field(default=False, repr=False, compare=False)
 
@@ -238,6 +247,8 @@ class PipelineOptions:
                 )
             decode = False  # auto: one-channel data is decoded in the workers
         policy = self.policy
+        if self.transform is not None:
+            policy = "none"  # the compiled transform brings its own routed stage
         if isinstance(policy, str):
             try:
                 policy = build_policy(policy, **dict(self.policy_kwargs or {}))
@@ -247,7 +258,7 @@ class PipelineOptions:
         return replace(
             self,
             policy=policy,
-            policy_kwargs=None,
+            policy_kwargs=None if self.transform is None else self.policy_kwargs,
             num_workers=num_workers,
             channels=c,
             mean=tuple(float(m) for m in mean),
@@ -260,9 +271,24 @@ class PipelineOptions:
 _NAMES = tuple(f.name for f in fields(PipelineOptions) if f.name != "resolved")
 
 
+#: Keywords a given ``transform`` (or ``batch_transform``) already decides.
+_SET_BY_TRANSFORM = (
+    "policy",
+    "policy_kwargs",
+    "crop_scale",
+    "crop_ratio",
+    "hflip",
+    "mean",
+    "std",
+    "random_erasing",
+)
+_SET_BY_BATCH_TRANSFORM = ("mixup_alpha", "cutmix_alpha")
+
+
 def options_from_kwargs(owner: str, kwargs: Mapping[str, Any]) -> PipelineOptions:
     """:class:`PipelineOptions` from keyword arguments given to ``owner`` (a class name for the
-    message); an unknown keyword is a :class:`ConfigError` naming it and the closest match."""
+    message); an unknown keyword is a :class:`ConfigError` naming it and the closest match, and
+    a keyword that a given ``transform`` decides is one naming both."""
     unknown = [k for k in kwargs if k not in _NAMES]
     if unknown:
         key = unknown[0]
@@ -271,4 +297,15 @@ def options_from_kwargs(owner: str, kwargs: Mapping[str, Any]) -> PipelineOption
         raise ConfigError(
             f"`{owner}` got an unknown argument `{key}`{hint}; the options are {', '.join(_NAMES)}"
         )
+    for given, keys in (
+        ("transform", _SET_BY_TRANSFORM),
+        ("batch_transform", _SET_BY_BATCH_TRANSFORM),
+    ):
+        if kwargs.get(given) is not None:
+            clash = [k for k in keys if k in kwargs]
+            if clash:
+                raise ConfigError(
+                    f"`{clash[0]}` and `{given}` both describe the augmentation; `{given}` "
+                    f"decides it: drop `{clash[0]}`"
+                )
     return PipelineOptions(**kwargs)

@@ -28,7 +28,14 @@ from ff_lightning.pipeline.device.stage import DeviceStage, output_dtype_for
 from ff_lightning.pipeline.loader import ResumableDataLoader
 from ff_lightning.pipeline.options import PipelineOptions, options_from_kwargs
 from ff_lightning.pipeline.routing import EpochSampler, FixedShare, RoutedBatchSampler, Router
-from ff_lightning.pipeline.stages import DeviceTail, RoutedStage, Stage, WorkerGeometry
+from ff_lightning.pipeline.stages import (
+    DeviceTail,
+    RoutedStage,
+    Stage,
+    WorkerGeometry,
+    WorkerTransforms,
+    transform_stages,
+)
 from ff_lightning.pipeline.stages import keyword_stages as _keyword_stages
 from ff_lightning.pipeline.worker.dataset import AugmentingDataset, collate_batch, worker_init
 from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
@@ -120,8 +127,15 @@ class Pipeline:
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
+        self.eval_prefix: WorkerTransforms | None = None
+        #: Transforms of the user's ``transform`` kept in the workers (the compiler's notes).
+        self.notes: list[str] = []
+        if stages is None and self.options.transform is not None:
+            stages, self.eval_prefix, self.notes = transform_stages(self.options, train_dataset)
         self.stages = stages if stages is not None else _keyword_stages(self.options)
         self.geometry = self._stage(WorkerGeometry)
+        prefixes = [s for s in self.stages if isinstance(s, WorkerTransforms)]
+        self.prefix: WorkerTransforms | None = prefixes[0] if prefixes else None
         self.routed = self._stage(RoutedStage)
         self.tail = self._stage(DeviceTail)
         opts, tail = self.options, self.tail
@@ -132,13 +146,11 @@ class Pipeline:
             mean=tail.mean,
             std=tail.std,
             normalize=tail.normalize,
-            random_erasing=tail.random_erasing,
-            mixup_alpha=tail.mixup_alpha,
-            cutmix_alpha=tail.cutmix_alpha,
             num_classes=tail.num_classes,
             seed=opts.seed,
             device_decode=self.geometry.device_decode,
             source=train_dataset,
+            ops=tail.batch_ops(),
         )
         self._train_workers: int | None = None
         self._last_train_loader: ResumableDataLoader | None = None
@@ -197,9 +209,12 @@ class Pipeline:
         self.router.bind(self._own_share)
 
     def describe(self) -> str:
-        """Which stage runs where, one line each (the compiled plan)."""
+        """Which stage runs where, one line each (the compiled plan), and what the compiler
+        kept in the workers."""
         lines = [f"  {s.where:<18} {s.describe()}" for s in self.stages]
-        return "\n".join(["pipeline:", *lines])
+        if self.eval_prefix is not None:
+            lines.append(f"  {'evaluation':<18} {self.eval_prefix.describe()}")
+        return "\n".join(["pipeline:", *lines, *(f"  note: {n}" for n in self.notes)])
 
     def output_dtype(self, precision_plugin: Any = None) -> torch.dtype:
         """The dtype of the images handed to the model (``output_dtype`` resolved against a
@@ -253,13 +268,10 @@ class Pipeline:
             image_size=geo.size,
             policy=self.policy,
             seed=opts.seed,
-            crop_scale=geo.crop_scale,
-            crop_ratio=geo.crop_ratio,
-            hflip=geo.hflip,
-            device_decode=geo.device_decode,
-            channels=geo.channels,
             image_key=opts.image_key,
             label_key=opts.label_key,
+            geometry=geo,
+            prefix=self.prefix,
         )
         sampler = EpochSampler(self.train_dataset, shuffle=True, seed=opts.seed)  # type: ignore[arg-type]
         batch_sampler = RoutedBatchSampler(
@@ -288,12 +300,13 @@ class Pipeline:
         geo = self.geometry
         ds = AugmentingDataset(
             dataset,
-            channels=geo.channels,
             train=False,
             image_size=geo.size,
-            val_crop_fraction=geo.val_crop_fraction,
+            seed=self.options.seed,
             image_key=self.options.image_key,
             label_key=self.options.label_key,
+            geometry=geo,
+            prefix=self.eval_prefix,
         )
         return DataLoader(
             ds,

@@ -2,7 +2,8 @@
 
 1. :class:`WorkerGeometry` (every sample, in the DataLoader workers): decode, the random
    resized crop and flip of training, the resize and centre crop of evaluation, to a fixed size
-   and channel count.
+   and channel count; and, when a user's pipeline has a transform the compiler does not know,
+   :class:`WorkerTransforms` (the user's own objects, run per sample).
 2. :class:`RoutedStage` (per sample, on either route): the policy whose parameters are drawn
    from ``(seed, epoch, index)`` before the route is known; the workers apply it to their share
    of each batch, the device to the rest, with the same batched kernels.
@@ -16,43 +17,22 @@ PipelineOptions` (the keyword form of ``FusionDataModule``). Each stage says wha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from ff_lightning.pipeline.options import PipelineOptions
+from ff_lightning.pipeline.worker.steps import WorkerGeometry, WorkerTransforms
 
-__all__ = ["DeviceTail", "RoutedStage", "Stage", "WorkerGeometry", "keyword_stages"]
-
-
-@dataclass(frozen=True)
-class WorkerGeometry:
-    """Decode and crop/resize every sample to ``size`` x ``size`` in the workers.
-
-    Training: a random resized crop (``crop_scale``, ``crop_ratio``) and, with ``hflip``, a
-    horizontal flip with p=0.5, both drawn from ``(seed, epoch, index)``. Evaluation: resize the
-    short side to ``size / val_crop_fraction``, then a centre crop. ``device_decode``: the
-    device-routed baseline JPEGs leave the workers undecoded (their crop is drawn here all
-    the same).
-    """
-
-    size: int
-    crop_scale: tuple[float, float]
-    crop_ratio: tuple[float, float]
-    hflip: bool
-    val_crop_fraction: float
-    channels: int
-    device_decode: bool
-
-    where = "workers"
-
-    def describe(self) -> str:
-        flip = ", horizontal flip p=0.5" if self.hflip else ""
-        decode = " (the device share's baseline JPEGs decoded on the device)" * self.device_decode
-        return (
-            f"decode{decode}, random resized crop to {self.size}x{self.size} "
-            f"(scale {self.crop_scale}, ratio ({self.crop_ratio[0]:.3g}, "
-            f"{self.crop_ratio[1]:.3g})){flip}, {self.channels} channel(s)"
-        )
+__all__ = [
+    "DeviceTail",
+    "RoutedStage",
+    "Stage",
+    "WorkerGeometry",
+    "WorkerTransforms",
+    "keyword_stages",
+    "transform_stages",
+]
 
 
 @dataclass(frozen=True)
@@ -70,33 +50,67 @@ class RoutedStage:
 
 @dataclass(frozen=True)
 class DeviceTail:
-    """What the device does to every sample after the copy: normalise and the batch ops."""
+    """What the device does to every sample after the copy: normalise, then the batch ops.
+
+    Attributes:
+        mean, std: the normalisation (``normalize=False``: scale to ``[0, 1]`` only).
+        normalize: apply ``mean``/``std``.
+        random_erasing, mixup_alpha, cutmix_alpha, num_classes: the keyword form's batch ops.
+        erasing: a :class:`~ff_lightning.augment.batch_ops.RandomErasing` (the compiled form;
+            overrides ``random_erasing``).
+        mix: a :class:`~ff_lightning.augment.batch_ops.MixUpCutMix` (overrides the alphas).
+        floats: the workers already hand over normalised floats (the user's own transforms
+            ran the conversion); the device only casts them to the training dtype.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    normalize: bool
-    random_erasing: float
-    mixup_alpha: float
-    cutmix_alpha: float
-    num_classes: int | None
+    normalize: bool = True
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    num_classes: int | None = None
+    erasing: Any = None
+    mix: Any = None
+    floats: bool = False
 
     where = "device"
 
+    def batch_ops(self) -> list[tuple[str, Any]]:
+        """The batch ops in the order they run: ``[("erase", op), ("mix", op)]`` as present."""
+        from ff_lightning.augment import batch_ops
+
+        ops: list[tuple[str, Any]] = []
+        erase = self.erasing
+        if erase is None and self.random_erasing > 0:
+            erase = batch_ops.RandomErasing(p=self.random_erasing)
+        if erase is not None:
+            ops.append(("erase", erase))
+        mix = self.mix
+        if mix is None and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            mix = batch_ops.MixUpCutMix(
+                mixup_alpha=self.mixup_alpha,
+                cutmix_alpha=self.cutmix_alpha,
+                num_classes=self.num_classes,
+            )
+        if mix is not None:
+            ops.append(("mix", mix))
+        return ops
+
     def describe(self) -> str:
-        parts = [
-            f"normalise (mean {self.mean}, std {self.std})"
-            if self.normalize
-            else "scale to [0, 1]",
-            "to the training dtype",
-        ]
-        if self.random_erasing > 0:
-            parts.append(f"random erasing p={self.random_erasing:g}")
-        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
-            parts.append(f"mixup alpha={self.mixup_alpha:g} / cutmix alpha={self.cutmix_alpha:g}")
+        if self.floats:
+            parts = ["cast the workers' floats to the training dtype"]
+        elif self.normalize:
+            mean = "(" + ", ".join(f"{v:.4g}" for v in self.mean) + ")"
+            std = "(" + ", ".join(f"{v:.4g}" for v in self.std) + ")"
+            parts = [f"normalise (mean {mean}, std {std}) to the training dtype"]
+        else:
+            parts = ["scale to [0, 1] in the training dtype"]
+        parts += [repr(op) for _, op in self.batch_ops()]
         return ", ".join(parts)
 
 
-Stage = WorkerGeometry | RoutedStage | DeviceTail
+Stage = WorkerGeometry | WorkerTransforms | RoutedStage | DeviceTail
 
 
 def keyword_stages(options: PipelineOptions) -> tuple[WorkerGeometry, RoutedStage, DeviceTail]:
@@ -124,3 +138,104 @@ def keyword_stages(options: PipelineOptions) -> tuple[WorkerGeometry, RoutedStag
             num_classes=options.num_classes,
         ),
     )
+
+
+def transform_stages(
+    options: PipelineOptions, train_dataset: Any
+) -> tuple[tuple[Stage, ...], WorkerTransforms | None, list[str]]:
+    """The stage list of a user's ``transform`` (resolved options), the evaluation transforms
+    the workers run as written (``None``: the resize and centre crop of the geometry), and the
+    compiler's notes (transforms kept in the workers)."""
+    from ff_lightning.errors import ConfigError
+    from ff_lightning.pipeline.compiler import compile_batch_transform, compile_transform
+    from ff_lightning.pipeline.worker.items import read_item, to_uint8_chw
+    from ff_lightning.pipeline.worker.steps import run_user_transforms
+
+    compiled = compile_transform(options.transform, name="transform")
+    channels = int(options.channels)  # type: ignore[arg-type]
+    prefix = None
+    if compiled.prefix:
+        prefix = WorkerTransforms(tuple(compiled.prefix), floats=compiled.floats)
+    geo_fields = dict(compiled.geometry or {})
+    if "size" not in geo_fields:
+        # The images keep the size the user's worker-side transforms (or the data) give them:
+        # item 0 says which.
+        image, _ = read_item(
+            train_dataset[0], 0, image_key=options.image_key, label_key=options.label_key
+        )
+        image = to_uint8_chw(image, channels, 0)
+        if prefix is not None:
+            image = run_user_transforms(
+                prefix.transforms, image, seed=options.seed, epoch=0, index=0
+            )
+        shape = tuple(image.shape[-2:]) if hasattr(image, "shape") else (image.height, image.width)
+        if shape[0] != shape[1]:
+            raise ConfigError(
+                f"`transform` gives images of {shape[1]}x{shape[0]}; the pipeline batches square "
+                "images: end the worker-side part with a square crop or resize"
+            )
+        geo_fields.update(crop="none", size=int(shape[0]), hflip=0.0)
+    size = int(geo_fields["size"])
+    val_resize = {
+        "resize_center": geo_fields.get("resize_to") or size,
+        "random": geo_fields.get("resize_to") or size,
+        "resize": size,
+        "none": size,
+    }.get(geo_fields["crop"])
+    geometry = WorkerGeometry(
+        channels=channels,
+        device_decode=bool(options.device_decode) and geo_fields["crop"] == "random_resized",
+        val_crop_fraction=options.val_crop_fraction,
+        val_resize_to=val_resize,
+        val_interpolation=geo_fields.get("interpolation", "bilinear")
+        if geo_fields.get("interpolation") != "random"
+        else "bicubic",
+        **geo_fields,
+    )
+    mix = compile_batch_transform(options.batch_transform, options.num_classes)
+    tail = DeviceTail(
+        mean=compiled.mean or (0.0,) * channels,
+        std=compiled.std or (1.0,) * channels,
+        normalize=compiled.mean is not None,
+        num_classes=getattr(mix, "num_classes", options.num_classes),
+        erasing=compiled.erasing,
+        mix=mix,
+        floats=compiled.floats,
+    )
+    stages: list[Stage] = [geometry]
+    if prefix is not None:
+        stages.append(prefix)
+    stages += [RoutedStage(compiled.routed_stage()), tail]
+    eval_prefix = None
+    if options.val_transform is not None:
+        eval_prefix, val_geo = _eval_transforms(options.val_transform, compiled, size)
+        if val_geo is not None:  # the geometry's own resize + centre crop (the fast path)
+            stages[0] = geometry = dataclasses.replace(geometry, **val_geo)
+    return tuple(stages), eval_prefix, compiled.notes
+
+
+def _eval_transforms(
+    val_transform: Any, train: Any, size: int
+) -> tuple[WorkerTransforms | None, dict[str, Any] | None]:
+    """The evaluation transform: ``(None, geometry fields)`` when it is a resize and centre crop
+    to the training size with the training normalisation (the fast path), else the user's own
+    objects for the workers, up to the normalisation the device does (or all of them, handing
+    over floats)."""
+    from ff_lightning.pipeline.compiler import _conversion, _geometry_head, _is, flatten
+
+    items = flatten(val_transform)
+    # Trailing conversion + the training Normalize: the device's job.
+    k = len(items)
+    while k and (_conversion(items[k - 1]) is True or _is(items[k - 1], "Normalize")):
+        t = items[k - 1]
+        if _is(t, "Normalize") and (
+            tuple(float(v) for v in t.mean) != tuple(train.mean or ())
+            or tuple(float(v) for v in t.std) != tuple(train.std or ())
+        ):
+            return WorkerTransforms(tuple(items), floats=True), None
+        k -= 1
+    head, used = _geometry_head(items[:k])
+    if head is not None and used == k and head["crop"] == "resize_center" and head["size"] == size:
+        interp = head.get("interpolation", "bilinear")
+        return None, dict(val_resize_to=head["resize_to"] or size, val_interpolation=interp)
+    return (WorkerTransforms(tuple(items[:k]), floats=False) if k else None), None

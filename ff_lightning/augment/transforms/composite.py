@@ -18,6 +18,7 @@ transform object given to two composites keeps its own stream in each.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
@@ -43,26 +44,28 @@ from ff_lightning.validation import check_probability
 
 __all__ = ["Chain", "PolicyStage", "RandomApply", "RandomChoice", "RandomOrder", "as_routed"]
 
-_PARAMS_FIELDS = ("op_ids", "bins", "signs", "applied", "weights")
-
 
 class PolicyStage(RoutedTransform):
-    """An auto-augment :class:`Policy` (``build_policy(...)``) as a routed transform.
+    """A policy (``build_policy(...)``: torchvision's, timm's, DeepAA) as a routed transform.
 
-    The record is the policy's :class:`Params` as named tensors. The first policy of a chain
+    The record is the policy's own record (:class:`Params` or a subclass of it) as named
+    tensors. The first policy of a chain
     draws exactly as the policy alone (its ``seed``, its stream 0); any later policy draws from
     a seed derived from ``(seed, stream)``, so two policies of one chain are independent.
     """
 
     def __init__(self, policy: Policy, *, stream: int = FIRST_STREAM, primary: bool = True):
         super().__init__(stream=stream)
-        if not isinstance(policy, Policy):
+        if not _is_policy(policy):
             raise ConfigError(
                 f"PolicyStage: `policy` must be a Policy (build_policy(...)), "
                 f"got {type(policy).__name__}"
             )
         self.policy = policy
         self.primary = primary
+        empty = policy.sample(torch.zeros(0, dtype=torch.long), 0, 0)
+        self._rtype = type(empty)  # Params, or a policy's own subclass of it
+        self._fields = tuple(f.name for f in dataclasses.fields(empty))
 
     @property
     def name(self) -> str:
@@ -77,12 +80,11 @@ class PolicyStage(RoutedTransform):
     def sample(self, indices: Tensor | Sequence[int], epoch: int, seed: int) -> Record:
         idx = rng.as_indices(indices)
         p = self.policy.sample(idx, epoch, self._seed(seed))
-        return Record({f: getattr(p, f) for f in _PARAMS_FIELDS}, len(idx))
+        return Record({f: getattr(p, f) for f in self._fields}, len(idx))
 
-    @staticmethod
-    def params(rec: Record) -> Params:
-        """The policy's :class:`Params` back from a stage record."""
-        return Params(**{f: rec[f] for f in _PARAMS_FIELDS})
+    def params(self, rec: Record) -> Params:
+        """The policy's record back from a stage record."""
+        return self._rtype(**{f: rec[f] for f in self._fields})
 
     def _run(self, x: Tensor, rec: Record) -> Tensor:
         return self.policy.apply_batch(x, self.params(rec))
@@ -98,9 +100,15 @@ class PolicyStage(RoutedTransform):
         return repr(self.policy)
 
 
+def _is_policy(obj: object) -> bool:
+    from ff_lightning.augment.pil_policy import PilPolicy
+
+    return isinstance(obj, (Policy, PilPolicy))
+
+
 def as_routed(member: object, where: str = "member") -> RoutedTransform:
-    """A chain member: a routed transform (copied) or a :class:`Policy` (wrapped)."""
-    if isinstance(member, Policy):
+    """A chain member: a routed transform (copied) or a policy (wrapped)."""
+    if _is_policy(member):
         return PolicyStage(member)
     if isinstance(member, RoutedTransform):
         return copy.deepcopy(member)

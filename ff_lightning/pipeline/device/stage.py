@@ -61,6 +61,8 @@ class DeviceStage:
             without them is augmented as usual either way).
         source: the training source, for files neither the device nor PIL can decode
             (``source[index]`` applies its ``on_error``).
+        ops: the batch ops as ``[("erase", op), ("mix", op)]`` (a compiled pipeline's;
+            overrides ``random_erasing`` and the alphas).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class DeviceStage:
         guard: Any = None,
         device_decode: bool = False,
         source: Any = None,
+        ops: list[tuple[str, Any]] | None = None,
     ) -> None:
         from ff_lightning.pipeline.device.decode import DeviceDecoder
 
@@ -96,10 +99,14 @@ class DeviceStage:
         self.last: StepStats | None = None  # the record of the latest training batch
         self.ready_at: float | None = None  # when `prepare` saw that batch (end of data wait)
         self.rank = 0
-        self._ops: list[tuple[str, Any]] = []
-        if random_erasing > 0:
+        self._ops: list[tuple[str, Any]] = list(ops or [])
+        if ops is not None:
+            self.num_classes = next(
+                (getattr(op, "num_classes", None) for kind, op in ops if kind == "mix"), None
+            )
+        elif random_erasing > 0:
             self._ops.append(("erase", batch_ops.RandomErasing(p=random_erasing)))
-        if mixup_alpha > 0 or cutmix_alpha > 0:
+        if ops is None and (mixup_alpha > 0 or cutmix_alpha > 0):
             mix = batch_ops.MixUpCutMix(
                 mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, num_classes=num_classes
             )
@@ -212,7 +219,7 @@ class DeviceStage:
         parameters to its device share of ``images`` (uint8, in place). ``targets`` changes
         only where a corrupt file was replaced (``on_error="skip"``)."""
         k, b = route.n_device, int(images.shape[0])
-        if k == 0:
+        if k == 0 or images.is_floating_point():  # floats: nothing left to route
             return images
         # The timed region includes the decode: the controller's device cost per sample is
         # decode + augmentation, as the worker's CPU cost per sample is.
@@ -257,6 +264,12 @@ class DeviceStage:
             )
 
     def _normalize(self, images: Tensor, dtype: torch.dtype) -> Tensor:
+        if images.is_floating_point():
+            # The user's own worker-side transforms normalised already: cast only.
+            return images.to(dtype)
+        return self._normalize_u8(images, dtype)
+
+    def _normalize_u8(self, images: Tensor, dtype: torch.dtype) -> Tensor:
         """uint8 -> ``dtype`` with the package's one normaliser (float32 arithmetic, ``dtype``
         written in the same pass; constants copied to each device once)."""
         c = int(images.shape[1])

@@ -25,10 +25,12 @@ import time
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
-from ff_lightning.errors import CorruptImageError
+from ff_lightning.augment import rng
+from ff_lightning.errors import ConfigError, CorruptImageError
 from ff_lightning.pipeline.batch import (
     BatchRoute,
     EncodedBatch,
@@ -40,6 +42,7 @@ from ff_lightning.pipeline.batch import (
 )
 from ff_lightning.pipeline.jpeg import JpegHeader, decode_jpegs, jpeg_header
 from ff_lightning.pipeline.worker.geometry import (
+    N_CROP_UNIFORMS,
     crop_boxes,
     crop_into,
     eval_geometry,
@@ -50,6 +53,12 @@ from ff_lightning.pipeline.worker.geometry import (
     train_geometry_batch,
 )
 from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
+from ff_lightning.pipeline.worker.steps import (
+    WorkerGeometry,
+    WorkerTransforms,
+    geometry_one,
+    run_user_transforms,
+)
 
 __all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
 
@@ -79,23 +88,42 @@ class AugmentingDataset(Dataset):
         channels: int = 3,
         image_key: str | None = None,
         label_key: str | None = None,
+        geometry: WorkerGeometry | None = None,
+        prefix: WorkerTransforms | None = None,
     ) -> None:
         from ff_lightning.sources.decoding import reads_encoded_files
 
+        if geometry is None:  # the keyword form
+            geometry = WorkerGeometry(
+                size=image_size,
+                crop_scale=tuple(crop_scale),  # type: ignore[arg-type]
+                crop_ratio=tuple(crop_ratio),  # type: ignore[arg-type]
+                hflip=hflip,
+                val_crop_fraction=val_crop_fraction,
+                channels=channels,
+                device_decode=device_decode,
+            )
+        self.geometry, self.prefix = geometry, prefix
         self.source = source
-        self.channels = channels
+        self.channels = geometry.channels
         self.image_key, self.label_key = image_key, label_key
-        # Only a source that hands out its files' bytes can leave samples encoded.
-        self.device_decode = bool(device_decode) and train and reads_encoded_files(source)
-
+        # Only a source that hands out its files' bytes can leave samples encoded, and only the
+        # batched random resized crop has the device's decode-and-crop twin.
+        self.device_decode = (
+            bool(geometry.device_decode)
+            and train
+            and geometry.fast
+            and prefix is None
+            and reads_encoded_files(source)
+        )
         self.train = train
-        self.image_size = image_size
+        self.image_size = geometry.size
         self.policy = policy
         self.seed = seed
-        self.crop_scale = crop_scale
-        self.crop_ratio = crop_ratio
-        self.hflip = hflip
-        self.val_crop_fraction = val_crop_fraction
+        self.crop_scale = geometry.crop_scale
+        self.crop_ratio = geometry.crop_ratio
+        self.hflip = geometry.flip_p > 0
+        self.val_crop_fraction = geometry.val_crop_fraction
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
@@ -122,13 +150,79 @@ class AugmentingDataset(Dataset):
 
     def _eval_batch(self, indices: list[int]) -> dict[str, Any]:
         images, targets = [], []
+        geo = self.geometry
         for index in indices:
             image, target = self._load(index)
-            images.append(
-                eval_geometry(image, size=self.image_size, crop_fraction=self.val_crop_fraction)
-            )
+            if self.prefix is not None:  # the user's own evaluation transforms, as written
+                out = run_user_transforms(
+                    self.prefix.transforms, image, seed=self.seed, epoch=0, index=index
+                )
+                images.append(self._user_image(out, index))
+            else:
+                images.append(
+                    eval_geometry(
+                        image,
+                        size=self.image_size,
+                        crop_fraction=self.val_crop_fraction,
+                        resize_to=geo.val_resize_to,
+                        interpolation=geo.val_interpolation,
+                    )
+                )
             targets.append(target)
         return RawBatch(images=torch.stack(images), targets=torch.tensor(targets, dtype=torch.long))
+
+    def _geometry_batch(self, loaded: list[Any], indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Every loaded image through the worker's geometry (or the user's own transforms)."""
+        geo, idx = self.geometry, indices.tolist()
+        if self.prefix is not None:
+            images = [
+                self._user_image(
+                    run_user_transforms(
+                        self.prefix.transforms, im, seed=self.seed, epoch=epoch, index=i
+                    ),
+                    i,
+                )
+                for im, i in zip(loaded, idx, strict=True)
+            ]
+            return torch.stack(images)
+        if geo.fast:
+            return train_geometry_batch(
+                loaded,
+                size=geo.size,
+                seed=self.seed,
+                epoch=epoch,
+                indices=indices,
+                scale=geo.crop_scale,
+                ratio=geo.crop_ratio,
+                hflip=geo.flip_p,
+            )
+        u = rng.uniform(
+            self.seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64
+        ).tolist()
+        images = [
+            self._user_image(geometry_one(im, geo, row, seed=self.seed, epoch=epoch, index=i), i)
+            for im, row, i in zip(loaded, u, idx, strict=True)
+        ]
+        out = torch.stack(images)
+        if geo.flip_p and len(idx):
+            flips = flip_flags(self.seed, epoch, indices, geo.flip_p).nonzero().squeeze(1)
+            if flips.numel():
+                out[flips] = out[flips].flip(-1)
+        return out
+
+    def _user_image(self, image: Any, index: int) -> torch.Tensor:
+        """A worker-side result as a ``[C, S, S]`` tensor, or a ConfigError naming the item."""
+        if isinstance(image, Image.Image):
+            image = TF.pil_to_tensor(image)
+        size, c = self.geometry.size, self.channels
+        if not isinstance(image, torch.Tensor) or tuple(image.shape) != (c, size, size):
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ConfigError(
+                f"dataset item {index}: the worker-side transforms gave {got}, the pipeline needs "
+                f"({c}, {size}, {size}) for every sample; end them with a crop or resize to "
+                f"{size}, or set `image_size`"
+            )
+        return image.contiguous()
 
     def _train_batch(self, rb: RoutedBatch) -> dict[str, Any]:
         if self.device_decode:
@@ -138,16 +232,7 @@ class AugmentingDataset(Dataset):
         t0 = time.thread_time()
         loaded = [self._load(i) for i in rb.indices]
         indices = torch.tensor(rb.indices, dtype=torch.long)
-        images = train_geometry_batch(
-            [im for im, _ in loaded],
-            size=self.image_size,
-            seed=self.seed,
-            epoch=rb.epoch,
-            indices=indices,
-            scale=self.crop_scale,
-            ratio=self.crop_ratio,
-            hflip=self.hflip,
-        )
+        images = self._geometry_batch([im for im, _ in loaded], indices, rb.epoch)
         targets = torch.tensor([t for _, t in loaded], dtype=torch.long)
         t1 = time.thread_time()
         # Parameters depend on (seed, epoch, index) only: one draw for the whole batch, before
@@ -164,7 +249,7 @@ class AugmentingDataset(Dataset):
     ) -> torch.Tensor:
         """ONE batched ``apply_batch`` over the samples not at ``device_index``."""
         b, k = int(images.shape[0]), int(device_index.numel())
-        if k >= b:
+        if k >= b or images.is_floating_point():  # floats: the user's transforms did it all
             return images
         if k == 0:
             return self.policy.apply_batch(images, params)
@@ -234,7 +319,7 @@ class AugmentingDataset(Dataset):
             sizes, seed=self.seed, epoch=rb.epoch, indices=indices, scale=crop[2], ratio=crop[3]
         )
         flips = (
-            flip_flags(self.seed, rb.epoch, indices)
+            flip_flags(self.seed, rb.epoch, indices, self.geometry.flip_p)
             if self.hflip
             else torch.zeros(b, dtype=torch.bool)
         )

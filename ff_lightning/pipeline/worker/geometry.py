@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.augment import rng
@@ -96,9 +97,11 @@ def crop_boxes(
     ]
 
 
-def flip_flags(seed: int, epoch: int, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """bool ``[B]``: which samples are flipped horizontally (p = 0.5 each)."""
-    return rng.uniform(seed, epoch, indices, rng.STREAM_FLIP, 1)[:, 0] < 0.5
+def flip_flags(
+    seed: int, epoch: int, indices: torch.Tensor | Sequence[int], p: float = 0.5
+) -> torch.Tensor:
+    """bool ``[B]``: which samples are flipped horizontally (probability ``p`` each)."""
+    return rng.uniform(seed, epoch, indices, rng.STREAM_FLIP, 1)[:, 0] < p
 
 
 def train_geometry_batch(
@@ -110,7 +113,7 @@ def train_geometry_batch(
     indices: torch.Tensor | Sequence[int],
     scale: tuple[float, float],
     ratio: tuple[float, float],
-    hflip: bool,
+    hflip: bool | float,
 ) -> torch.Tensor:
     """Random resized crop of every image to ``size`` x ``size``, then the flips: uint8 ``[B, 3, S, S]``."""
     boxes = crop_boxes(
@@ -125,8 +128,9 @@ def train_geometry_batch(
     channels = channels_of(images[0]) if n else 3
     out = torch.empty(n, channels, size, size, dtype=torch.uint8)
     crop_into(out, list(range(n)), images, boxes)
-    if hflip and n:
-        flips = flip_flags(seed, epoch, indices).nonzero().squeeze(1)
+    p = (0.5 if hflip else 0.0) if isinstance(hflip, bool) else float(hflip)
+    if p and n:
+        flips = flip_flags(seed, epoch, indices, p).nonzero().squeeze(1)
         if flips.numel():
             out[flips] = out[flips].flip(-1)
     return out
@@ -234,10 +238,18 @@ def _resize_aa(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def eval_geometry(
-    image: torch.Tensor | Image.Image, *, size: int, crop_fraction: float
+    image: torch.Tensor | Image.Image,
+    *,
+    size: int,
+    crop_fraction: float,
+    resize_to: int | None = None,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """Resize the shorter side to ``size / crop_fraction`` and take the central ``size`` square."""
-    resize_to = max(size, int(round(size / crop_fraction)))
+    """Resize the shorter side to ``resize_to`` (default ``size / crop_fraction``) and take the
+    central ``size`` square; ``interpolation``: ``bilinear`` (default), ``bicubic``, ``nearest``."""
+    if resize_to is None:
+        resize_to = max(size, int(round(size / crop_fraction)))
+    pil_mode = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
     if isinstance(image, Image.Image):
         h, w = image.height, image.width
         if min(h, w) != resize_to:
@@ -245,10 +257,13 @@ def eval_geometry(
                 nh, nw = resize_to, max(1, int(round(w * resize_to / h)))
             else:
                 nw, nh = resize_to, max(1, int(round(h * resize_to / w)))
-            image = image.resize((nw, nh), Image.BILINEAR)
+            image = image.resize((nw, nh), pil_mode[interpolation])
         t = TF.pil_to_tensor(image)
     else:
         t = image
         if min(t.shape[-2:]) != resize_to:
-            t = TF.resize(t, [resize_to], antialias=True)
+            mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+            t = TF.resize(
+                t, [resize_to], mode.get(interpolation, InterpolationMode.NEAREST), antialias=True
+            )
     return TF.center_crop(t, [size, size]).contiguous()
