@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,7 @@ def test_recipe_cli_reports_missing_root_without_traceback(tmp_path: Path) -> No
         capture_output=True,
         text=True,
         timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout, not an installed copy
     )
     assert proc.returncode == 2
     assert "cifar-10-batches-py" in proc.stderr and "Traceback" not in proc.stderr
