@@ -150,13 +150,14 @@ def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
         build_datamodule(
             _compose(_small(tmp_path, "data.num_classes=7", "data.source.num_classes=10"))
         )
-    with pytest.raises(ConfigError, match=r"`batch_size` must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"^`data.batch_size` must be an integer >= 1, got 0"):
         build_datamodule(_compose(_small(tmp_path, "data.batch_size=0")))
     with pytest.raises(
-        ConfigError, match=r"`mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'"
+        ConfigError,
+        match=r"^`fusionflow.mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'",
     ):
         train(_compose(_small(tmp_path, "fusionflow.mode=fast")))
-    with pytest.raises(ConfigError, match=r"`arch` must be one of"):
+    with pytest.raises(ConfigError, match=r"^`model.arch` must be one of"):
         train(_compose(_small(tmp_path, "model.arch=resnet1000")))
     with pytest.raises(ConfigError, match=r"`progress_bar` must be one of"):
         train(_compose(_small(tmp_path, "progress_bar=fancy")))
