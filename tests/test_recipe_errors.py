@@ -308,7 +308,10 @@ def test_the_recipe_resumes_its_own_checkpoint_and_names_one_that_does_not_fit(
         ("data.num_workers=-1", "`data.num_workers` must be an integer >= 0, got -1"),
         ("data.image_size=abc", "`data.image_size` must be an integer >= 1, got 'abc'"),
         ("data.source_size=abc", "`data.source_size` must be an integer in [8, 4096], got 'abc'"),
-        ("data.num_classes=abc", "`data.num_classes` must be an integer >= 2, got 'abc'"),
+        (
+            "data.num_classes=abc",
+            "`data.num_classes` must be the number of classes (an integer >= 2), got 'abc'",
+        ),
         ("data.num_classes=13", "`data.num_classes` must be an integer in [2, 12], got 13"),
         ("data.crop_scale=abc", "`data.crop_scale` must be a pair (low, high), got 'abc'"),
         ("augment.kwargs.num_ops=abc", "`augment.kwargs.num_ops` must be an integer >= 0"),
@@ -438,7 +441,13 @@ def test_bad_plan_values_fail_before_any_run(
 
 
 def _env(**extra: str) -> dict[str, str]:
+    from ff_lightning.augment._native_load import ENV, WARNED_ENV
+
     env = dict(os.environ)
+    # This process may have warned about the native library already (and set the flag that
+    # keeps its child processes quiet); each recipe here is a run of its own.
+    env.pop(WARNED_ENV, None)
+    env.pop(ENV, None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env

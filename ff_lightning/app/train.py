@@ -28,7 +28,6 @@ from ff_lightning.app.checks import (
 )
 from ff_lightning.app.meters import ThroughputTracker
 from ff_lightning.errors import ConfigError, FFLightningError
-from ff_lightning.validation import check_int
 
 log = logging.getLogger("ff_lightning")
 
@@ -54,7 +53,12 @@ def build_datamodule(cfg: DictConfig) -> Any:
             f"add `data.root=/path/to/dataset` to the command line (data={data.source.kind})",
         )
     _require(cfg, "data.num_classes", "add `data.num_classes=N` (the number of class folders)")
-    check_int("data.num_classes", data.num_classes, 2, fix="set it, e.g. data.num_classes=10")
+    n = data.num_classes
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ConfigError(
+            f"`data.num_classes` must be the number of classes (an integer >= 2), got {n!r}; "
+            "set it, e.g. data.num_classes=10"
+        )
     # The policy and the normalisation are checked before the source, which may generate data.
     check_policy(cfg)
     check_stats("augment.mean", cfg.augment.mean)
