@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 
 from ff_lightning.app.checks import check_benchmark, check_run, check_trainer
 from ff_lightning.app.cli import check_command_line
@@ -96,8 +97,13 @@ def test_the_experiment_group_is_not_optional() -> None:
         ),
         (
             ["trainer.max_epoch=1"],
-            "`trainer.max_epoch` is not a key of the config; did you mean `trainer.max_epochs`? "
-            "(to add a new key, write +trainer.max_epoch=... on the command line)",
+            "`trainer.max_epoch` is not a key of the config (did you mean `trainer.max_epochs`?); "
+            "to add a new key, write +trainer.max_epoch=1",
+        ),
+        (
+            ["trainer.accumulate_grad_batches=4"],
+            "`trainer.accumulate_grad_batches` is not in the config, but it is an argument of "
+            "lightning.Trainer: write +trainer.accumulate_grad_batches=4 to add it",
         ),
         (
             ["+experiment=bench_quick"],
@@ -272,6 +278,18 @@ def test_the_recipe_resumes_its_own_checkpoint_and_names_one_that_does_not_fit(
         f"`ckpt_path` {str(ckpt)!r} was written by a run whose learning-rate schedule ends "
         "earlier than this one (Tried to step 3 times. The specified number of total steps is 2)"
     )
+    # A checkpoint whose hyperparameters are OmegaConf containers (as this recipe wrote them
+    # before) is refused by weights-only loading: one line says why.
+    old = torch.load(ckpt, weights_only=False)
+    old["hyper_parameters"]["arch_kwargs"] = OmegaConf.create({"width": 4})
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ConfigError) as err:
+        resume_old = [f"ckpt_path={tmp_path / 'old.ckpt'}", "fusionflow=off"]
+        train(_compose(*_small(tmp_path, "model.arch_kwargs.width=4"), *resume_old))
+    assert str(err.value).startswith(
+        f"`ckpt_path` {str(tmp_path / 'old.ckpt')!r} cannot be restored into this run: "
+        "torch.load's weights-only mode refuses the omegaconf.dictconfig.DictConfig it holds"
+    )
     same = _small(tmp_path, "model.arch_kwargs.width=4", "model.scheduler=none")
     first_none = train(
         _compose(
@@ -314,6 +332,7 @@ def test_the_recipe_resumes_its_own_checkpoint_and_names_one_that_does_not_fit(
         ),
         ("data.num_classes=13", "`data.num_classes` must be an integer in [2, 12], got 13"),
         ("data.crop_scale=abc", "`data.crop_scale` must be a pair (low, high), got 'abc'"),
+        ("augment.hflip=maybe", "`augment.hflip` must be true or false, got 'maybe'"),
         ("augment.kwargs.num_ops=abc", "`augment.kwargs.num_ops` must be an integer >= 0"),
         ("augment.fill=black", "`augment.fill`: could not convert string to float"),
         ("augment.mean=abc", "`augment.mean` must be a list of numbers, one per channel"),

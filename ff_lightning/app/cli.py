@@ -142,13 +142,17 @@ def _composition(err: Exception, name: str, job: list[str]) -> str:
     full_key = getattr(cause, "full_key", None)
     if full_key and "not in struct" in str(cause):
         parent, _, leaf = str(full_key).rpartition(".")
-        known = _keys_of(name, job, parent)
+        known, target = _keys_of(name, job, parent)
+        given = next((line for line in job if line.split("=", 1)[0] == full_key), None)
+        add = f"+{given}" if given else f"+{full_key}=..."
+        if target and leaf in _arguments(target):
+            return (
+                f"`{full_key}` is not in the config, but it is an argument of {target}: "
+                f"write {add} to add it"
+            )
         close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f"did you mean `{parent + '.' if parent else ''}{close[0]}`? " if close else ""
-        return (
-            f"`{full_key}` is not a key of the config; {hint}(to add a new key, write "
-            f"+{full_key}=... on the command line)"
-        )
+        hint = f" (did you mean `{parent + '.' if parent else ''}{close[0]}`?)" if close else ""
+        return f"`{full_key}` is not a key of the config{hint}; to add a new key, write {add}"
     text = _flat(err)
     if text.startswith("Multiple values for "):  # `+group=option` for a group with a default
         group = text[len("Multiple values for ") :].split(".")[0].strip()
@@ -161,8 +165,9 @@ def _composition(err: Exception, name: str, job: list[str]) -> str:
     return text
 
 
-def _keys_of(name: str, job: list[str], parent: str) -> list[str]:
-    """The keys of node ``parent`` in the config composed with the job's group choices only."""
+def _keys_of(name: str, job: list[str], parent: str) -> tuple[list[str], str | None]:
+    """The keys of node ``parent`` in the config composed with the job's group choices only,
+    and the node's ``_target_`` (the class its keys are passed to), if any."""
     from hydra import compose
     from omegaconf import DictConfig, OmegaConf
 
@@ -170,9 +175,24 @@ def _keys_of(name: str, job: list[str], parent: str) -> list[str]:
     try:
         cfg = compose(config_name=name, overrides=groups)
     except Exception:  # noqa: BLE001 - only a hint: without it the message still names the key
-        return []
+        return [], None
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    if not isinstance(node, DictConfig):
+        return [], None
+    target = node.get("_target_")
+    return [str(k) for k in node.keys()], str(target) if target else None
+
+
+def _arguments(target: str) -> set[str]:
+    """The keyword arguments of the class or function ``target`` names (empty if unknown)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        return set(inspect.signature(get_object(target)).parameters)
+    except Exception:  # noqa: BLE001 - only a hint
+        return set()
 
 
 def _flat(err: BaseException) -> str:

@@ -28,6 +28,7 @@ from ff_lightning.app.checks import (
 )
 from ff_lightning.app.meters import ThroughputTracker
 from ff_lightning.errors import ConfigError, FFLightningError
+from ff_lightning.validation import check_bool
 
 log = logging.getLogger("ff_lightning")
 
@@ -74,6 +75,7 @@ def build_datamodule(cfg: DictConfig) -> Any:
             f"set data.num_classes={len(classes)}"
         )
     aug = cfg.augment
+    check_bool("augment.hflip", aug.hflip)
     with setup_errors(DATAMODULE_KEYS):
         return FusionDataModule(
             train_set,
@@ -308,6 +310,15 @@ def _checkpoint_errors(ckpt_path: Any) -> Iterator[None]:
             ) from err
         if ckpt_path is None or not _raised_in(err, CHECKPOINT_RESTORE):
             raise
+        refused = _WEIGHTS_ONLY.search(str(err))
+        if refused:
+            raise ConfigError(
+                f"`ckpt_path` {str(ckpt_path)!r} cannot be restored into this run: torch.load's "
+                f"weights-only mode refuses the {refused.group(1)} it holds (checkpoints this "
+                "recipe wrote before its model kept plain hyperparameters hold OmegaConf "
+                "containers); start from scratch, or load the file with "
+                "torch.load(weights_only=False) yourself if you trust it"
+            ) from err
         lines = [ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()]
         what = ": ".join(ln.rstrip(":. ") for ln in lines[:2]) or type(err).__name__
         if len(lines) > 2:
@@ -318,6 +329,7 @@ def _checkpoint_errors(ckpt_path: Any) -> Iterator[None]:
         ) from err
 
 
+_WEIGHTS_ONLY = re.compile(r"Weights only load failed.*?Unsupported global: GLOBAL ([\w.]+)", re.S)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch.load's messages
 
 #: The Lightning module that restores ``ckpt_path`` (loads the file, then the states).
