@@ -38,8 +38,8 @@ __all__ = [
     "trainer_errors",
 ]
 
-#: Lightning's ``seed_everything`` takes seeds in numpy's uint32 range and silently draws a
-#: random seed (with a warning) for anything else.
+#: Lightning's ``seed_everything`` takes seeds in numpy's uint32 range (it raises a bare
+#: ``ValueError`` for others).
 SEED_MAX = 2**32 - 1
 
 #: ``ckpt_path`` values Lightning resolves itself instead of reading a file.
