@@ -217,7 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model and return (and write) the run's metrics."""
     t_start = time.perf_counter()
     check_run(cfg)
-    check_trainer(cfg.trainer)
+    check_trainer(cfg.trainer)  # build_trainer checks again; here it fails before any data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.output_dir)
 
@@ -289,7 +289,9 @@ def _checkpoint_errors(ckpt_path: Any) -> Iterator[None]:
     ``check_run`` has made sure the file exists and was written by ``torch.save``; what is left
     to fail is the restore itself (a truncated file, another model's weights), which Lightning
     reports with a traceback and a message of many lines. Only errors raised while Lightning
-    restores the checkpoint are turned into this message; errors of training pass unchanged.
+    restores the checkpoint are turned into this message, and one of training: the restored
+    one-cycle schedule running out because this run goes further than the one that wrote the
+    checkpoint. Other errors of training pass unchanged.
     """
     try:
         yield
