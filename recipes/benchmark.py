@@ -15,7 +15,6 @@ mode, when matplotlib is installed) into the Hydra run directory.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -27,17 +26,19 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     from ff_lightning.app.bench import run_benchmark
-    from ff_lightning.errors import FFLightningError, one_line
+    from ff_lightning.app.cli import recipe_errors
 
     # Each mode builds a Trainer; keep Lightning's per-Trainer banners out of the output.
     for name in ("lightning.pytorch", "pytorch_lightning"):
         logging.getLogger(name).propagate = False
-    try:
+    with recipe_errors():
         run_benchmark(cfg)
-    except FFLightningError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
+    from ff_lightning.app.cli import check_command_line, recipe_errors
+
+    # Hydra reports a misspelled option or key in several lines: check the command line first.
+    with recipe_errors():
+        check_command_line(CONFIG_DIR, "benchmark")
     main()

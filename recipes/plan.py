@@ -13,7 +13,6 @@ directory. Same configs as train.py and benchmark.py.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -24,16 +23,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="plan")
 def main(cfg: DictConfig) -> None:
+    from ff_lightning.app.cli import recipe_errors
     from ff_lightning.app.plan import run_plan
-    from ff_lightning.errors import FFLightningError, one_line
 
     logging.getLogger("lightning.pytorch").propagate = False
-    try:
+    with recipe_errors():
         run_plan(cfg)
-    except FFLightningError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
+    from ff_lightning.app.cli import check_command_line, recipe_errors
+
+    # Hydra reports a misspelled option or key in several lines: check the command line first.
+    with recipe_errors():
+        check_command_line(CONFIG_DIR, "plan")
     main()

@@ -12,7 +12,6 @@ run directory.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -23,19 +22,21 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    from ff_lightning.app.cli import recipe_errors
     from ff_lightning.app.train import train
-    from ff_lightning.errors import FFLightningError, one_line
 
     # Hydra's root handler already prints Lightning's messages; don't print them twice.
     logging.getLogger("lightning.pytorch").propagate = False
-    try:
+    # A configuration or data problem the user can fix: one `error:` line, exit status 2.
+    with recipe_errors():
         metrics = train(cfg)
-    except FFLightningError as err:
-        # A configuration or data problem the user can fix: say what, without a traceback.
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
     return float(metrics["val_acc"])
 
 
 if __name__ == "__main__":
+    from ff_lightning.app.cli import check_command_line, recipe_errors
+
+    # Hydra reports a misspelled option or key in several lines: check the command line first.
+    with recipe_errors():
+        check_command_line(CONFIG_DIR, "train")
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,13 +150,14 @@ def test_bad_override_values_fail_with_clear_errors(tmp_path: Path) -> None:
         build_datamodule(
             _compose(_small(tmp_path, "data.num_classes=7", "data.source.num_classes=10"))
         )
-    with pytest.raises(ConfigError, match=r"`batch_size` must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"^`data.batch_size` must be an integer >= 1, got 0"):
         build_datamodule(_compose(_small(tmp_path, "data.batch_size=0")))
     with pytest.raises(
-        ConfigError, match=r"`mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'"
+        ConfigError,
+        match=r"^`fusionflow.mode` must be one of \('auto', 'off', 'gpu', 'fixed'\), got 'fast'",
     ):
         train(_compose(_small(tmp_path, "fusionflow.mode=fast")))
-    with pytest.raises(ConfigError, match=r"`arch` must be one of"):
+    with pytest.raises(ConfigError, match=r"^`model.arch` must be one of"):
         train(_compose(_small(tmp_path, "model.arch=resnet1000")))
     with pytest.raises(ConfigError, match=r"`progress_bar` must be one of"):
         train(_compose(_small(tmp_path, "progress_bar=fancy")))
@@ -205,6 +207,7 @@ def test_recipe_cli_reports_missing_root_without_traceback(tmp_path: Path) -> No
         capture_output=True,
         text=True,
         timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout, not an installed copy
     )
     assert proc.returncode == 2
     assert "cifar-10-batches-py" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,12 +5,15 @@ All start from random weights (nothing can be downloaded where this runs).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ff_lightning.validation import check_bool, check_choice, check_float, check_int
 
 ARCHS = ("simple_cnn", "resnet18", "resnet50", "vit_b_16")
 
@@ -28,7 +31,7 @@ class SimpleCNN(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
         super().__init__()
-        w = width
+        w = check_int("width", width, 1)
         self.features = nn.Sequential(
             _conv_bn(3, w, 2),
             _conv_bn(w, w, 1),
@@ -52,6 +55,14 @@ def build_backbone(arch: str, num_classes: int, image_size: int = 224, **kwargs:
         raise ValueError(f"`arch` must be one of {ARCHS}, got {arch!r}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}")
+    check_int("image_size", image_size, 1)
+    try:
+        return _backbone(arch, num_classes, image_size, **kwargs)
+    except TypeError as err:  # an argument the architecture does not take
+        raise ValueError(f"`arch_kwargs` do not fit arch {arch!r}: {err}") from None
+
+
+def _backbone(arch: str, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     if arch == "simple_cnn":
         return SimpleCNN(num_classes, **kwargs)
     import torchvision.models as tvm
@@ -86,12 +97,18 @@ class ImageClassifier(L.LightningModule):
         arch_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"`optimizer` must be one of ('adamw', 'sgd'), got {optimizer!r}")
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"`scheduler` must be one of ('cosine', 'none'), got {scheduler!r}")
-        if not lr > 0:
-            raise ValueError(f"`lr` must be > 0, got {lr!r}")
+        check_choice("optimizer", optimizer, ("adamw", "sgd"))
+        check_choice("scheduler", scheduler, ("cosine", "none"))
+        check_float("lr", lr, 0.0, low_open=True)
+        check_float("weight_decay", weight_decay, 0.0)
+        check_float("momentum", momentum, 0.0)
+        check_float("label_smoothing", label_smoothing, 0.0, 1.0)
+        check_bool("compile", compile)
+        if arch_kwargs is not None and not isinstance(arch_kwargs, Mapping):
+            raise ValueError(
+                f"`arch_kwargs` must be a mapping of the architecture's arguments, got "
+                f"{arch_kwargs!r}"
+            )
         self.save_hyperparameters()
         self.net = build_backbone(arch, num_classes, image_size, **(arch_kwargs or {}))
         if compile:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ff_lightning.app.bench.progress import BenchProgress
 from ff_lightning.app.bench.report import device_name, environment, load_average
-from ff_lightning.app.bench.runner import check_policy, run_one
+from ff_lightning.app.bench.runner import check_job, run_one
 from ff_lightning.errors import ConfigError
-from ff_lightning.validation import check_float, check_int
+from ff_lightning.validation import check_bool, check_float, check_int
 
 __all__ = [
     "PLAN_JSON",
@@ -62,7 +62,23 @@ def worker_counts(spec: Sequence[int] | None, cpus: int) -> list[int]:
     return counts
 
 
+def _workers(spec: Any) -> list[Any] | None:
+    """``plan.workers``: null or a list (a bare number is a one-entry list)."""
+    if spec is None:
+        return None
+    if isinstance(spec, ListConfig):
+        return list(spec)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return [spec]
+    raise ConfigError(
+        f"`plan.workers` must be null or a list of worker counts, got {spec!r}; "
+        "e.g. plan.workers=[1,2,4]"
+    )
+
+
 def _modes(spec: Iterable[Any]) -> list[str]:
+    if not isinstance(spec, ListConfig | list | tuple):
+        raise ConfigError(f"`plan.modes` must be a list among {MODES}, got {spec!r}")
     modes = ["off" if m is False else m for m in spec]  # YAML 1.1 reads `off` as false
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -259,9 +275,14 @@ def run_plan(cfg: DictConfig) -> dict[str, Any]:
     repeats = check_int("plan.repeats", p.repeats, 1)
     tolerance = check_float("plan.tolerance", p.tolerance, 0.0, 1.0, high_open=True)
     cpus = usable_cpus()
-    counts = worker_counts(None if p.workers is None else list(p.workers), cpus)
+    counts = worker_counts(_workers(p.workers), cpus)
     modes = _modes(p.modes)
-    check_policy(cfg)
+    if p.get("torch_threads") is not None:
+        check_int("plan.torch_threads", p.torch_threads, 1)
+    for key in ("progress", "plot"):
+        if key in p:
+            check_bool(f"plan.{key}", p[key])
+    check_job(cfg)
     if p.get("torch_threads"):
         torch.set_num_threads(int(p.torch_threads))
     env = environment(cfg)

@@ -6,19 +6,29 @@ import contextlib
 import importlib.util
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from ff_lightning.app.checks import (
+    check_policy,
+    check_run,
+    check_stats,
+    check_trainer,
+    node_keys,
+    setup_errors,
+    trainer_errors,
+)
 from ff_lightning.app.meters import ThroughputTracker
 from ff_lightning.errors import ConfigError, FFLightningError
+from ff_lightning.validation import check_bool
 
 log = logging.getLogger("ff_lightning")
 
@@ -44,12 +54,17 @@ def build_datamodule(cfg: DictConfig) -> Any:
             f"add `data.root=/path/to/dataset` to the command line (data={data.source.kind})",
         )
     _require(cfg, "data.num_classes", "add `data.num_classes=N` (the number of class folders)")
-    if data.num_classes is None or isinstance(data.num_classes, bool):
+    n = data.num_classes
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise ConfigError(
-            f"`data.num_classes` must be the number of classes (an integer >= 2), got "
-            f"{data.num_classes!r}; set it, e.g. data.num_classes=10"
+            f"`data.num_classes` must be the number of classes (an integer >= 2), got {n!r}; "
+            "set it, e.g. data.num_classes=10"
         )
-    with _setup_errors():
+    # The policy and the normalisation are checked before the source, which may generate data.
+    check_policy(cfg)
+    check_stats("augment.mean", cfg.augment.mean)
+    check_stats("augment.std", cfg.augment.std, positive=True)
+    with setup_errors(node_keys(cfg, "data.source"), "data.source"):
         train_set = instantiate(data.source, split="train")
         val_set = instantiate(data.source, split="val")
     classes = getattr(train_set, "classes", None)
@@ -60,32 +75,80 @@ def build_datamodule(cfg: DictConfig) -> Any:
             f"set data.num_classes={len(classes)}"
         )
     aug = cfg.augment
-    return FusionDataModule(
-        train_set,
-        val_set,
-        policy=aug.name,
-        policy_kwargs={
-            **OmegaConf.to_container(aug.kwargs, resolve=True),
-            "interpolation": aug.interpolation,
-            "fill": aug.fill,
-        }
-        if aug.name != "none"
-        else None,
-        image_size=data.image_size,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        seed=cfg.seed,
-        crop_scale=tuple(data.crop_scale),
-        hflip=aug.hflip,
-        val_crop_fraction=data.val_crop_fraction,
-        mean=tuple(aug.mean),
-        std=tuple(aug.std),
-        random_erasing=aug.random_erasing,
-        mixup_alpha=aug.mixup_alpha,
-        cutmix_alpha=aug.cutmix_alpha,
-        num_classes=data.num_classes,
-        device_decode=data.get("device_decode", "auto"),
-    )
+    check_bool("augment.hflip", aug.hflip)
+    with setup_errors(DATAMODULE_KEYS):
+        return FusionDataModule(
+            train_set,
+            val_set,
+            policy=aug.name,
+            policy_kwargs={
+                **OmegaConf.to_container(aug.kwargs, resolve=True),
+                "interpolation": aug.interpolation,
+                "fill": aug.fill,
+            }
+            if aug.name != "none"
+            else None,
+            image_size=data.image_size,
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            seed=cfg.seed,
+            crop_scale=_seq(data.crop_scale),
+            hflip=aug.hflip,
+            val_crop_fraction=data.val_crop_fraction,
+            mean=_seq(aug.mean),
+            std=_seq(aug.std),
+            random_erasing=aug.random_erasing,
+            mixup_alpha=aug.mixup_alpha,
+            cutmix_alpha=aug.cutmix_alpha,
+            num_classes=data.num_classes,
+            device_decode=data.get("device_decode", "auto"),
+        )
+
+
+#: ``FusionDataModule`` argument -> the config key ``build_datamodule`` reads it from.
+DATAMODULE_KEYS = {
+    "policy": "augment.name",
+    "policy_kwargs": "augment.kwargs",
+    "interpolation": "augment.interpolation",
+    "fill": "augment.fill",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "num_workers": "data.num_workers",
+    "seed": "seed",
+    "crop_scale": "data.crop_scale",
+    "hflip": "augment.hflip",
+    "val_crop_fraction": "data.val_crop_fraction",
+    "mean": "augment.mean",
+    "std": "augment.std",
+    "random_erasing": "augment.random_erasing",
+    "mixup_alpha": "augment.mixup_alpha",
+    "cutmix_alpha": "augment.cutmix_alpha",
+    "num_classes": "data.num_classes",
+    "device_decode": "data.device_decode",
+}
+
+
+def _seq(value: Any) -> Any:
+    """A config list as a tuple; anything else as given, so its error shows what was typed."""
+    return tuple(value) if isinstance(value, (ListConfig, list, tuple)) else value
+
+
+def build_model(cfg: DictConfig) -> L.LightningModule:
+    """The ``model`` node's LightningModule; a bad value names its ``model.*`` key.
+
+    Its arguments arrive as plain dicts and lists (``_convert_="all"``): the module saves them
+    as hyperparameters in every checkpoint, and ``torch.load(weights_only=True)``, with which
+    Lightning resumes, refuses OmegaConf containers.
+    """
+    with setup_errors(node_keys(cfg, "model"), "model"):
+        return instantiate(cfg.model, _convert_="all")
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The ``trainer`` node's Trainer with ``kwargs`` on top; a refused value names its key."""
+    check_trainer(cfg.trainer)
+    with trainer_errors(cfg.trainer):
+        return instantiate(cfg.trainer, **kwargs)
 
 
 def _report_args(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -110,7 +173,7 @@ def build_logger(cfg: DictConfig) -> Any:
             "`logger=tensorboard` needs the tensorboard package: pip install tensorboard "
             "(or use logger=csv)"
         )
-    with _setup_errors():
+    with setup_errors(node_keys(cfg, "logger"), "logger"):
         return instantiate(node)
 
 
@@ -153,31 +216,32 @@ def _print_summary(metrics: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model and return (and write) the run's metrics."""
     t_start = time.perf_counter()
+    check_run(cfg)
+    check_trainer(cfg.trainer)  # build_trainer checks again; here it fails before any data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    with _setup_errors():
-        datamodule = build_datamodule(cfg)
-        model = instantiate(cfg.model)
-        fusion = (
-            instantiate(cfg.fusionflow, **_report_args(cfg, out_dir))
-            if cfg.get("fusionflow") is not None
-            else None
-        )
+    bars = _progress_bar(cfg.progress_bar)  # before the data: a bad value fails at once
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    fusion = None
+    if cfg.get("fusionflow") is not None:
+        with setup_errors(node_keys(cfg, "fusionflow"), "fusionflow"):
+            fusion = instantiate(cfg.fusionflow, **_report_args(cfg, out_dir))
     tracker = ThroughputTracker()
-    callbacks: list[L.Callback] = [tracker, *_progress_bar(cfg.progress_bar)]
+    callbacks: list[L.Callback] = [tracker, *bars]
     if fusion is not None:
         callbacks.insert(0, fusion)
     logger = build_logger(cfg)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
+    trainer = build_trainer(
+        cfg,
         callbacks=callbacks,
         logger=logger,
         default_root_dir=str(out_dir),
         enable_progress_bar=cfg.progress_bar != "none",
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with _checkpoint_errors(cfg.get("ckpt_path")):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     logged = {
         k: float(v)
@@ -219,25 +283,69 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _setup_errors() -> Iterator[None]:
-    """Turn setup errors (bad config values, missing data) into one clear ``ConfigError``.
+def _checkpoint_errors(ckpt_path: Any) -> Iterator[None]:
+    """A checkpoint that cannot be restored into this run, as one error naming ``ckpt_path``.
 
-    Hydra wraps exceptions raised by ``_target_`` calls in ``InstantiationException``; unwrap
-    them so the user sees our message (which names the bad value and the fix), not a traceback.
+    ``check_run`` has made sure the file exists and was written by ``torch.save``; what is left
+    to fail is the restore itself (a truncated file, another model's weights), which Lightning
+    reports with a traceback and a message of many lines. Only errors raised while Lightning
+    restores the checkpoint are turned into this message, and one of training: the restored
+    one-cycle schedule running out because this run goes further than the one that wrote the
+    checkpoint. Other errors of training pass unchanged.
     """
     try:
         yield
     except FFLightningError:
         raise
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, FFLightningError):
-            raise cause from None
-        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
-            raise ConfigError(str(cause)) from cause
-        raise
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        raise ConfigError(str(err)) from err
+    except Exception as err:  # noqa: BLE001 - torch.load and load_state_dict raise many types
+        if (
+            ckpt_path is not None
+            and _raised_in(err, "lr_scheduler.py")
+            and "Tried to step" in str(err)
+        ):
+            # The one-cycle schedule restored from the checkpoint ends where the run that
+            # wrote it planned to stop; this run goes on past that step.
+            raise ConfigError(
+                f"`ckpt_path` {str(ckpt_path)!r} was written by a run whose learning-rate "
+                f"schedule ends earlier than this one ({err}); resume with that run's "
+                "trainer.max_epochs, data.batch_size and limits, or set model.scheduler=none"
+            ) from err
+        if ckpt_path is None or not _raised_in(err, CHECKPOINT_RESTORE):
+            raise
+        refused = _WEIGHTS_ONLY.search(str(err))
+        if refused:
+            raise ConfigError(
+                f"`ckpt_path` {str(ckpt_path)!r} cannot be restored into this run: torch.load's "
+                f"weights-only mode refuses the {refused.group(1)} it holds (checkpoints this "
+                "recipe wrote before its model kept plain hyperparameters hold OmegaConf "
+                "containers); start from scratch, or load the file with "
+                "torch.load(weights_only=False) yourself if you trust it"
+            ) from err
+        lines = [ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()]
+        what = ": ".join(ln.rstrip(":. ") for ln in lines[:2]) or type(err).__name__
+        if len(lines) > 2:
+            what += f" (and {len(lines) - 2} more lines)"
+        raise ConfigError(
+            f"`ckpt_path` {str(ckpt_path)!r} cannot be restored into this run: {what}; resume "
+            "with the model and data settings of the run that wrote it, or drop ckpt_path"
+        ) from err
+
+
+_WEIGHTS_ONLY = re.compile(r"Weights only load failed.*?Unsupported global: GLOBAL ([\w.]+)", re.S)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch.load's messages
+
+#: The Lightning module that restores ``ckpt_path`` (loads the file, then the states).
+CHECKPOINT_RESTORE = "checkpoint_connector.py"
+
+
+def _raised_in(err: BaseException, filename: str) -> bool:
+    """Whether ``err`` passed through a frame of a file named ``filename``."""
+    tb = err.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).name == filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ff_lightning.errors import ConfigError
 from ff_lightning.sources.shapes import (
     CLASS_NAMES,
     DEFAULT_IMAGE_SIZE,
@@ -230,7 +231,7 @@ def ensure_synthetic_dataset(
     if _is_complete(target, expected):
         return target
 
-    cache_root.mkdir(parents=True, exist_ok=True)
+    _make_cache_root(cache_root, "root" if root is not None else "FF_LIGHTNING_CACHE")
     _remove_stale_partials(cache_root, target.name)
     partial = cache_root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
@@ -255,6 +256,19 @@ def ensure_synthetic_dataset(
         shutil.rmtree(partial, ignore_errors=True)
     log.info("Generated synthetic dataset at %s in %.1f s", target, time.perf_counter() - start)
     return target
+
+
+def _make_cache_root(path: Path, name: str) -> None:
+    """Create the cache root; a file (or a path through one) is a one-line error naming ``name``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = "a file, not a folder" if path.is_file() else (err.strerror or str(err)).lower()
+        default = "" if name == "root" else " or unset it to use ~/.cache/ff_lightning"
+        raise ConfigError(
+            f"`{name}` is {str(path)!r}: {what}; the synthetic dataset is generated there, so "
+            f"point {name} to a folder that can be created{default}"
+        ) from None
 
 
 def _remove_stale_partials(cache_root: Path, name: str, max_age_s: float = 3600.0) -> None:

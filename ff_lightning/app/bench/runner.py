@@ -16,7 +16,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ff_lightning.app.bench.modes import (
@@ -36,15 +35,24 @@ from ff_lightning.app.bench.report import (
     summarise,
     write_chart,
 )
+from ff_lightning.app.checks import (
+    SEED_MAX,
+    check_benchmark,
+    check_policy,
+    check_trainer,
+    setup_errors,
+)
 from ff_lightning.app.meters import StepClock
-from ff_lightning.errors import ConfigError
+from ff_lightning.validation import check_int
 
 log = logging.getLogger("ff_lightning")
 
 
 def _trainer(cfg: DictConfig, callbacks: list[L.Callback], steps: int, out_dir: Path) -> L.Trainer:
-    return instantiate(
-        cfg.trainer,
+    from ff_lightning.app.train import build_trainer
+
+    return build_trainer(
+        cfg,
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
@@ -67,12 +75,11 @@ def run_one(
     callbacks: list[L.Callback] | None = None,
 ) -> dict[str, Any]:
     """Train ``benchmark.steps`` steps in one mode and return its measured throughput."""
-    from ff_lightning import FusionFlow
-    from ff_lightning.app.train import build_datamodule
+    from ff_lightning.app.train import build_datamodule, build_model
 
     b = cfg.benchmark
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = instantiate(cfg.model)
+    model = build_model(cfg)
     clock = StepClock(b.warmup_steps)
     extra = list(callbacks or [])
     fusion = None
@@ -93,12 +100,7 @@ def run_one(
             with open_dict(run_cfg):
                 run_cfg.data.device_decode = decode
         dm = build_datamodule(run_cfg)
-        kwargs: dict[str, Any] = {"mode": mode, "reserve_mb": cfg.fusionflow.reserve_mb}
-        if mode == "fixed":
-            kwargs["ratio"] = ratio
-        if mode == "auto":
-            kwargs.update(interval="steps", every_n_steps=b.auto_every_n_steps)
-        fusion = FusionFlow(**kwargs)
+        fusion = _fusion(cfg, mode, ratio)
         extra.insert(0, fusion)
     trainer = _trainer(cfg, [*extra, clock], b.steps, out_dir)
     trainer.fit(model, datamodule=dm)
@@ -134,24 +136,29 @@ def _merge_rounds(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return results
 
 
-def check_policy(cfg: DictConfig) -> None:
-    """Fail early, with the fix, when ``augment.kwargs`` do not fit the configured policy."""
-    from ff_lightning.augment import build_policy
+def _fusion(cfg: DictConfig, mode: str, ratio: float | None) -> Any:
+    """The benchmark's FusionFlow for one mode: the run's mode, the job's ``reserve_mb``."""
+    from ff_lightning import FusionFlow
 
-    aug = cfg.augment
-    if aug.name == "none":
-        return
-    kwargs = OmegaConf.to_container(aug.kwargs, resolve=True)
-    try:
-        build_policy(aug.name, **kwargs)
-    except (TypeError, ValueError) as err:
-        hint = ""
-        if "num_ops" in kwargs and aug.name != "randaugment":
-            hint = (
-                "; the benchmark's regimes set `augment.kwargs.num_ops` for RandAugment: "
-                "add `~augment.kwargs.num_ops` to the command line to drop it"
-            )
-        raise ConfigError(f"`augment.kwargs` do not fit policy {aug.name!r}: {err}{hint}") from None
+    kwargs: dict[str, Any] = {"mode": mode, "reserve_mb": cfg.fusionflow.reserve_mb}
+    if mode == "fixed":
+        kwargs["ratio"] = ratio
+    if mode == "auto":
+        kwargs.update(interval="steps", every_n_steps=cfg.benchmark.auto_every_n_steps)
+    with setup_errors({"reserve_mb": "fusionflow.reserve_mb"}, "fusionflow"):
+        return FusionFlow(**kwargs)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """What can be checked of the job without its data, before the first run: the seed, the
+    trainer, the model, the policy and the FusionFlow settings the runs use."""
+    from ff_lightning.app.train import build_model
+
+    check_int("seed", cfg.get("seed"), 0, SEED_MAX, fix="set e.g. seed=0")
+    check_trainer(cfg.trainer)
+    check_policy(cfg)
+    build_model(cfg)
+    _fusion(cfg, "off", None)
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
@@ -160,15 +167,10 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     b = cfg.benchmark
-    if int(b.steps) <= int(b.warmup_steps) + 1:
-        raise ConfigError(
-            f"`benchmark.steps` must exceed `benchmark.warmup_steps` + 1, got steps={b.steps}, warmup={b.warmup_steps}"
-        )
+    check_benchmark(b)
     modes = [parse_mode(m) for m in b.modes]
-    check_policy(cfg)
+    check_job(cfg)
     repeats = int(b.get("repeats", 1))
-    if repeats < 1:
-        raise ConfigError(f"`benchmark.repeats` must be an integer >= 1, got {repeats}")
     threads = b.get("torch_threads")
     if threads:
         torch.set_num_threads(int(threads))
