@@ -51,14 +51,23 @@ def _small(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_groups_have_the_documented_options() -> None:
     assert _options("data") == ["cifar10", "imagefolder", "synthetic"]
-    assert _options("model") == ["resnet18", "resnet50", "simple_cnn", "vit_b_16"]
-    assert _options("augment") == ["augmix", "autoaugment", "none", "randaugment", "trivialaugment"]
+    assert _options("model") == ["deit_tiny", "resnet18", "resnet50", "simple_cnn", "vit_b_16"]
+    assert _options("augment") == [
+        "augmix",
+        "autoaugment",
+        "deepaa",
+        "none",
+        "randaugment",
+        "timm_rand_m9_mstd05_inc1",
+        "torchvision",
+        "trivialaugment",
+    ]
     assert _options("fusionflow") == ["auto", "fixed", "gpu", "off"]
     assert _options("trainer") == ["cpu", "gpu"]
     assert _options("logger") == ["csv", "none", "tensorboard"]
 
 
-@pytest.mark.parametrize("model", ["simple_cnn", "resnet18", "resnet50", "vit_b_16"])
+@pytest.mark.parametrize("model", ["simple_cnn", "resnet18", "resnet50", "vit_b_16", "deit_tiny"])
 def test_every_model_config_instantiates_and_runs_forward(model: str) -> None:
     import torch
 
@@ -219,3 +228,35 @@ def test_cli_override_of_unknown_group_option_is_rejected(tmp_path: Path) -> Non
     cfg = _compose(["trainer.max_epochs=1"])
     with open_dict(cfg):
         assert cfg.trainer.max_epochs == 1
+
+
+@pytest.mark.parametrize("augment", ["torchvision", "timm_rand_m9_mstd05_inc1"])
+def test_the_users_own_pipeline_configs_compile(tmp_path: Path, augment: str) -> None:
+    pytest.importorskip("timm")
+    from ff_lightning.app.train import build_datamodule
+    from ff_lightning.pipeline.stages import DeviceTail, RoutedStage, WorkerGeometry
+
+    cfg = _compose(_small(tmp_path, f"augment={augment}"))
+    dm = build_datamodule(cfg)
+    kinds = [type(s) for s in dm.pipeline.stages]
+    assert kinds == [WorkerGeometry, RoutedStage, DeviceTail]  # nothing left in the workers
+    dm.set_ratio(0.5)
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape[1:] == (3, cfg.data.image_size, cfg.data.image_size) and x.is_floating_point()
+
+
+def test_deepaa_needs_its_policy_file(tmp_path: Path) -> None:
+    from ff_lightning.app.train import build_datamodule
+
+    with pytest.raises(ConfigError, match=r"`augment.kwargs.policy_file` is required"):
+        build_datamodule(_compose(_small(tmp_path, "augment=deepaa")))
+
+
+def test_the_deit_experiment_composes_with_mixup_and_erasing(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    from ff_lightning.app.train import build_datamodule
+
+    cfg = _compose(_small(tmp_path, "experiment=deit_small_cpu"))
+    assert cfg.model.arch == "deit_tiny" and cfg.augment.batch_transform.mixup_alpha == 0.8
+    tail = build_datamodule(cfg).pipeline.tail
+    assert tail.mix.cutmix_alpha == 1.0 and tail.erasing.p == 0.25

@@ -348,10 +348,15 @@ def check_policy(cfg: DictConfig) -> None:
     from ff_lightning.augment.policy import UnknownKwargError
 
     aug = cfg.augment
+    if aug.name in ("none", "transform"):  # "transform": the user's own, compiled at build time
+        return
+    if aug.name == "deepaa" and OmegaConf.is_missing(aug.kwargs, "policy_file"):
+        raise ConfigError(
+            "`augment.kwargs.policy_file` is required for augment=deepaa: the path of DeepAA's "
+            "policy .npz (none is shipped); add augment.kwargs.policy_file=/path/to/policy.npz"
+        )
     keys = {**node_keys(cfg, "augment.kwargs"), "name": "augment.name"}
     keys.update(interpolation="augment.interpolation", fill="augment.fill")
-    if aug.name == "none":
-        return
     if not isinstance(aug.get("kwargs"), DictConfig):
         raise ConfigError(
             f"`augment.kwargs` must be a mapping of the policy's arguments, got "

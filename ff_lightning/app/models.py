@@ -15,7 +15,7 @@ from torch import nn
 
 from ff_lightning.validation import check_bool, check_choice, check_float, check_int
 
-ARCHS = ("simple_cnn", "resnet18", "resnet50", "vit_b_16")
+ARCHS = ("simple_cnn", "resnet18", "resnet50", "vit_b_16", "deit_tiny")
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -73,9 +73,15 @@ def _backbone(arch: str, num_classes: int, image_size: int, **kwargs: Any) -> nn
         return tvm.resnet50(weights=None, num_classes=num_classes, **kwargs)
     if image_size % 16 != 0:
         raise ValueError(
-            f"vit_b_16 needs `image_size` divisible by its patch size 16, got {image_size}; "
+            f"{arch} needs `image_size` divisible by its patch size 16, got {image_size}; "
             "set data.image_size=224 (or 96, 128, ...)"
         )
+    if arch == "deit_tiny":
+        # DeiT-Ti's shape (Touvron et al. 2021): 192 wide, 3 heads, MLP 768, 12 blocks by
+        # default (`num_layers` makes a shallower one for CPU runs).
+        shape = dict(patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768)
+        shape.update(kwargs)
+        return tvm.VisionTransformer(image_size=image_size, num_classes=num_classes, **shape)
     return tvm.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size, **kwargs)
 
 
@@ -184,3 +190,20 @@ class ImageClassifier(L.LightningModule):
             div_factor=10.0,
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LoaderOnly(L.LightningModule):
+    """No model: each step reads its batch and computes nothing, so the benchmark measures the
+    data pipeline alone (what bounds a job whose device computes fast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(()))  # something for the optimiser to hold
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0]
+        # One element read: the batch (and its device work) is in hand, nothing is computed.
+        return self.scale * images.flatten()[0].float()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.0)

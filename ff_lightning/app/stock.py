@@ -143,6 +143,30 @@ def stock_dataset(source: Any, transform: Any) -> Dataset:
     return _Transformed(source, transform)
 
 
+def timm_pillow_compat(transform: Any) -> Any:
+    """Let a timm transform run under Pillow 13: its ``posterize`` rejects fewer than 1 bit, which
+    timm's PosterizeIncreasing reaches at magnitude 10 (about 2% of its applications with
+    ``m9-mstd0.5``) and the job crashes; those get the black image older Pillow gave (what
+    ff_lightning's kernels give too). Other transforms are returned as they are."""
+    from ff_lightning.pipeline.compiler import flatten
+
+    try:
+        import timm.data.auto_augment as taa
+    except ImportError:
+        return transform
+
+    def posterize(img: Any, bits: int, **kwargs: Any) -> Any:
+        from PIL import Image
+
+        return Image.new(img.mode, img.size) if bits < 1 else taa.posterize(img, bits, **kwargs)
+
+    for t in flatten(transform):
+        for op in getattr(t, "ops", []) or []:
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = posterize
+    return transform
+
+
 class StockDataModule(L.LightningDataModule):
     """A plain ``LightningDataModule`` running :func:`stock_transform` per image in the workers.
 
@@ -170,20 +194,29 @@ class StockDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
         drop_last: bool = False,
+        transform: Any = None,
+        batch_transform: Any = None,
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
             raise ConfigError(
                 f"`mean` and `std` must be 3 numbers each with std > 0, got mean={mean!r}, std={std!r}"
             )
-        self.transform = stock_transform(
-            image_size,
-            crop_scale=crop_scale,
-            crop_ratio=crop_ratio,
-            hflip=hflip,
-            policy=policy,
-            policy_kwargs=policy_kwargs,
+        # The user's own transform, unchanged (timm's create_transform, a v2 Compose: floats
+        # out, normalised by it), or the stock pipeline the keywords describe (uint8 out).
+        self.transform = (
+            timm_pillow_compat(transform)
+            if transform is not None
+            else stock_transform(
+                image_size,
+                crop_scale=crop_scale,
+                crop_ratio=crop_ratio,
+                hflip=hflip,
+                policy=policy,
+                policy_kwargs=policy_kwargs,
+            )
         )
+        self.batch_transform = batch_transform
         self.train_dataset = stock_dataset(train_dataset, self.transform)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -216,4 +249,8 @@ class StockDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets = batch
-        return self.normalize(images), targets
+        # uint8 from the stock transform; floats from a user's transform that normalised them.
+        x = images if images.is_floating_point() else self.normalize(images)
+        if self.batch_transform is not None:  # MixUp / CutMix on the device, as users run it
+            x, targets = self.batch_transform(x, targets)
+        return x, targets

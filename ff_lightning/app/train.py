@@ -62,8 +62,10 @@ def build_datamodule(cfg: DictConfig) -> Any:
         )
     # The policy and the normalisation are checked before the source, which may generate data.
     check_policy(cfg)
-    check_stats("augment.mean", cfg.augment.mean)
-    check_stats("augment.std", cfg.augment.std, positive=True)
+    own = cfg.augment.name == TRANSFORM  # the user's own pipeline (augment/torchvision.yaml, ...)
+    if not own:
+        check_stats("augment.mean", cfg.augment.mean)
+        check_stats("augment.std", cfg.augment.std, positive=True)
     with setup_errors(node_keys(cfg, "data.source"), "data.source"):
         train_set = instantiate(data.source, split="train")
         val_set = instantiate(data.source, split="val")
@@ -75,6 +77,8 @@ def build_datamodule(cfg: DictConfig) -> Any:
             f"set data.num_classes={len(classes)}"
         )
     aug = cfg.augment
+    if own:
+        return _own_pipeline(cfg, train_set, val_set)
     check_bool("augment.hflip", aug.hflip)
     with setup_errors(DATAMODULE_KEYS):
         return FusionDataModule(
@@ -83,8 +87,7 @@ def build_datamodule(cfg: DictConfig) -> Any:
             policy=aug.name,
             policy_kwargs={
                 **OmegaConf.to_container(aug.kwargs, resolve=True),
-                "interpolation": aug.interpolation,
-                "fill": aug.fill,
+                **{k: aug.get(k) for k in ("interpolation", "fill") if aug.get(k) is not None},
             }
             if aug.name != "none"
             else None,
@@ -100,6 +103,41 @@ def build_datamodule(cfg: DictConfig) -> Any:
             random_erasing=aug.random_erasing,
             mixup_alpha=aug.mixup_alpha,
             cutmix_alpha=aug.cutmix_alpha,
+            num_classes=data.num_classes,
+            device_decode=data.get("device_decode", "auto"),
+        )
+
+
+#: ``augment.name`` of the configs that hand over the user's own transform (``augment.transform``).
+TRANSFORM = "transform"
+
+
+def instantiate_transforms(cfg: DictConfig) -> dict[str, Any]:
+    """``augment.transform`` / ``val_transform`` / ``batch_transform`` instantiated (a missing
+    package or a bad argument is one error naming the key)."""
+    out: dict[str, Any] = {}
+    for key in ("transform", "val_transform", "batch_transform"):
+        node = cfg.augment.get(key)
+        if node is None:
+            continue
+        with setup_errors({}, f"augment.{key}"):
+            out[key] = instantiate(node)
+    return out
+
+
+def _own_pipeline(cfg: DictConfig, train_set: Any, val_set: Any) -> Any:
+    from ff_lightning.frontends.datamodule import FusionDataModule
+
+    data = cfg.data
+    with setup_errors({**DATAMODULE_KEYS, "transform": "augment.transform"}):
+        return FusionDataModule(
+            train_set,
+            val_set,
+            **instantiate_transforms(cfg),
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            seed=cfg.seed,
+            val_crop_fraction=data.val_crop_fraction,
             num_classes=data.num_classes,
             device_decode=data.get("device_decode", "auto"),
         )
@@ -223,6 +261,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     bars = _progress_bar(cfg.progress_bar)  # before the data: a bad value fails at once
     datamodule = build_datamodule(cfg)
+    log.info("%s", datamodule.describe())  # which stage runs where
     model = build_model(cfg)
     fusion = None
     if cfg.get("fusionflow") is not None:

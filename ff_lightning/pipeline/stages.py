@@ -184,7 +184,9 @@ def transform_stages(
     }.get(geo_fields["crop"])
     geometry = WorkerGeometry(
         channels=channels,
-        device_decode=bool(options.device_decode) and geo_fields["crop"] == "random_resized",
+        device_decode=bool(options.device_decode)
+        and geo_fields["crop"] == "random_resized"
+        and geo_fields.get("interpolation", "bilinear") == "bilinear",
         val_crop_fraction=options.val_crop_fraction,
         val_resize_to=val_resize,
         val_interpolation=geo_fields.get("interpolation", "bilinear")

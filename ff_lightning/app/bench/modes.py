@@ -1,7 +1,10 @@
 """The benchmark's modes and the DataModule each one trains from.
 
 - ``torchvision``: the stock pipeline (:class:`~ff_lightning.app.stock.StockDataModule`) on the
-  same source, the yardstick users already run;
+  same source, the yardstick users already run: the keyword regime's torchvision pipeline, or,
+  with an ``augment`` config that hands over the user's own transform (``augment=torchvision``,
+  ``augment=timm_rand_m9_mstd05_inc1``), that transform unchanged;
+- ``timm``: the same as ``torchvision`` for a timm transform (a name for the report);
 - ``off``, ``gpu``, a fixed ratio, ``auto``: :class:`~ff_lightning.FusionDataModule` driven by
   :class:`~ff_lightning.FusionFlow` in that mode;
 - ``ceiling``: batches augmented and normalised beforehand, already on the device (compute
@@ -20,7 +23,7 @@ from ff_lightning.errors import ConfigError
 from ff_lightning.pipeline.pipeline import move_to_device
 
 #: Named modes of ``benchmark.modes`` (a number in [0, 1] is a fixed ratio).
-MODES = ("torchvision", "off", "gpu", "auto", "ceiling")
+MODES = ("torchvision", "timm", "off", "gpu", "auto", "ceiling")
 #: Suffixes that run a FusionFlow mode with a data setting changed for that run only.
 VARIANTS = {"+decode": True, "-decode": False}  # data.device_decode
 
@@ -72,6 +75,22 @@ def stock_datamodule(cfg: DictConfig) -> Any:
     # and its loader settings, so both pipelines read the same data the same way.
     ours = build_datamodule(cfg)
     aug = cfg.augment
+    if aug.name == "transform":  # the user's own transform, run unchanged in the same workers
+        from ff_lightning.app.train import instantiate_transforms
+
+        own = instantiate_transforms(cfg)
+        return StockDataModule(
+            ours.train_dataset,
+            batch_size=cfg.data.batch_size,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.seed,
+            transform=own["transform"],
+            batch_transform=own.get("batch_transform"),
+            pin_memory=getattr(ours, "pin_memory", None),
+            persistent_workers=getattr(ours, "persistent_workers", True),
+            prefetch_factor=getattr(ours, "prefetch_factor", 2),
+            drop_last=getattr(ours, "drop_last", False),
+        )
     policy_kwargs = None
     if aug.name != "none":
         policy_kwargs = {

@@ -22,6 +22,8 @@ RATIOS = (
     ("auto_vs_ceiling", "auto", "ceiling"),
     ("auto_vs_torchvision", "auto", "torchvision"),
     ("off_vs_torchvision", "off", "torchvision"),
+    ("auto_vs_timm", "auto", "timm"),
+    ("off_vs_timm", "off", "timm"),
 )
 #: Distributions whose versions the environment record carries, by the name it uses.
 PACKAGES = {

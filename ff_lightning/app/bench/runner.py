@@ -43,6 +43,8 @@ from ff_lightning.app.checks import (
     setup_errors,
 )
 from ff_lightning.app.meters import StepClock
+from ff_lightning.app.models import LoaderOnly
+from ff_lightning.errors import ConfigError
 from ff_lightning.validation import check_int
 
 log = logging.getLogger("ff_lightning")
@@ -79,7 +81,8 @@ def run_one(
 
     b = cfg.benchmark
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg)
+    # Loader only: a model that touches each batch and computes nothing (what bounds a GPU job).
+    model = LoaderOnly() if b.get("loader_only", False) else build_model(cfg)
     clock = StepClock(b.warmup_steps)
     extra = list(callbacks or [])
     fusion = None
@@ -90,7 +93,12 @@ def run_one(
         wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
         device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
         dm: Any = CeilingDataModule(ceiling_batches(cfg, b.ceiling_batches, device), b.steps)
-    elif mode == "torchvision":
+    elif mode in ("torchvision", "timm"):
+        if mode == "timm" and cfg.augment.name != "transform":
+            raise ConfigError(
+                "`benchmark.modes` has 'timm', which runs the user's own timm transform: choose "
+                "an augment config that hands one over (augment=timm_rand_m9_mstd05_inc1)"
+            )
         dm = stock_datamodule(cfg)
     else:
         mode, decode = split_variant(mode)
