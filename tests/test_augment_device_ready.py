@@ -3,7 +3,8 @@
 - one op registry; warps immune to TF32 matmuls and to an enclosing autocast;
 - the device path (exercised on the ``meta`` device) makes one host-to-device copy per op
   slot and never clones the batch; normalize caches its constants;
-- RandomErasing's random noise is drawn from a seeded generator on the images' device.
+- RandomErasing's random noise is drawn from a seeded generator (keyed per sample when the
+  stage gives dataset indices).
 """
 
 from __future__ import annotations

@@ -110,6 +110,61 @@ def test_random_erasing_input_errors():
         RandomErasing(p=1.0, value=[1, 2])(_u8())
 
 
+def test_keyed_erasing_follows_the_sample_not_its_batch():
+    """With keys, a sample's box and noise depend on (seed, epoch, index) only: the same in
+    any batch, at any position (and so on both routes)."""
+    x = torch.randn(12, 3, 40, 36)
+    idx = torch.arange(100, 112)
+    for value in ("random", 0.5):
+        er = RandomErasing(p=0.7, value=value)
+        out = er(x, keys=(3, 1, idx))
+        perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+        again = er(x[perm], keys=(3, 1, idx[perm]))
+        assert torch.equal(again, out[perm])
+        alone = er(x[5:6], keys=(3, 1, idx[5:6]))  # one sample, no neighbours
+        assert torch.equal(alone, out[5:6])
+        other_epoch = er(x, keys=(3, 2, idx))
+        assert not torch.equal(other_epoch, out)
+        changed = (out != x).any(1).flatten(1).any(1)
+        assert 3 <= int(changed.sum()) <= 12  # p = 0.7 of 12 samples
+    boxes = er.sample(12, 40, 36, keys=(3, 1, idx))
+    area = (out != x).any(1).flatten(1).sum(1)
+    assert torch.equal(area, boxes[:, 2] * boxes[:, 3])
+    with pytest.raises(ValueError, match="one dataset index per sample"):
+        er(x, keys=(3, 1, idx[:4]))
+
+
+def test_keyed_noise_is_standard_normal_and_inplace_writes_the_input():
+    x = torch.zeros(64, 3, 48, 48)
+    er = RandomErasing(p=1.0, scale=(0.2, 0.3), value="random")
+    out = er(x, keys=(9, 0, torch.arange(64)))
+    assert torch.equal(x, torch.zeros_like(x))  # a copy by default
+    vals = out[out != 0].double()
+    assert vals.numel() > 20_000
+    assert stats.kstest(vals[:20_000].numpy(), "norm").pvalue > P_MIN
+    y = x.clone()
+    res = er(y, keys=(9, 0, torch.arange(64)), inplace=True)
+    assert res.data_ptr() == y.data_ptr() and torch.equal(y, out)
+
+
+def test_accelerator_noise_matches_the_cpu_slices():
+    """The whole-batch noise the accelerator path builds equals, inside every box, what the
+    CPU path writes (so CPU and GPU erase a sample identically)."""
+    from ff_lightning.augment import rng
+    from ff_lightning.augment.batch_ops import _box_mask, _box_noise
+
+    x = torch.zeros(16, 3, 30, 34)
+    idx = torch.arange(16) * 7 + 3
+    er = RandomErasing(p=0.8, value="random")
+    cpu = er(x, keys=(5, 2, idx))
+    top, left, h, w = er.sample(16, 30, 34, keys=(5, 2, idx)).unbind(1)
+    edges = torch.stack([top, top + h, left, left + w], dim=1)
+    noise = _box_noise(rng.index_keys(5, 2, idx, rng.STREAM_ERASE), edges, 3, 30, 34, x.dtype)
+    mask = _box_mask(edges, 30, 34)[:, None].expand_as(x)
+    assert mask.any() and torch.equal(noise[mask], cpu[mask])
+    assert torch.equal(torch.where(mask, noise, x), cpu)
+
+
 # ---------------------------------------------------------------- mixup / cutmix
 def test_mixup_targets_and_images_follow_lambda():
     mix = MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=0.0, num_classes=5, mode="elem")

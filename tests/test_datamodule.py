@@ -117,6 +117,43 @@ def test_mixup_gives_soft_targets_and_erasing_runs() -> None:
     assert y.shape == (8, 4) and torch.allclose(y.sum(1), torch.ones(8))
 
 
+@pytest.mark.parametrize("value", [0.0, "random"])
+def test_erasing_follows_the_sample_on_every_route(value: Any) -> None:
+    """RandomErasing (constant or timm's per-pixel noise) is keyed by (seed, epoch, index):
+    what the model sees of a sample is the same at every share and in any later pass."""
+    from torchvision.transforms import v2
+
+    t = v2.Compose(
+        [
+            v2.RandomResizedCrop(32),
+            v2.RandAugment(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.25] * 3),
+            v2.RandomErasing(0.5, value=value),
+        ]
+    )
+    dm = FusionDataModule(
+        TensorImages(), TensorImages(8, seed=1), transform=t, batch_size=8, num_workers=0, seed=3
+    )
+
+    def seen(ratio: float) -> dict[int, torch.Tensor]:
+        dm.set_ratio(ratio)
+        out = {}
+        for batch in dm.train_dataloader():
+            x, _ = dm.on_after_batch_transfer(batch, 0)
+            for i, idx in enumerate(batch["route"].indices.tolist()):
+                out[idx] = x[i]
+        return out
+
+    cpu, dev, mixed = seen(0.0), seen(1.0), seen(0.5)
+    erased = 0
+    for i in cpu:
+        assert torch.equal(cpu[i], dev[i]) and torch.equal(cpu[i], mixed[i]), f"sample {i}"
+        erased += int((cpu[i] == 0).all(0).any()) if value == 0.0 else 0
+    assert value != 0.0 or erased >= 4  # the constant boxes are there
+
+
 def test_worker_processes_and_ratio_changes_between_batches() -> None:
     dm = _dm(num_workers=1, persistent_workers=True, prefetch_factor=1)
     loader = dm.train_dataloader()

@@ -141,6 +141,20 @@ def test_batch_ops_on_device_images() -> None:
     assert soft.device.type == "cuda" and soft.shape == (32, 5)
 
 
+def test_keyed_random_erasing_on_device_images() -> None:
+    """timm's per-pixel noise, keyed per sample, built on the device: no host read, one copy
+    of the boxes and one of the index keys, no loop over samples."""
+    from ff_lightning.augment import RandomErasing
+
+    with FakeCuda() as cuda:
+        x = torch.empty(64, 3, 24, 24, dtype=torch.bfloat16, device="cuda")
+        cuda.reset()
+        out = RandomErasing(p=0.25, value="random")(x, keys=(1, 0, torch.arange(64)))
+        _clean(cuda, cuda.counts)
+        assert cuda.counts.h2d <= 2 and cuda.counts.device_ops <= 80
+    assert out.device.type == "cuda" and out.dtype == torch.bfloat16
+
+
 def test_the_timer_records_on_the_images_devices_stream() -> None:
     """Finding 5: images on cuda:1 with cuda:0 current: both events on cuda:1's stream."""
     stage = _stage("randaugment", random_erasing=0, mixup_alpha=0, cutmix_alpha=0)

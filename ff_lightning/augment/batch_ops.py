@@ -2,14 +2,17 @@
 
 - :func:`normalize`: fused uint8 -> float ``(x / 255 - mean) / std`` (in
   :mod:`ff_lightning.augment.normalization`, re-exported here).
-- :class:`RandomErasing`: torchvision's rule, each sample its own rectangle, as masks.
+- :class:`RandomErasing`: torchvision's rule, each sample its own rectangle.
 - :class:`MixUpCutMix`: timm's MixUp/CutMix with soft targets.
 
 Random draws are made on the CPU from a ``torch.Generator`` (passed per call, or made
 from ``seed`` at construction) and moved to the images' device, so results do not depend
-on the device and are reproducible; only ``RandomErasing(value="random")``'s per-pixel
-noise is drawn on the device, from a device generator seeded by the CPU one. No op loops
-over samples.
+on the device and are reproducible. ``RandomErasing`` can instead key each sample's box
+and its per-pixel noise (``value="random"``) by the sample's dataset index, with the
+counter-based generator of :mod:`~ff_lightning.augment.rng`: then a sample is erased the
+same way in any batch, on any route and on any device. On an accelerator no op loops over
+samples; on the CPU, RandomErasing writes one slice per erased sample (cheaper there than
+whole-batch masks).
 """
 
 from __future__ import annotations
@@ -87,6 +90,41 @@ def _check_range(name: str, value: Sequence[float], low: float) -> tuple[float, 
     return float(value[0]), float(value[1])
 
 
+Keys = tuple[int, int, "Tensor | Sequence[int]"]
+
+
+def _check_keys(keys: Keys, batch: int) -> tuple[int, int, Tensor]:
+    seed, epoch, indices = keys
+    idx = rng.as_indices(indices)
+    if idx.numel() != batch:
+        raise ValueError(
+            f"`keys` must give one dataset index per sample ({batch}), got {idx.numel()}"
+        )
+    return int(seed), int(epoch), idx
+
+
+def _box_noise(
+    noise_keys: tuple[Tensor, int, int],
+    edges: Tensor,
+    ch: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Keyed noise ``[B, C, H, W]`` on ``edges``' device whose value inside each box is
+    the one the CPU path writes there (draw ``ERASE_NOISE_COUNTER + (c * h + y) * w + x``
+    of the sample's index, box-relative ``y, x``); outside the boxes it is unused."""
+    device = edges.device
+    h_idx = _to(noise_keys[0], device).view(-1, 1, 1, 1)
+    top, bottom, left, right = edges.view(-1, 4, 1, 1).unbind(1)
+    bh, bw = (bottom - top).unsqueeze(1), (right - left).unsqueeze(1)  # [B, 1, 1, 1]
+    y = (_axis(height, device).view(1, 1, height, 1) - top.unsqueeze(1)).clamp_(min=0)
+    x = (_axis(width, device).view(1, 1, 1, width) - left.unsqueeze(1)).clamp_(min=0)
+    c = _axis(ch, device).view(1, ch, 1, 1)
+    ctr = rng.ERASE_NOISE_COUNTER + (c * bh + y) * bw + x
+    return rng.normal_from_bits(rng.counter_bits(h_idx, ctr, *noise_keys[1:]), dtype)
+
+
 class RandomErasing:
     """torchvision's ``RandomErasing`` for a batch, one rectangle per sample.
 
@@ -124,11 +162,26 @@ class RandomErasing:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def sample(
-        self, batch: int, height: int, width: int, generator: torch.Generator | int | None = None
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | int | None = None,
+        *,
+        keys: Keys | None = None,
     ) -> Tensor:
-        """Rectangles int64 ``[B, 4]`` as ``(top, left, h, w)``; ``h == 0`` means not erased."""
-        g = _generator(generator, self.generator)
-        u = torch.rand(batch, 23, generator=g, dtype=torch.float64)
+        """Rectangles int64 ``[B, 4]`` as ``(top, left, h, w)``; ``h == 0`` means not erased.
+
+        ``keys``: ``(seed, epoch, indices)`` draws each sample's box from its dataset index
+        (the same box whichever batch, position or route the sample takes); otherwise the
+        boxes come from ``generator`` (or the seed given at construction).
+        """
+        if keys is not None:
+            seed, epoch, indices = _check_keys(keys, batch)
+            u = rng.uniform(seed, epoch, indices, rng.STREAM_ERASE, 23, dtype=torch.float64)
+        else:
+            g = _generator(generator, self.generator)
+            u = torch.rand(batch, 23, generator=g, dtype=torch.float64)
         area = height * width
         erase_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 1:11])
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -145,38 +198,72 @@ class RandomErasing:
         left = (u[:, 22] * (width - w + 1)).long()
         return torch.stack([top, left, h, w], dim=1)
 
-    def __call__(self, images: Tensor, generator: torch.Generator | int | None = None) -> Tensor:
-        """Erase ``[B, C, H, W]`` images on their device; returns a new tensor."""
+    def __call__(
+        self,
+        images: Tensor,
+        generator: torch.Generator | int | None = None,
+        *,
+        keys: Keys | None = None,
+        inplace: bool = False,
+    ) -> Tensor:
+        """Erase ``[B, C, H, W]`` images on their device.
+
+        ``keys``: ``(seed, epoch, indices)``, the dataset index of each batch position: each
+        sample's box and noise are then drawn from its index, like every routed parameter.
+        ``inplace``: on the CPU, write into ``images`` (which must not be needed afterwards)
+        instead of a copy; on an accelerator the result is always a new tensor.
+        """
         _check_images(images)
         bsz, ch, height, width = images.shape
         g = _generator(generator, self.generator)
-        top, left, h, w = self.sample(bsz, height, width, g).unbind(1)
-        # The box edges on the host, then one pinned copy.
-        edges = _to(torch.stack([top, top + h, left, left + w], dim=1), images.device)
-        mask = _box_mask(edges, height, width)
-        if isinstance(self.value, str):
+        boxes = self.sample(bsz, height, width, g, keys=keys)
+        random = isinstance(self.value, str)
+        if random:
             if not images.is_floating_point():
                 raise ValueError("`value='random'` needs float images, got uint8")
-            # The noise is drawn on the images' device (a batch of it is ~154 MB at 256 x
-            # 224 px) from a generator seeded by one draw of ``g``: deterministic per seed
-            # on each device, with no host-to-device copy.
-            seed = int(torch.randint(0, 2**62, (1,), generator=g, dtype=torch.int64))
-            noise_gen = torch.Generator(device=images.device).manual_seed(seed)
-            fill = torch.randn(
-                images.shape, generator=noise_gen, dtype=images.dtype, device=images.device
-            )
+            if keys is None:  # one seed from the generator; batch positions as indices
+                seed = int(torch.randint(0, 2**62, (1,), generator=g, dtype=torch.int64))
+                keys = (seed, 0, torch.arange(bsz))
+            noise_keys = rng.index_keys(keys[0], keys[1], keys[2], rng.STREAM_ERASE)
+            fill = None
         else:
-            vals = torch.as_tensor(self.value, dtype=torch.float32).flatten()
-            if vals.numel() not in (1, ch):
-                raise ValueError(f"`value` must have 1 or {ch} numbers, got {vals.numel()}")
-            key = (tuple(vals.tolist()), images.dtype, str(images.device))
-            fill = _FILLS.get(key)
-            if fill is None:  # copied once per value, dtype and device
-                if len(_FILLS) > 64:
-                    _FILLS.clear()
-                fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
-                _FILLS[key] = fill
+            fill = self._fill(images, ch)
+        if images.device.type == "cpu":
+            out = images if inplace else images.clone()
+            # On the CPU, one slice per erased sample: only the erased pixels are touched.
+            for b, (top, left, h, w) in enumerate(boxes.tolist()):
+                if h == 0:
+                    continue
+                region = out[b, :, top : top + h, left : left + w]
+                if random:
+                    ctr = rng.ERASE_NOISE_COUNTER + torch.arange(ch * h * w).view(ch, h, w)
+                    bits = rng.counter_bits(noise_keys[0][b], ctr, *noise_keys[1:])
+                    region.copy_(rng.normal_from_bits(bits))
+                else:
+                    region.copy_(fill[0].expand_as(region))
+            return out
+        # On an accelerator, whole-batch masks (a handful of kernels, no loop over samples).
+        top, left, h, w = boxes.unbind(1)
+        edges = _to(torch.stack([top, top + h, left, left + w], dim=1), images.device)
+        mask = _box_mask(edges, height, width)
+        if random:
+            fill = _box_noise(noise_keys, edges, ch, height, width, images.dtype)
         return torch.where(mask[:, None], fill, images)
+
+    def _fill(self, images: Tensor, ch: int) -> Tensor:
+        """The constant fill ``[1, C, 1, 1]`` in the images' dtype, on their device."""
+        vals = torch.as_tensor(self.value, dtype=torch.float32).flatten()
+        if vals.numel() not in (1, ch):
+            raise ValueError(f"`value` must have 1 or {ch} numbers, got {vals.numel()}")
+        vals = vals.expand(ch)
+        key = (tuple(vals.tolist()), images.dtype, str(images.device))
+        fill = _FILLS.get(key)
+        if fill is None:  # copied once per value, dtype and device
+            if len(_FILLS) > 64:
+                _FILLS.clear()
+            fill = _to(vals.to(images.dtype).view(1, -1, 1, 1), images.device)
+            _FILLS[key] = fill
+        return fill
 
     def __repr__(self) -> str:
         return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, value={self.value!r})"

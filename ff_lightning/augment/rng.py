@@ -13,8 +13,9 @@ Streams keep independent consumers apart. ff_lightning reserves stream ids below
 - :data:`STREAM_CROP` (1): random resized crop in the worker (e.g. 20 draws for 10 tries
   of ``(scale, log-ratio)`` and 2 for the crop position).
 - :data:`STREAM_FLIP` (2): horizontal flip (``uniform(...)[:, 0] < 0.5``).
-- :data:`STREAM_ERASE` (3) and :data:`STREAM_MIX` (4): spare ids for batch-level ops keyed
-  per sample.
+- :data:`STREAM_ERASE` (3): RandomErasing keyed per sample (draws 0-22 for the box, draws
+  from :data:`ERASE_NOISE_COUNTER` on for the per-pixel noise, see :func:`counter_bits`).
+- :data:`STREAM_MIX` (4): a spare id for batch-level ops keyed per sample.
 
 Example, crop and flip draws of one worker sample::
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ERASE_NOISE_COUNTER",
     "STREAM_CROP",
     "STREAM_ERASE",
     "STREAM_FLIP",
@@ -43,10 +45,13 @@ __all__ = [
     "bits",
     "bits_to_randint",
     "bits_to_uniform",
+    "counter_bits",
+    "index_keys",
     "dirichlet",
     "gamma",
     "gamma_draws",
     "normal",
+    "normal_from_bits",
     "randint",
     "uniform",
 ]
@@ -56,6 +61,7 @@ STREAM_CROP = 1
 STREAM_FLIP = 2
 STREAM_ERASE = 3
 STREAM_MIX = 4
+ERASE_NOISE_COUNTER = 64  # RandomErasing's noise: draw ERASE_NOISE_COUNTER + pixel number
 
 _M32 = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
@@ -136,11 +142,35 @@ def bits(
             h = _mix32_py(_mix32_py((i & _M32) ^ k0) ^ (i >> 32) ^ k1)
             rows.append([_mix32_py(_mix32_py((h + c) & _M32) ^ k3) for c in ctrs])
         return torch.tensor(rows, dtype=torch.int64).view(idx.numel(), n)
+    h, k2, k3 = index_keys(seed, epoch, idx, stream)
+    return counter_bits(h[:, None], torch.arange(n, dtype=torch.int64)[None, :], k2, k3)
+
+
+def index_keys(
+    seed: int, epoch: int, indices: Tensor | Sequence[int] | int, stream: int
+) -> tuple[Tensor, int, int]:
+    """The per-index half of :func:`bits`: int64 ``h [B]`` and the two counter keys, so that
+    ``counter_bits(h[i], j, k2, k3)`` is draw ``j`` of ``indices[i]`` (on any device, for any
+    set of counters ``j``: what draws per pixel need)."""
+    idx = as_indices(indices)
+    k0, k1, k2, k3 = _keys(seed, epoch, stream)
     h = _mix32((idx & _M32) ^ k0)
-    h = _mix32(h ^ (idx >> 32) ^ k1)
-    ctr = (torch.arange(n, dtype=torch.int64) * _GOLDEN32) & _M32
-    x = _mix32((h[:, None] + ctr[None, :] + k2) & _M32)
-    return _mix32(x ^ k3)
+    return _mix32(h ^ (idx >> 32) ^ k1), k2, k3
+
+
+def counter_bits(h: Tensor, counters: Tensor, k2: int, k3: int) -> Tensor:
+    """32-bit words (int64 in ``[0, 2**32)``) for index hashes ``h`` and draw numbers
+    ``counters`` (broadcast together, on their device): :func:`bits`'s second half."""
+    ctr = (counters * _GOLDEN32) & _M32
+    return _mix32(_mix32((h + ctr + k2) & _M32) ^ k3)
+
+
+def normal_from_bits(b: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One standard normal per 32-bit word (Box-Muller on its two 16-bit halves, so
+    ``|z| < 4.9``): cheap enough to draw per pixel."""
+    u1 = ((b >> 16).to(dtype) + 0.5) * (1.0 / 65536)  # in (0, 1): the log is finite
+    u2 = (b & 0xFFFF).to(dtype) * (2.0 * math.pi / 65536)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(u2)
 
 
 def bits_to_uniform(b: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

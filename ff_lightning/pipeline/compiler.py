@@ -216,7 +216,8 @@ def _erasing(t: Any, converted: bool) -> Any:
         )
     if not _is(t, "RandomErasing", _TV):
         return False
-    value = t.value
+    # v2 keeps value="random" as None; torchvision's v1 keeps the string.
+    value = "random" if t.value is None else t.value
     if not converted and not isinstance(value, str):
         # On uint8 images: the value is in levels; the device erases the [0, 1] floats.
         value = value / 255.0 if isinstance(value, (int, float)) else [v / 255.0 for v in value]

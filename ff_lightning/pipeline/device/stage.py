@@ -191,7 +191,7 @@ class DeviceStage:
             self.steps += 1
         x = self._normalize(images, dtype)
         if train and self._ops:
-            x, targets = self._batch_ops(x, targets)
+            x, targets = self._batch_ops(x, targets, route, fresh=x is not images)
         return x, targets
 
     def close_step(self, prev_end: float | None, now: float, num_workers: int) -> StepStats | None:
@@ -282,14 +282,18 @@ class DeviceStage:
             )
         return normalization.normalize(images, self.mean, self.std, dtype=dtype)
 
-    def _batch_ops(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        # The batch ops draw their random numbers on the CPU (same result on every device);
-        # each rank draws its own boxes and mixing weights (same per step across routes).
+    def _batch_ops(
+        self, x: Tensor, targets: Tensor, route: BatchRoute, *, fresh: bool
+    ) -> tuple[Tensor, Tensor]:
+        # The batch ops draw their random numbers on the CPU (same result on every device).
+        # Erasing is keyed by each sample's (seed, epoch, index), like the routed parameters;
+        # mixing pairs samples within the batch, so it is keyed by (seed, step, rank).
         g = torch.Generator()
         g.manual_seed(((self.seed * 7_919 + self.steps) * 1_000_003 + self.rank) % (1 << 64))
         for kind, op in self._ops:
             if kind == "erase":
-                x = op(x, generator=g)
+                # The normaliser's fresh output is erased in place (not the loader's tensor).
+                x = op(x, keys=(self.seed, route.epoch, route.indices), inplace=fresh)
             else:
                 x, targets = op(x, targets, generator=g)
         return x, targets
