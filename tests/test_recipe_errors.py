@@ -24,7 +24,8 @@ from ff_lightning.errors import ConfigError, DatasetNotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = str(ROOT / "configs")
 EXPERIMENTS = (
-    "('bench_224', 'bench_decode', 'bench_heavy', 'bench_light', 'bench_quick', 'gpu_check')"
+    "('bench_224', 'bench_decode', 'bench_heavy', 'bench_light', 'bench_quick', 'dino_cpu', "
+    "'gpu_check', 'simclr_cpu')"
 )
 
 
@@ -83,8 +84,8 @@ def test_the_experiment_group_is_not_optional() -> None:
         ),
         (
             ["model=resnet"],
-            "`model` must be one of ('resnet18', 'resnet50', 'simple_cnn', 'vit_b_16'), "
-            "got 'resnet'; did you mean model=resnet50?",
+            "`model` must be one of ('dino', 'resnet18', 'resnet50', 'simclr', 'simple_cnn', "
+            "'vit_b_16'), got 'resnet'; did you mean model=resnet50?",
         ),
         (
             ["logger=wandb"],
