@@ -7,7 +7,8 @@ synthetic images (``--source-size`` px JPEGs), in ``--rounds`` interleaved round
 ``--batches`` batches each:
 
 - ``ours``: ``Pipeline(views=...)``'s training loader, every batch finished (normalised) in this
-  process, device share 0 (all augmentation in the workers);
+  process, device share ``--ratio`` (default 0: all augmentation in the workers; above 0 this
+  process augments that share, as a device would);
 - ``torchvision``: a Dataset running torchvision's transforms on PIL view by view (DINOv2's
   ``DataAugmentationDINO``, SimCLR's two views), DINOv2's collate.
 
@@ -59,6 +60,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-local", type=int, default=8, help="local views (dino)")
     p.add_argument("--source-size", type=int, default=224, help="side of the synthetic JPEGs")
     p.add_argument("--train-per-class", type=int, default=500, help="synthetic images per class")
+    p.add_argument("--val-per-class", type=int, default=100, help="(generated with them)")
+    p.add_argument("--ratio", type=float, default=0.0, help="ours: device share (this process)")
     p.add_argument("--memory", action="store_true", help="also measure a worker's peak memory")
     p.add_argument("--out", type=Path, default=Path("benchmark_views.json"))
     return p.parse_args(argv)
@@ -74,6 +77,7 @@ def _case(case: str, args: argparse.Namespace, source: Any) -> dict[str, Any]:
         num_workers=args.workers,
         persistent_workers=False,
         seed=0,
+        ratio=args.ratio,
     )
     theirs = BaselineDataset(source, baseline_augmentation(case, *sizes))
 
@@ -127,7 +131,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _args(argv)
     torch.set_num_threads(1)  # the main process: one thread (the workers are single-threaded)
     source = build_source(
-        "synthetic", "train", image_size=args.source_size, train_per_class=args.train_per_class
+        "synthetic",
+        "train",
+        image_size=args.source_size,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
     )
     report: dict[str, Any] = {
         "machine": platform.platform(),

@@ -57,6 +57,11 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 STREAM_INTERP = 5  # the per-sample resampling choice of interpolation="random" (timm)
 STREAM_USER = 6  # the seed of the user's own transforms run in the worker
 
+_PIL_FILTERS = {
+    InterpolationMode.BILINEAR: Image.BILINEAR,
+    InterpolationMode.BICUBIC: Image.BICUBIC,
+    InterpolationMode.NEAREST: Image.NEAREST,
+}
 _MODES = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
@@ -279,16 +284,47 @@ def geometry_batch(
             hflip=geo.flip_p,
         )
     u = rng.uniform(seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64)
-    images = [
-        user_image(geometry_one(im, geo, row, seed=seed, epoch=epoch, index=i), i, geo)
-        for im, row, i in zip(loaded, u.tolist(), idx, strict=True)
-    ]
-    out = torch.stack(images)
+    if geo.crop == "random_resized" and all(isinstance(im, Image.Image) for im in loaded):
+        out = _random_resized_pil(loaded, geo, u.tolist(), seed=seed, epoch=epoch, indices=idx)
+    else:
+        images = [
+            user_image(geometry_one(im, geo, row, seed=seed, epoch=epoch, index=i), i, geo)
+            for im, row, i in zip(loaded, u.tolist(), idx, strict=True)
+        ]
+        out = torch.stack(images)
     if geo.flip_p and len(idx):
         flips = flip_flags(seed, epoch, indices, geo.flip_p).nonzero().squeeze(1)
         if flips.numel():
             out[flips] = out[flips].flip(-1)
     return out
+
+
+def _random_resized_pil(
+    images: Sequence[Image.Image],
+    geo: WorkerGeometry,
+    u: Sequence[Sequence[float]],
+    *,
+    seed: int,
+    epoch: int,
+    indices: Sequence[int],
+) -> torch.Tensor:
+    """:func:`geometry_one`'s random resized crop of PIL images (torchvision's PIL kernel:
+    crop, then resize with the geometry's filter), written into one channels-last buffer and
+    transposed once for the batch, without a tensor per image: uint8 ``[B, C, S, S]``."""
+    size, n = geo.size, len(images)
+    hwc = np.empty((n, size, size, geo.channels), dtype=np.uint8)
+    for j, (image, row, index) in enumerate(zip(images, u, indices, strict=True)):
+        top, left, h, w = random_resized_crop_box(
+            image.height, image.width, row, geo.crop_scale, geo.crop_ratio
+        )
+        out = image.crop((left, top, left + w, top + h))
+        if (h, w) != (size, size):  # torchvision returns the crop itself at the output size
+            out = out.resize((size, size), _PIL_FILTERS[_interp(geo, index, seed, epoch)])
+        arr = np.asarray(out)
+        if arr.shape[:2] != (size, size) or arr.size != size * size * geo.channels:
+            user_image(out, index, geo)  # raises the error that names the item
+        hwc[j] = arr.reshape(size, size, geo.channels)
+    return torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
 
 
 def apply_cpu_share(
