@@ -13,6 +13,12 @@ written once here::
 tensors to the device (the route record stays on the host), then :meth:`finish` (device: the
 device share is augmented, everything normalised, the batch ops run). Lightning's batch-transfer
 hooks call the two halves around its own move.
+
+With ``views=`` (multi-view training) the stage list is one per view group
+(:func:`~ff_lightning.pipeline.stages.view_stages`), the workers run
+:class:`~ff_lightning.pipeline.worker.views.ViewsDataset` and the device stage is a
+:class:`~ff_lightning.pipeline.device.views.ViewsStage`; :meth:`transfer` then gives
+``(views, targets)``.
 """
 
 from __future__ import annotations

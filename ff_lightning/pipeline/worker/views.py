@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ff_lightning.pipeline.batch import BatchRoute, RawBatch, RoutedBatch, StepStats, ViewsRoute
-from ff_lightning.pipeline.stages import ViewGroup
 from ff_lightning.pipeline.views import view_seed
 from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
 from ff_lightning.pipeline.worker.steps import apply_cpu_share, geometry_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ff_lightning.pipeline.stages import ViewGroup
 
 __all__ = ["ViewsDataset", "view_weights"]
 
