@@ -51,7 +51,15 @@ def _small(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_groups_have_the_documented_options() -> None:
     assert _options("data") == ["cifar10", "imagefolder", "synthetic"]
-    assert _options("model") == ["deit_tiny", "resnet18", "resnet50", "simple_cnn", "vit_b_16"]
+    assert _options("model") == [
+        "deit_tiny",
+        "dino",
+        "resnet18",
+        "resnet50",
+        "simclr",
+        "simple_cnn",
+        "vit_b_16",
+    ]
     assert _options("augment") == [
         "augmix",
         "autoaugment",

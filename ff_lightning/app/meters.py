@@ -69,6 +69,13 @@ class ThroughputMeter:
 def _batch_size(batch: Any) -> int:
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         return int(batch[0].shape[0])
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and isinstance(batch[0], (list, dict))
+        and isinstance(batch[1], torch.Tensor)
+    ):
+        return int(batch[1].shape[0])  # multi-view (views, targets): one target per sample
     if isinstance(batch, dict) and isinstance(batch.get("images"), torch.Tensor):
         return int(batch["images"].shape[0])
     if isinstance(batch, torch.Tensor):

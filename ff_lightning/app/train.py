@@ -80,6 +80,8 @@ def build_datamodule(cfg: DictConfig) -> Any:
     if own:
         return _own_pipeline(cfg, train_set, val_set)
     check_bool("augment.hflip", aug.hflip)
+    if data.get("views") is not None:
+        return _views_datamodule(cfg, train_set, val_set)
     with setup_errors(DATAMODULE_KEYS):
         return FusionDataModule(
             train_set,
@@ -164,6 +166,28 @@ DATAMODULE_KEYS = {
     "num_classes": "data.num_classes",
     "device_decode": "data.device_decode",
 }
+
+
+def _views_datamodule(cfg: DictConfig, train_set: Any, val_set: Any) -> Any:
+    """Multi-view training (``data.views``): the views' transforms decide the augmentation."""
+    from ff_lightning.app.views import views_from_config
+    from ff_lightning.frontends.datamodule import FusionDataModule
+
+    data = cfg.data
+    views = views_from_config(data.views)
+    keys = {**DATAMODULE_KEYS, "views": "data.views", "views_format": "data.views_format"}
+    with setup_errors(keys):
+        return FusionDataModule(
+            train_set,
+            val_set,
+            views=views,
+            views_format=data.get("views_format", "list"),
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            seed=cfg.seed,
+            val_crop_fraction=data.val_crop_fraction,
+            device_decode=data.get("device_decode", "auto"),
+        )
 
 
 def _seq(value: Any) -> Any:

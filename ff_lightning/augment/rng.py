@@ -16,6 +16,8 @@ Streams keep independent consumers apart. ff_lightning reserves stream ids below
 - :data:`STREAM_ERASE` (3): RandomErasing keyed per sample (draws 0-22 for the box, draws
   from :data:`ERASE_NOISE_COUNTER` on for the per-pixel noise, see :func:`counter_bits`).
 - :data:`STREAM_MIX` (4): a spare id for batch-level ops keyed per sample.
+- :data:`STREAM_VIEW` (7): the seeds of the views of multi-view training
+  (:func:`derive_seed`).
 
 Example, crop and flip draws of one worker sample::
 
@@ -41,11 +43,13 @@ __all__ = [
     "STREAM_FLIP",
     "STREAM_MIX",
     "STREAM_POLICY",
+    "STREAM_VIEW",
     "as_indices",
     "bits",
     "bits_to_randint",
     "bits_to_uniform",
     "counter_bits",
+    "derive_seed",
     "index_keys",
     "dirichlet",
     "gamma",
@@ -61,6 +65,7 @@ STREAM_CROP = 1
 STREAM_FLIP = 2
 STREAM_ERASE = 3
 STREAM_MIX = 4
+STREAM_VIEW = 7  # 5 and 6 belong to the worker's steps (interpolation, user transforms)
 ERASE_NOISE_COUNTER = 64  # RandomErasing's noise: draw ERASE_NOISE_COUNTER + pixel number
 
 _M32 = 0xFFFFFFFF
@@ -105,6 +110,16 @@ def _mix32_py(x: int) -> int:
     x ^= x >> 15
     x = (x * 0x846CA68B) & _M32
     return x ^ (x >> 16)
+
+
+def derive_seed(seed: int, stream: int, index: int) -> int:
+    """A seed in ``[0, 2**63)`` keyed by ``(seed, stream, index)``: a pure function, the same
+    in every process (multi-view training gives view ``v`` the seed
+    ``derive_seed(seed, STREAM_VIEW, v)``)."""
+    k = _splitmix64(int(seed) & _M64)
+    k = _splitmix64(k ^ (int(stream) & _M64))
+    k = _splitmix64(k ^ (int(index) & _M64))
+    return k >> 1
 
 
 # Below this many words, plain Python ints beat the per-op overhead of torch (a worker

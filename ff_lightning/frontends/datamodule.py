@@ -66,7 +66,9 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
             ``random_erasing``, ``mixup_alpha``, ``cutmix_alpha``, ``num_classes``,
             ``route_strategy``, ``ratio``, ``reserve_mb``, ``output_dtype``, ``drop_last``,
             ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ``device_decode``,
-            ``multiprocessing_context``.
+            ``multiprocessing_context``, ``image_key``, ``label_key``, ``transform``,
+            ``val_transform``, ``batch_transform``, ``views`` and ``views_format`` (multi-view
+            training: ``training_step`` then receives ``(views, targets)``).
     """
 
     def __init__(

@@ -10,7 +10,8 @@ Layers, each importing only those below it:
 - :mod:`.worker`: what runs in each DataLoader worker;
 - :mod:`.device`: the device stage, its memory guard, probes and timer;
 - :mod:`.options`, :mod:`.stages` and :mod:`.pipeline`: the :class:`Pipeline` object built from
-  one :class:`PipelineOptions` and an ordered list of stages.
+  one :class:`PipelineOptions` and an ordered list of stages;
+- :mod:`.views`: multi-view training's view groups as users give them, and the seed of each view.
 
 The package's names are loaded lazily: a DataLoader worker imports only the modules it runs.
 """

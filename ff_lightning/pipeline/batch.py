@@ -13,7 +13,10 @@ A batch passes through four hands, and each reads or fills the same records:
   stage (device count, H2D time) and the front end (data wait, step time), read by the
   controller.
 
-A training batch is ``{"images": uint8 [B, C, S, S], "targets": int64 [B], "route": BatchRoute}``.
+A training batch is ``{"images": uint8 [B, C, S, S], "targets": int64 [B], "route": BatchRoute}``;
+with views (multi-view training) ``images`` is a list with one uint8 ``[n_g * B, C, S_g, S_g]``
+tensor per view group (its ``n_g`` views one after the other) and ``route`` a
+:class:`ViewsRoute` holding one :class:`BatchRoute` per group.
 With ``device_decode`` on, the device-routed JPEGs travel still encoded in ``route.encoded``
 (their ``images`` slots hold zeros until the device stage decodes them), so the bytes of
 different lengths need no collation. :class:`BatchRoute` and :class:`EncodedBatch`
@@ -44,6 +47,7 @@ __all__ = [
     "EncodedBatch",
     "RoutedBatch",
     "StepStats",
+    "ViewsRoute",
     "by_value",
     "from_value",
     "is_training_batch",
@@ -90,9 +94,15 @@ class StepStats:
     ``data_wait_s``, ``step_s`` and ``num_workers``. Every field has a default so the record
     can start empty; :meth:`check` validates the finished record (the controller calls it).
 
+    With views (multi-view training) the routed unit is one view of one sample, and the counts
+    are in samples' worth of work: each view weighs its pixels over the pixels of all the
+    views of a sample, so ``batch_size`` is still the number of samples, and ``n_device`` and
+    ``n_cpu`` (floats then) are the share of the batch's photometric work (a 96 px view counts
+    less than a 224 px one) each route did. The controller's per-sample costs stay per sample.
+
     Args:
         batch_size: samples in the batch.
-        n_device: samples augmented on the device this step.
+        n_device: samples augmented on the device this step (with views: samples' worth).
         data_wait_s: seconds the loop waited for the DataLoader.
         step_s: wall time of the whole step, wait included.
         device_aug_s: device augmentation time for the routed share.
@@ -112,12 +122,12 @@ class StepStats:
     """
 
     batch_size: int = 0
-    n_device: int = 0
+    n_device: float = 0
     data_wait_s: float = 0.0
     step_s: float = 0.0
     device_aug_s: float = 0.0
     cpu_aug_s: float | None = None
-    n_cpu: int | None = None
+    n_cpu: float | None = None
     num_workers: int = 0
     h2d_s: float | None = None
     ratio: float | None = None
@@ -385,15 +395,67 @@ class BatchRoute:
         )
 
 
+class ViewsRoute:
+    """Host-side facts about one multi-view training batch.
+
+    Attributes:
+        indices: int64 ``[B]``, the dataset index of each sample.
+        epoch: the epoch the batch was drawn for.
+        groups: one :class:`BatchRoute` per view group, over the group's ``n_g * B`` images
+            (view-major: view ``j`` of sample ``i`` at ``j * B + i``), each with its own
+            device share and parameters; their ``stats`` is :attr:`stats`.
+        stats: the batch's :class:`StepStats` (counts in samples' worth of work).
+    """
+
+    __slots__ = ("epoch", "groups", "indices", "stats")
+
+    encoded = None  # the views are cropped in the workers: nothing travels encoded
+
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        epoch: int,
+        groups: Sequence[BatchRoute],
+        stats: StepStats,
+    ) -> None:
+        self.indices = indices
+        self.epoch = epoch
+        self.groups = tuple(groups)
+        self.stats = stats
+
+    @property
+    def n_device(self) -> int:
+        """Images (sample views) the device augments, all groups together."""
+        return sum(g.n_device for g in self.groups)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "indices": by_value(self.indices),
+            "epoch": self.epoch,
+            "groups": self.groups,
+            "stats": self.stats,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, from_value(v) if k == "indices" else v)
+
+    def __repr__(self) -> str:
+        return (
+            f"ViewsRoute(batch={len(self.indices)}, groups={len(self.groups)}, "
+            f"device_views={self.n_device}, epoch={self.epoch}, ratio={self.stats.ratio})"
+        )
+
+
 def is_training_batch(batch: Any) -> bool:
     """Whether ``batch`` is a FusionDataModule training batch (it carries a route)."""
-    return isinstance(batch, dict) and isinstance(batch.get("route"), BatchRoute)
+    return isinstance(batch, dict) and isinstance(batch.get("route"), (BatchRoute, ViewsRoute))
 
 
 # ==================================================================== the raw batch
 class RawBatch(dict):
-    """What the loaders hand out before the transfer: a dict with ``images`` (uint8),
-    ``targets`` and, for training, ``route``. Read it by key (``batch["images"]``,
+    """What the loaders hand out before the transfer: a dict with ``images`` (uint8; with views
+    one tensor per view group), ``targets`` and, for training, ``route``. Read it by key (``batch["images"]``,
     ``batch.keys()``, ``batch.items()``).
 
     Iterating it directly raises, with the fix: ``images, targets = batch`` on it means the

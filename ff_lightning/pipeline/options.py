@@ -21,6 +21,7 @@ import torch
 
 from ff_lightning.augment.batch_ops import IMAGENET_MEAN, IMAGENET_STD
 from ff_lightning.errors import ConfigError
+from ff_lightning.pipeline.views import VIEWS_FORMATS
 from ff_lightning.validation import (
     check_bool,
     check_choice,
@@ -82,6 +83,14 @@ class PipelineOptions:
         val_transform: the evaluation pipeline to go with ``transform`` (default: resize and
             centre crop from the training geometry, the same normalisation).
         batch_transform: v2 ``MixUp``/``CutMix``/``RandomChoice`` of them, or timm's ``Mixup``.
+        views: multi-view training instead of ``transform``: view groups ``[(transform, count),
+            ...]`` (optionally ``(name, transform, count)``), a list of ``Compose`` (one view
+            each), or a multi-view object whose parts are recognised (see
+            :mod:`ff_lightning.pipeline.views`); stored parsed, as a ``ViewSet``. The model
+            then receives ``(views, targets)``.
+        views_format: ``"list"``: ``views`` is a list of ``[B, C, S_v, S_v]`` tensors, one per
+            view in order; ``"dict"``: DINOv2's form, one ``[n * B, C, S, S]`` tensor per group
+            name (``global_crops``, ``local_crops``), its views concatenated along the batch.
     """
 
     policy: Any = "randaugment"
@@ -117,6 +126,8 @@ class PipelineOptions:
     transform: Any = None
     val_transform: Any = None
     batch_transform: Any = None
+    views: Any = None
+    views_format: str = "list"
     #: Set by :meth:`resolve` (``False`` until then).
     resolved: bool = field(default=False, repr=False, compare=False)
 
@@ -198,6 +209,31 @@ class PipelineOptions:
             )
         if self.policy_kwargs and not isinstance(self.policy, str):
             raise ConfigError("`policy_kwargs` can only be used when `policy` is a name")
+        check_choice("views_format", self.views_format, VIEWS_FORMATS)
+        if self.views is not None:
+            self._check_views()
+
+    def _check_views(self) -> None:
+        """``views`` parsed (a ``ConfigError`` names a group it cannot read), and the options
+        that cannot go with it."""
+        from ff_lightning.pipeline.views import parse_views
+
+        object.__setattr__(self, "views", parse_views(self.views))
+        if self.transform is not None:
+            raise ConfigError(
+                "`views` and `transform` both describe the training augmentation; give each "
+                "view group its transform in `views` and drop `transform`"
+            )
+        if self.batch_transform is not None or self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            raise ConfigError(
+                "`views` cannot go with `batch_transform`, `mixup_alpha` or `cutmix_alpha`: "
+                "multi-view batches are not mixed; drop them"
+            )
+        if self.device_decode is True:
+            raise ConfigError(
+                "`device_decode=True` cannot go with `views`: every view is cropped from one "
+                "decode in the workers; use device_decode='auto' or False"
+            )
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, train_dataset: Any) -> PipelineOptions:
@@ -246,8 +282,10 @@ class PipelineOptions:
                     f"channels={c}; use device_decode='auto' or False"
                 )
             decode = False  # auto: one-channel data is decoded in the workers
+        if self.views is not None:
+            decode = False  # the views are cropped in the workers from one decode
         policy = self.policy
-        if self.transform is not None:
+        if self.transform is not None or self.views is not None:
             policy = "none"  # the compiled transform brings its own routed stage
         if isinstance(policy, str):
             try:
@@ -258,7 +296,9 @@ class PipelineOptions:
         return replace(
             self,
             policy=policy,
-            policy_kwargs=None if self.transform is None else self.policy_kwargs,
+            policy_kwargs=None
+            if self.transform is None and self.views is None
+            else self.policy_kwargs,
             num_workers=num_workers,
             channels=c,
             mean=tuple(float(m) for m in mean),
@@ -299,6 +339,7 @@ def options_from_kwargs(owner: str, kwargs: Mapping[str, Any]) -> PipelineOption
         )
     for given, keys in (
         ("transform", _SET_BY_TRANSFORM),
+        ("views", _SET_BY_TRANSFORM),
         ("batch_transform", _SET_BY_BATCH_TRANSFORM),
     ):
         if kwargs.get(given) is not None:

@@ -13,6 +13,12 @@ written once here::
 tensors to the device (the route record stays on the host), then :meth:`finish` (device: the
 device share is augmented, everything normalised, the batch ops run). Lightning's batch-transfer
 hooks call the two halves around its own move.
+
+With ``views=`` (multi-view training) the stage list is one per view group
+(:func:`~ff_lightning.pipeline.stages.view_stages`), the workers run
+:class:`~ff_lightning.pipeline.worker.views.ViewsDataset` and the device stage is a
+:class:`~ff_lightning.pipeline.device.views.ViewsStage`; :meth:`transfer` then gives
+``(views, targets)``.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from ff_lightning.pipeline.stages import (
     DeviceTail,
     RoutedStage,
     Stage,
+    ViewGroup,
     WorkerGeometry,
     WorkerTransforms,
     transform_stages,
+    view_stages,
 )
 from ff_lightning.pipeline.stages import keyword_stages as _keyword_stages
 from ff_lightning.pipeline.worker.dataset import AugmentingDataset, collate_batch, worker_init
@@ -130,7 +138,14 @@ class Pipeline:
         self.eval_prefix: WorkerTransforms | None = None
         #: Transforms of the user's ``transform`` kept in the workers (the compiler's notes).
         self.notes: list[str] = []
-        if stages is None and self.options.transform is not None:
+        #: The compiled view groups of multi-view training (``None``: one view per sample).
+        self.views: tuple[ViewGroup, ...] | None = None
+        if stages is None and self.options.views is not None:
+            # Evaluation (and the stage list below) follows the first view group.
+            self.views, stages, self.eval_prefix, self.notes = view_stages(
+                self.options, train_dataset
+            )
+        elif stages is None and self.options.transform is not None:
             stages, self.eval_prefix, self.notes = transform_stages(self.options, train_dataset)
         self.stages = stages if stages is not None else _keyword_stages(self.options)
         self.geometry = self._stage(WorkerGeometry)
@@ -141,7 +156,7 @@ class Pipeline:
         opts, tail = self.options, self.tail
         self._own_share = FixedShare(opts.ratio)  # the share when no controller drives it
         self.router = Router(self._own_share, strategy=opts.route_strategy)
-        self.stage = DeviceStage(
+        self.stage: DeviceStage = DeviceStage(
             self.routed.policy,
             mean=tail.mean,
             std=tail.std,
@@ -152,6 +167,10 @@ class Pipeline:
             source=train_dataset,
             ops=tail.batch_ops(),
         )
+        if self.views is not None:
+            from ff_lightning.pipeline.device.views import ViewsStage
+
+            self.stage = ViewsStage(self.views, views_format=opts.views_format, seed=opts.seed)
         self._train_workers: int | None = None
         self._last_train_loader: ResumableDataLoader | None = None
         self._loader_state: dict[str, Any] | None = None  # restored, for the next train loader
@@ -211,7 +230,14 @@ class Pipeline:
     def describe(self) -> str:
         """Which stage runs where, one line each (the compiled plan), and what the compiler
         kept in the workers."""
-        lines = [f"  {s.where:<18} {s.describe()}" for s in self.stages]
+        if self.views is not None:
+            lines = [line for group in self.views for line in group.describe()]
+            if self.eval_prefix is None:
+                size = f"{self.geometry.size}x{self.geometry.size}"
+                what = f"resize and centre crop to {size}, normalised as {self.views[0].name}"
+                lines.append(f"  {'evaluation':<18} {what}")
+        else:
+            lines = [f"  {s.where:<18} {s.describe()}" for s in self.stages]
         if self.eval_prefix is not None:
             lines.append(f"  {'evaluation':<18} {self.eval_prefix.describe()}")
         return "\n".join(["pipeline:", *lines, *(f"  note: {n}" for n in self.notes)])
@@ -262,7 +288,7 @@ class Pipeline:
         """The routed training loader (resumable mid-epoch; see
         :mod:`ff_lightning.pipeline.loader`), with :attr:`train_workers` workers."""
         geo, opts = self.geometry, self.options
-        ds = AugmentingDataset(
+        ds: Dataset = AugmentingDataset(
             self.train_dataset,
             train=True,
             image_size=geo.size,
@@ -273,6 +299,17 @@ class Pipeline:
             geometry=geo,
             prefix=self.prefix,
         )
+        if self.views is not None:
+            from ff_lightning.pipeline.worker.views import ViewsDataset
+
+            ds = ViewsDataset(
+                self.train_dataset,
+                groups=self.views,
+                seed=opts.seed,
+                channels=int(opts.channels),  # type: ignore[arg-type]
+                image_key=opts.image_key,
+                label_key=opts.label_key,
+            )
         sampler = EpochSampler(self.train_dataset, shuffle=True, seed=opts.seed)  # type: ignore[arg-type]
         batch_sampler = RoutedBatchSampler(
             sampler, opts.batch_size, opts.drop_last, router=self.router
@@ -323,9 +360,11 @@ class Pipeline:
 
     def finish(
         self, batch: Any, *, dtype: torch.dtype | None = None, rank: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Any, torch.Tensor]:
         """Device side, after the copy: ``(images, targets)`` ready for the model, in ``dtype``
-        (default: :meth:`output_dtype` without a trainer). ``rank`` keys the batch ops' draws."""
+        (default: :meth:`output_dtype` without a trainer); with views, a training batch gives
+        ``(views, targets)`` (a list of tensors, or a dict with ``views_format="dict"``).
+        ``rank`` keys the batch ops' draws."""
         self.stage.rank = int(rank)
         return self.stage.finish(batch, dtype=dtype if dtype is not None else self.output_dtype())
 
@@ -336,7 +375,7 @@ class Pipeline:
         *,
         dtype: torch.dtype | None = None,
         rank: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Any, torch.Tensor]:
         """:meth:`prepare`, the move of the tensors to ``device``, :meth:`finish`."""
         batch = self.prepare(batch)
         batch = move_to_device(batch, torch.device(device))

@@ -10,7 +10,8 @@
 3. :class:`DeviceTail` (every sample, on the device, after the copy): normalisation to the
    training dtype and the batch-level ops (random erasing, mixup/cutmix).
 
-:func:`keyword_stages` builds the list from :class:`~ff_lightning.pipeline.options.
+:func:`view_stages` builds one such list per view group of multi-view training
+(:class:`ViewGroup`). :func:`keyword_stages` builds the list from :class:`~ff_lightning.pipeline.options.
 PipelineOptions` (the keyword form of ``FusionDataModule``). Each stage says what it does with
 :meth:`describe`, which :meth:`Pipeline.describe <ff_lightning.pipeline.Pipeline.describe>` prints.
 """
@@ -28,10 +29,12 @@ __all__ = [
     "DeviceTail",
     "RoutedStage",
     "Stage",
+    "ViewGroup",
     "WorkerGeometry",
     "WorkerTransforms",
     "keyword_stages",
     "transform_stages",
+    "view_stages",
 ]
 
 
@@ -241,3 +244,137 @@ def _eval_transforms(
         interp = head.get("interpolation", "bilinear")
         return None, dict(val_resize_to=head["resize_to"] or size, val_interpolation=interp)
     return (WorkerTransforms(tuple(items[:k]), floats=False) if k else None), None
+
+
+@dataclass(frozen=True)
+class ViewGroup:
+    """One view group of multi-view training, compiled: the stages of its transform, which
+    every sample goes through ``count`` times, as views ``first .. first + count - 1`` (each
+    with its own seed, :func:`~ff_lightning.pipeline.views.view_seed`).
+
+    ``name`` keys the group in the dict form of the batch (the given name, else
+    ``global_crops`` for the groups of the largest size and ``local_crops`` for the others).
+    """
+
+    name: str
+    count: int
+    first: int
+    geometry: WorkerGeometry
+    prefix: WorkerTransforms | None
+    routed: RoutedStage
+    tail: DeviceTail
+
+    @property
+    def views(self) -> range:
+        """The numbers of its views (across all groups)."""
+        return range(self.first, self.first + self.count)
+
+    @property
+    def size(self) -> int:
+        return self.geometry.size
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(s for s in (self.geometry, self.prefix, self.routed, self.tail) if s)
+
+    def describe(self) -> list[str]:
+        """A heading line, then one line per stage."""
+        last = self.first + self.count - 1
+        which = f"view {self.first}" if self.count == 1 else f"views {self.first}-{last}"
+        head = f"  {self.name} x{self.count} ({which}, {self.size}x{self.size}):"
+        return [head, *(f"    {s.where:<18} {s.describe()}" for s in self.stages)]
+
+
+def _channels(image: Any) -> int:
+    if hasattr(image, "getbands"):
+        return len(image.getbands())
+    return int(image.shape[0]) if getattr(image, "ndim", 0) == 3 else -1
+
+
+def view_stages(
+    options: PipelineOptions, train_dataset: Any
+) -> tuple[tuple[ViewGroup, ...], tuple[Stage, ...], WorkerTransforms | None, list[str]]:
+    """The view groups of ``options.views`` (resolved options), the stage list of evaluation
+    (the first group's: its resize and centre crop, or ``val_transform``), the evaluation
+    transforms the workers run as written, and the compiler's notes.
+
+    Every group's transform is compiled as ``transform=`` would be; a group the compiler
+    refuses, views with different channel counts, a normalisation that does not fit the
+    channels, and a multi-view object whose output is not one image per view are
+    :class:`ConfigError` naming the group.
+    """
+    from ff_lightning.errors import ConfigError
+    from ff_lightning.pipeline.views import check_object_output, view_seed
+    from ff_lightning.pipeline.worker.items import read_item, to_uint8_chw
+    from ff_lightning.pipeline.worker.steps import run_user_transforms
+
+    spec = options.views
+    image, _ = read_item(
+        train_dataset[0], 0, image_key=options.image_key, label_key=options.label_key
+    )
+    image = to_uint8_chw(image, int(options.channels), 0)  # type: ignore[arg-type]
+    compiled: list[tuple[tuple[Stage, ...], int]] = []
+    eval_stages: tuple[Stage, ...] = ()
+    eval_prefix: WorkerTransforms | None = None
+    notes: list[str] = []
+    first = 0
+    for g, vs in enumerate(spec.groups):
+        label = spec.label(g)
+        opts = dataclasses.replace(
+            options,
+            views=None,
+            transform=vs.transform,
+            val_transform=options.val_transform if g == 0 else None,
+        )
+        try:
+            stages, ev, nt = transform_stages(opts, train_dataset)
+        except ConfigError as err:
+            raise ConfigError(f"`views` {label}: {err}") from None
+        if g == 0:
+            eval_stages, eval_prefix = stages, ev
+        notes += [f"{label}: {n}" for n in nt]
+        prefix = next((s for s in stages if isinstance(s, WorkerTransforms)), None)
+        channels = int(options.channels)  # type: ignore[arg-type]
+        if prefix is not None:
+            out = run_user_transforms(
+                prefix.transforms, image, seed=view_seed(options.seed, first), epoch=0, index=0
+            )
+            channels = _channels(out)
+        tail = next(s for s in stages if isinstance(s, DeviceTail))
+        if tail.normalize and len(tail.mean) != channels:
+            raise ConfigError(
+                f"`views` {label}: its Normalize has {len(tail.mean)} value(s) per statistic but "
+                f"its views have {channels} channel(s); give one value per channel"
+            )
+        if compiled and channels != compiled[0][1]:
+            raise ConfigError(
+                f"`views` {label} gives {channels}-channel views but {spec.label(0)} gives "
+                f"{compiled[0][1]}-channel ones; every view must have the same channel count "
+                "(a RandomGrayscale keeps 3 channels; Grayscale(num_output_channels=1) does not)"
+            )
+        compiled.append((stages, channels))
+        first += vs.count
+    check_object_output(
+        spec,
+        image,
+        lambda obj, im: run_user_transforms(
+            [obj], im, seed=view_seed(options.seed, 0), epoch=0, index=0
+        ),
+    )
+    sizes = [next(s for s in st if isinstance(s, WorkerGeometry)).size for st, _ in compiled]
+    groups, first = [], 0
+    for vs, (stages, _), size in zip(spec.groups, compiled, sizes, strict=True):
+        name = vs.name or ("global_crops" if size == max(sizes) else "local_crops")
+        groups.append(
+            ViewGroup(
+                name=name,
+                count=vs.count,
+                first=first,
+                geometry=next(s for s in stages if isinstance(s, WorkerGeometry)),
+                prefix=next((s for s in stages if isinstance(s, WorkerTransforms)), None),
+                routed=next(s for s in stages if isinstance(s, RoutedStage)),
+                tail=next(s for s in stages if isinstance(s, DeviceTail)),
+            )
+        )
+        first += vs.count
+    return tuple(groups), eval_stages, eval_prefix, notes

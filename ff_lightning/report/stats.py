@@ -137,9 +137,10 @@ class FitReport:
             return
         rec = step_record(record)
         b = int(getattr(rec, "batch_size", 0) or 0)
-        n_dev = int(getattr(rec, "n_device", 0) or 0)
+        # Samples' worth of work: fractional with views (see StepStats).
+        n_dev = float(getattr(rec, "n_device", 0) or 0)
         n_cpu = getattr(rec, "n_cpu", None)
-        n_cpu = b - n_dev if n_cpu is None else int(n_cpu)
+        n_cpu = b - n_dev if n_cpu is None else float(n_cpu)
         wait = _num(getattr(rec, "data_wait_s", None)) or 0.0
         step_s = _num(getattr(rec, "step_s", None)) or 0.0
         s = self._sum

@@ -214,13 +214,26 @@ class DeviceStage:
         return stats
 
     # ------------------------------------------------------------------ pieces
-    def augment(self, images: Tensor, route: BatchRoute, targets: Tensor | None = None) -> Tensor:
+    def augment(
+        self,
+        images: Tensor,
+        route: BatchRoute,
+        targets: Tensor | None = None,
+        *,
+        policy: Any = None,
+        guard: Any = None,
+    ) -> Tensor:
         """Decode the route's encoded samples into their slots, then apply the route's
         parameters to its device share of ``images`` (uint8, in place). ``targets`` changes
-        only where a corrupt file was replaced (``on_error="skip"``)."""
+        only where a corrupt file was replaced (``on_error="skip"``). ``policy`` and ``guard``:
+        another routed stage and memory guard than this stage's own (a view group's)."""
         k, b = route.n_device, int(images.shape[0])
         if k == 0 or images.is_floating_point():  # floats: nothing left to route
             return images
+        if policy is None or policy is self.policy:
+            apply, cpu = self._apply_device, self._cpu
+        else:
+            apply = cpu = policy.apply_batch  # the same kernels on either device
         # The timed region includes the decode: the controller's device cost per sample is
         # decode + augmentation, as the worker's CPU cost per sample is.
         self.timer.start(images.device)
@@ -229,19 +242,13 @@ class DeviceStage:
             if targets is None:
                 targets = torch.empty(0, dtype=torch.long)
             self.decoder.decode_into(images, targets, enc, self.decode_guard)
-        guard = self.guard
+        guard = self.guard if guard is None else guard
         if k == b:
             # `gpu` mode: the whole batch, no gather or scatter.
-            out = guard.run(self._apply_device, images, route.params, self._cpu, total=b)
+            out = guard.run(apply, images, route.params, cpu, total=b)
         else:
             idx = h2d(route.device_index, images.device)
-            part = guard.run(
-                self._apply_device,
-                images.index_select(0, idx),
-                route.params,
-                self._cpu,
-                total=b,
-            )
+            part = guard.run(apply, images.index_select(0, idx), route.params, cpu, total=b)
             out = images.index_copy_(0, idx, part)
         self.timer.stop()
         return out

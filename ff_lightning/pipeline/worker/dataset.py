@@ -25,12 +25,10 @@ import time
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
-from ff_lightning.augment import rng
-from ff_lightning.errors import ConfigError, CorruptImageError
+from ff_lightning.errors import CorruptImageError
 from ff_lightning.pipeline.batch import (
     BatchRoute,
     EncodedBatch,
@@ -42,7 +40,6 @@ from ff_lightning.pipeline.batch import (
 )
 from ff_lightning.pipeline.jpeg import JpegHeader, decode_jpegs, jpeg_header
 from ff_lightning.pipeline.worker.geometry import (
-    N_CROP_UNIFORMS,
     crop_boxes,
     crop_into,
     eval_geometry,
@@ -50,14 +47,15 @@ from ff_lightning.pipeline.worker.geometry import (
     oriented_size,
     place_decoded,
     size_of,
-    train_geometry_batch,
 )
 from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
 from ff_lightning.pipeline.worker.steps import (
     WorkerGeometry,
     WorkerTransforms,
-    geometry_one,
+    apply_cpu_share,
+    geometry_batch,
     run_user_transforms,
+    user_image,
 )
 
 __all__ = ["AugmentingDataset", "collate_batch", "worker_init"]
@@ -173,56 +171,12 @@ class AugmentingDataset(Dataset):
 
     def _geometry_batch(self, loaded: list[Any], indices: torch.Tensor, epoch: int) -> torch.Tensor:
         """Every loaded image through the worker's geometry (or the user's own transforms)."""
-        geo, idx = self.geometry, indices.tolist()
-        if self.prefix is not None:
-            images = [
-                self._user_image(
-                    run_user_transforms(
-                        self.prefix.transforms, im, seed=self.seed, epoch=epoch, index=i
-                    ),
-                    i,
-                )
-                for im, i in zip(loaded, idx, strict=True)
-            ]
-            return torch.stack(images)
-        if geo.fast:
-            return train_geometry_batch(
-                loaded,
-                size=geo.size,
-                seed=self.seed,
-                epoch=epoch,
-                indices=indices,
-                scale=geo.crop_scale,
-                ratio=geo.crop_ratio,
-                hflip=geo.flip_p,
-            )
-        u = rng.uniform(
-            self.seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64
-        ).tolist()
-        images = [
-            self._user_image(geometry_one(im, geo, row, seed=self.seed, epoch=epoch, index=i), i)
-            for im, row, i in zip(loaded, u, idx, strict=True)
-        ]
-        out = torch.stack(images)
-        if geo.flip_p and len(idx):
-            flips = flip_flags(self.seed, epoch, indices, geo.flip_p).nonzero().squeeze(1)
-            if flips.numel():
-                out[flips] = out[flips].flip(-1)
-        return out
+        return geometry_batch(
+            loaded, indices, epoch, geometry=self.geometry, prefix=self.prefix, seed=self.seed
+        )
 
     def _user_image(self, image: Any, index: int) -> torch.Tensor:
-        """A worker-side result as a ``[C, S, S]`` tensor, or a ConfigError naming the item."""
-        if isinstance(image, Image.Image):
-            image = TF.pil_to_tensor(image)
-        size, c = self.geometry.size, self.channels
-        if not isinstance(image, torch.Tensor) or tuple(image.shape) != (c, size, size):
-            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ConfigError(
-                f"dataset item {index}: the worker-side transforms gave {got}, the pipeline needs "
-                f"({c}, {size}, {size}) for every sample; end them with a crop or resize to "
-                f"{size}, or set `image_size`"
-            )
-        return image.contiguous()
+        return user_image(image, index, self.geometry)
 
     def _train_batch(self, rb: RoutedBatch) -> dict[str, Any]:
         if self.device_decode:
@@ -248,16 +202,7 @@ class AugmentingDataset(Dataset):
         self, images: torch.Tensor, params: Any, device_index: torch.Tensor
     ) -> torch.Tensor:
         """ONE batched ``apply_batch`` over the samples not at ``device_index``."""
-        b, k = int(images.shape[0]), int(device_index.numel())
-        if k >= b or images.is_floating_point():  # floats: the user's transforms did it all
-            return images
-        if k == 0:
-            return self.policy.apply_batch(images, params)
-        keep = torch.ones(b, dtype=torch.bool)
-        keep[device_index] = False
-        cpu_index = keep.nonzero().squeeze(1)
-        images[cpu_index] = self.policy.apply_batch(images[cpu_index], params[cpu_index])
-        return images
+        return apply_cpu_share(self.policy, images, params, device_index)
 
     def _finish(
         self,

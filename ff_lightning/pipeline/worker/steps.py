@@ -29,7 +29,14 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ff_lightning.augment import rng
-from ff_lightning.pipeline.worker.geometry import N_CROP_UNIFORMS, random_resized_crop_box, size_of
+from ff_lightning.errors import ConfigError
+from ff_lightning.pipeline.worker.geometry import (
+    N_CROP_UNIFORMS,
+    flip_flags,
+    random_resized_crop_box,
+    size_of,
+    train_geometry_batch,
+)
 
 __all__ = [
     "CROPS",
@@ -38,8 +45,11 @@ __all__ = [
     "STREAM_USER",
     "WorkerGeometry",
     "WorkerTransforms",
+    "apply_cpu_share",
+    "geometry_batch",
     "geometry_one",
     "run_user_transforms",
+    "user_image",
 ]
 
 CROPS = ("random_resized", "resize_center", "random", "resize", "none")
@@ -47,6 +57,11 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 STREAM_INTERP = 5  # the per-sample resampling choice of interpolation="random" (timm)
 STREAM_USER = 6  # the seed of the user's own transforms run in the worker
 
+_PIL_FILTERS = {
+    InterpolationMode.BILINEAR: Image.BILINEAR,
+    InterpolationMode.BICUBIC: Image.BICUBIC,
+    InterpolationMode.NEAREST: Image.NEAREST,
+}
 _MODES = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
@@ -218,3 +233,112 @@ def run_user_transforms(
         random.setstate(saved[1])
         np.random.set_state(saved[2])
     return image
+
+
+def user_image(image: Any, index: int, geo: WorkerGeometry) -> torch.Tensor:
+    """A worker-side result as a ``[C, S, S]`` tensor, or a ConfigError naming the item."""
+    if isinstance(image, Image.Image):
+        image = TF.pil_to_tensor(image)
+    size, c = geo.size, geo.channels
+    if not isinstance(image, torch.Tensor) or tuple(image.shape) != (c, size, size):
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ConfigError(
+            f"dataset item {index}: the worker-side transforms gave {got}, the pipeline needs "
+            f"({c}, {size}, {size}) for every sample; end them with a crop or resize to "
+            f"{size}, or set `image_size`"
+        )
+    return image.contiguous()
+
+
+def geometry_batch(
+    loaded: Sequence[Any],
+    indices: torch.Tensor,
+    epoch: int,
+    *,
+    geometry: WorkerGeometry,
+    prefix: WorkerTransforms | None,
+    seed: int,
+) -> torch.Tensor:
+    """Every loaded image through ``geometry`` (or the user's own ``prefix`` transforms), with
+    every random choice drawn from ``(seed, epoch, index)``: uint8 ``[B, C, S, S]``."""
+    geo, idx = geometry, indices.tolist()
+    if prefix is not None:
+        images = [
+            user_image(
+                run_user_transforms(prefix.transforms, im, seed=seed, epoch=epoch, index=i),
+                i,
+                geo,
+            )
+            for im, i in zip(loaded, idx, strict=True)
+        ]
+        return torch.stack(images)
+    if geo.fast:
+        return train_geometry_batch(
+            loaded,
+            size=geo.size,
+            seed=seed,
+            epoch=epoch,
+            indices=indices,
+            scale=geo.crop_scale,
+            ratio=geo.crop_ratio,
+            hflip=geo.flip_p,
+        )
+    u = rng.uniform(seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64)
+    if geo.crop == "random_resized" and all(isinstance(im, Image.Image) for im in loaded):
+        out = _random_resized_pil(loaded, geo, u.tolist(), seed=seed, epoch=epoch, indices=idx)
+    else:
+        images = [
+            user_image(geometry_one(im, geo, row, seed=seed, epoch=epoch, index=i), i, geo)
+            for im, row, i in zip(loaded, u.tolist(), idx, strict=True)
+        ]
+        out = torch.stack(images)
+    if geo.flip_p and len(idx):
+        flips = flip_flags(seed, epoch, indices, geo.flip_p).nonzero().squeeze(1)
+        if flips.numel():
+            out[flips] = out[flips].flip(-1)
+    return out
+
+
+def _random_resized_pil(
+    images: Sequence[Image.Image],
+    geo: WorkerGeometry,
+    u: Sequence[Sequence[float]],
+    *,
+    seed: int,
+    epoch: int,
+    indices: Sequence[int],
+) -> torch.Tensor:
+    """:func:`geometry_one`'s random resized crop of PIL images (torchvision's PIL kernel:
+    crop, then resize with the geometry's filter), written into one channels-last buffer and
+    transposed once for the batch, without a tensor per image: uint8 ``[B, C, S, S]``."""
+    size, n = geo.size, len(images)
+    hwc = np.empty((n, size, size, geo.channels), dtype=np.uint8)
+    for j, (image, row, index) in enumerate(zip(images, u, indices, strict=True)):
+        top, left, h, w = random_resized_crop_box(
+            image.height, image.width, row, geo.crop_scale, geo.crop_ratio
+        )
+        out = image.crop((left, top, left + w, top + h))
+        if (h, w) != (size, size):  # torchvision returns the crop itself at the output size
+            out = out.resize((size, size), _PIL_FILTERS[_interp(geo, index, seed, epoch)])
+        arr = np.asarray(out)
+        if arr.shape[:2] != (size, size) or arr.size != size * size * geo.channels:
+            user_image(out, index, geo)  # raises the error that names the item
+        hwc[j] = arr.reshape(size, size, geo.channels)
+    return torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+
+
+def apply_cpu_share(
+    policy: Any, images: torch.Tensor, params: Any, device_index: torch.Tensor
+) -> torch.Tensor:
+    """The CPU route of the worker: ONE batched ``policy.apply_batch`` over the samples not at
+    ``device_index`` (written back into ``images``; all of them: a new tensor)."""
+    b, k = int(images.shape[0]), int(device_index.numel())
+    if k >= b or images.is_floating_point():  # floats: the user's transforms did it all
+        return images
+    if k == 0:
+        return policy.apply_batch(images, params)
+    keep = torch.ones(b, dtype=torch.bool)
+    keep[device_index] = False
+    cpu_index = keep.nonzero().squeeze(1)
+    images[cpu_index] = policy.apply_batch(images[cpu_index], params[cpu_index])
+    return images
