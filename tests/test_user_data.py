@@ -91,7 +91,7 @@ def test_hwc_pixels_arrive_in_chw_order() -> None:
     ("item", "match"),
     [
         ({"pixels": 1, "label": 0}, r"dict without an image key: it has \['label', 'pixels'\]"),
-        ({"image": _rgb(0)}, r"dict without an label key"),
+        ({"image": _rgb(0)}, r"dict without a label key"),
         ((_rgb(0).astype(np.float32), 0), r"image arrays must be uint8"),
         ((_rgb(0), np.array([1, 2])), r"target array of shape \(2,\)"),
         ((_rgb(0), "cat"), r"has target 'cat'"),

@@ -103,6 +103,10 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
         """One record per decision, each with its ``reason``."""
         return list(self.controller.history)
 
+    #: Tells a FusionDataModule that this callback's controller drives the device share (the
+    #: DataModule otherwise routes with its own ``ratio``).
+    drives_share = True
+
     @property
     def state_key(self) -> str:
         return self._generate_state_key(mode=self.mode)

@@ -154,9 +154,9 @@ class FusionDataModule(*DATAMODULE_BASES):  # type: ignore[misc]
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return
-        from ff_lightning.frontends.callback import FusionFlow
-
-        if not any(isinstance(cb, FusionFlow) for cb in trainer.callbacks):
+        # A callback that drives the share says so (FusionFlow's `drives_share`): read as an
+        # attribute, so this module need not import the callback's (which imports this one).
+        if not any(getattr(cb, "drives_share", False) is True for cb in trainer.callbacks):
             # No controller in this Trainer: route with this DataModule's own share, not the
             # share a FusionFlow of an earlier fit left bound.
             self.pipeline.unbind()

@@ -59,7 +59,7 @@ def _pick(item: Mapping[str, Any], given: str | None, keys: Sequence[str], what:
         if key in item:
             return item[key]
     raise ConfigError(
-        f"dataset item {index} is a dict without an {what} key: it has {sorted(map(str, item))}, "
+        f"dataset item {index} is a dict without {'an' if what == 'image' else 'a'} {what} key: it has {sorted(map(str, item))}, "
         f"the defaults are {list(keys)}; pass `{what}_key=` to name it"
     )
 
