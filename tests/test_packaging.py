@@ -97,8 +97,13 @@ def test_a_corrupt_cached_build_is_rebuilt(no_packaged, tmp_path, monkeypatch) -
     if so is None:
         pytest.skip(f"no C compiler here: {how}")
     path = Path(how.rsplit(": ", 1)[1].rstrip(")"))
-    path.write_bytes(b"\x7fELF truncated")  # a killed compile, a full disk
-    # A fresh process (this one keeps the good library mapped under that name).
+    # A killed compile or a full disk left a broken file under that name. It is written beside
+    # it and renamed over it: this process keeps the good library mapped, and truncating that
+    # mapped file in place would crash it with SIGBUS when it next touches the library's pages.
+    broken = path.with_name(path.name + ".broken")
+    broken.write_bytes(b"\x7fELF truncated")
+    os.replace(broken, path)
+    # A fresh process sees the broken file.
     code = (
         "from ff_lightning.augment import _native_load as n\n"
         "n.packaged_library = lambda: None\n"
