@@ -10,7 +10,8 @@ from ``seed`` at construction) and moved to the images' device, so results do no
 on the device and are reproducible. ``RandomErasing`` can instead key each sample's box
 and its per-pixel noise (``value="random"``) by the sample's dataset index, with the
 counter-based generator of :mod:`~ff_lightning.augment.rng`: then a sample is erased the
-same way in any batch, on any route and on any device. On an accelerator no op loops over
+same way in any batch and on any route (and with the same box and the same draws on another
+device type, whose float arithmetic may round the noise's last bit differently). On an accelerator no op loops over
 samples; on the CPU, RandomErasing writes one slice per erased sample (cheaper there than
 whole-batch masks).
 """
@@ -122,7 +123,8 @@ def _box_noise(
     x = (_axis(width, device).view(1, 1, 1, width) - left.unsqueeze(1)).clamp_(min=0)
     c = _axis(ch, device).view(1, ch, 1, 1)
     ctr = rng.ERASE_NOISE_COUNTER + (c * bh + y) * bw + x
-    return rng.normal_from_bits(rng.counter_bits(h_idx, ctr, *noise_keys[1:]), dtype)
+    # float32 as on the CPU path (16-bit uniforms do not survive bfloat16), then cast.
+    return rng.normal_from_bits(rng.counter_bits(h_idx, ctr, *noise_keys[1:])).to(dtype)
 
 
 class RandomErasing:
