@@ -197,3 +197,19 @@ def test_policies_join_chains_and_reprs_read_back() -> None:
     assert isinstance(chain.transforms[1], T.PolicyStage)
     text = repr(chain)
     assert text.startswith("Chain([ColorJitter(brightness=(0.8, 1.2)") and "AugMix(" in text
+
+
+def test_a_quarter_turn_hands_the_next_op_a_contiguous_batch() -> None:
+    """A rotation landing on a quarter turn for every sample returned ``rot90``'s view; a
+    following op that writes its input in place then refused it (found with lightly's
+    ``RandomRotate(prob=1.0)`` before a solarize)."""
+    x = images(4, 3, 12, 12)
+    chain = T.Chain(
+        [
+            from_torchvision(v2.RandomRotation((90, 90))),
+            from_torchvision(v2.RandomSolarize(128.0, p=1.0)),
+        ]
+    )
+    out = chain.apply_batch(x, chain.sample(range(4), epoch=0, seed=0))
+    turned = torch.rot90(x, 1, dims=(-2, -1))
+    assert torch.equal(out, torch.where(turned >= 128, 255 - turned, turned))

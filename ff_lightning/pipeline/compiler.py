@@ -25,6 +25,7 @@ compiled as above. Nothing is dropped or reordered; one warning names each such 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = ["Compiled", "compile_batch_transform", "compile_transform", "flatten"
 
 _TV = ("torchvision.transforms",)
 _TIMM = ("timm.data",)
+_LIGHTLY = ("lightly.transforms",)
 _CONVERSIONS = (
     "ToImage",
     "PILToTensor",
@@ -54,13 +56,31 @@ def _is(t: object, names: Sequence[str] | str, modules: Sequence[str] = _TV + _T
     return type(t).__name__ in names and type(t).__module__.startswith(tuple(modules))
 
 
+def _lightly_wrapper(t: object) -> bool:
+    """lightly's objects that only call the Compose (or transform) they hold as ``.transform``:
+    its view transforms (``SimCLRViewTransform``, ``DINOViewTransform``, ``BYOLView1Transform``,
+    ...), ``ToTensor`` (ToImage + ToDtype) and ``RandomRotateDegrees`` (a RandomApply of
+    RandomRotation)."""
+    cls = type(t)
+    if not cls.__module__.startswith(_LIGHTLY) or not callable(getattr(t, "transform", None)):
+        return False
+    name = cls.__name__
+    return (
+        name in ("ToTensor", "RandomRotateDegrees")
+        or re.search(r"View\d?Transform$", name) is not None
+    )
+
+
 def flatten(transform: Any) -> list[Any]:
     """The transforms in application order: ``Compose`` (v1, v2, timm's) and lists/tuples are
-    opened (timm's ``separate=True`` gives a tuple of three ``Compose``)."""
+    opened (timm's ``separate=True`` gives a tuple of three ``Compose``), and so are lightly's
+    wrappers of a Compose (its per-view transforms, its ``ToTensor``)."""
     if isinstance(transform, (list, tuple)):
         return [t for part in transform for t in flatten(part)]
     if _is(transform, "Compose"):
         return flatten(list(transform.transforms))
+    if _lightly_wrapper(transform):
+        return flatten(transform.transform)
     return [transform]
 
 
@@ -152,6 +172,7 @@ def _routed(t: Any, index: int) -> Any:
     from ff_lightning.augment import build_policy
     from ff_lightning.augment.timm_convert import policy_from_timm
     from ff_lightning.augment.transforms import from_torchvision
+    from ff_lightning.augment.transforms.convert import from_lightly
 
     try:
         if _is(t, ("RandAugment", "TrivialAugmentWide", "AutoAugment", "AugMix"), _TV):
@@ -159,7 +180,7 @@ def _routed(t: Any, index: int) -> Any:
         found = policy_from_timm(t)
         if found is not None:
             return found
-        return from_torchvision(t)
+        return from_torchvision(t) or from_lightly(t)
     except ConfigError as err:
         raise ConfigError(f"transform {index} ({type(t).__name__}): {err}") from None
 

@@ -19,7 +19,7 @@ policy::
 from __future__ import annotations
 
 from ff_lightning.augment.transforms.base import FIRST_STREAM, RoutedTransform
-from ff_lightning.augment.transforms.blur import GaussianBlur
+from ff_lightning.augment.transforms.blur import GaussianBlur, PillowGaussianBlur
 from ff_lightning.augment.transforms.composite import (
     Chain,
     PolicyStage,
@@ -28,7 +28,9 @@ from ff_lightning.augment.transforms.composite import (
     RandomOrder,
 )
 from ff_lightning.augment.transforms.convert import (
+    LIGHTLY_RECOGNISED,
     RECOGNISED,
+    from_lightly,
     from_torchvision,
     unsupported_reason,
 )
@@ -52,10 +54,12 @@ from ff_lightning.augment.transforms.record import Record
 
 __all__ = [
     "FIRST_STREAM",
+    "LIGHTLY_RECOGNISED",
     "RECOGNISED",
     "Chain",
     "ColorJitter",
     "GaussianBlur",
+    "PillowGaussianBlur",
     "PolicyStage",
     "RandomAdjustSharpness",
     "RandomAffine",
@@ -73,6 +77,7 @@ __all__ = [
     "RandomVerticalFlip",
     "Record",
     "RoutedTransform",
+    "from_lightly",
     "from_torchvision",
     "unsupported_reason",
 ]

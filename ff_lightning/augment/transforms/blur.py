@@ -1,4 +1,12 @@
-"""Routed ``GaussianBlur``: one sigma per sample, the kernel size as given."""
+"""Routed Gaussian blurs, one sigma per sample.
+
+- :class:`GaussianBlur`: torchvision's (a sampled Gaussian kernel of the size given, reflect
+  padding);
+- :class:`PillowGaussianBlur`: Pillow's ``ImageFilter.GaussianBlur(radius=sigma)`` (three
+  extended box passes per axis, edges repeated), drawn as lightly's ``GaussianBlur(prob,
+  sigmas)`` draws it. It runs the Pillow-exact box passes the timm policies use
+  (:mod:`ff_lightning.augment.pil_ops`): the same bytes as Pillow on either route.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ff_lightning.augment import pil_ops, rng
 from ff_lightning.augment._device import HostPack
 from ff_lightning.augment.transforms import _kernels
 from ff_lightning.augment.transforms.base import (
     COSTS,
     FIRST_STREAM,
+    GatedTransform,
     RoutedTransform,
     named,
     uniform_in,
@@ -19,7 +29,7 @@ from ff_lightning.augment.transforms.base import (
 from ff_lightning.augment.transforms.record import Record
 from ff_lightning.errors import ConfigError
 
-__all__ = ["TAP_FLOOR", "GaussianBlur"]
+__all__ = ["TAP_FLOOR", "GaussianBlur", "PillowGaussianBlur"]
 
 #: Taps below this weight are set to zero: below float32's resolution of the kernel's unit
 #: sum, so dropping them moves an output by at most ~1e-5 levels (measured mean absolute
@@ -119,3 +129,56 @@ class GaussianBlur(RoutedTransform):
 
     def _extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, sigma={self.sigma}"
+
+
+class PillowGaussianBlur(GatedTransform):
+    """Pillow's ``ImageFilter.GaussianBlur(radius=sigma)`` with probability ``p`` per sample,
+    ``sigma`` uniform in ``sigmas``: lightly's ``GaussianBlur(prob=p, sigmas=sigmas)``.
+
+    Record: ``applied`` bool ``[B]`` and ``sigma`` float32 ``[B]`` (Pillow takes the radius as
+    a C float). Pillow's box passes on both routes, so a sample's pixels equal
+    ``image.filter(ImageFilter.GaussianBlur(sigma))`` for its drawn sigma.
+    """
+
+    num_draws = 2
+
+    def __init__(
+        self,
+        sigmas: float | Sequence[float] = (0.2, 2.0),
+        p: float = 0.5,
+        *,
+        stream: int = FIRST_STREAM,
+    ) -> None:
+        super().__init__(p, stream=stream)
+        with named(self.name):
+            if isinstance(sigmas, (int, float)) and not isinstance(sigmas, bool):
+                sigmas = (sigmas, sigmas)
+            try:
+                lo, hi = (float(v) for v in sigmas)  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise ConfigError(f"`sigmas` must be a pair (min, max), got {sigmas!r}") from None
+            if not 0.0 <= lo <= hi < float("inf"):
+                raise ConfigError(
+                    f"`sigmas` must be (min, max) with 0 <= min <= max, got {sigmas!r}"
+                )
+            self.sigmas = (lo, hi)
+
+    @property
+    def unit_cost(self) -> float:  # type: ignore[override]
+        return pil_ops.COST["GaussianBlur"]
+
+    def _sample(self, idx: Tensor, words: Tensor, epoch: int, seed: int) -> Record:
+        applied = rng.bits_to_uniform(words[:, 0], torch.float64) < self.p
+        sigma = uniform_in(words[:, 1], *self.sigmas)
+        return Record({"applied": applied, "sigma": sigma}, len(idx))
+
+    def _apply_rows(self, x: Tensor, rows: Tensor, rec: Record) -> Tensor:
+        blur_op = pil_ops.OP_ID["GaussianBlur"]
+        sigmas = rec["sigma"].tolist()  # host record
+        calls = [(pil_ops.OP_ID["Identity"], (), 0)] * len(rec)
+        for i in rows.tolist():
+            calls[i] = (blur_op, (sigmas[i],), 0)
+        return pil_ops.apply_slot(x, x, calls, fill=(0,))
+
+    def _extra_repr(self) -> str:
+        return f"sigmas={self.sigmas}, p={self.p}"

@@ -33,7 +33,13 @@ from ff_lightning.augment.transforms import blur, composite, geometric, jitter, 
 from ff_lightning.augment.transforms.base import RoutedTransform
 from ff_lightning.errors import ConfigError
 
-__all__ = ["RECOGNISED", "from_torchvision", "unsupported_reason"]
+__all__ = [
+    "LIGHTLY_RECOGNISED",
+    "RECOGNISED",
+    "from_lightly",
+    "from_torchvision",
+    "unsupported_reason",
+]
 
 _PIL_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming", 1: "lanczos"}
 
@@ -188,3 +194,46 @@ def unsupported_reason(transform: object, *, value_scale: float = 1.0) -> str | 
             if why is not None:
                 return f"`{name}` member {i}: {why}"
     return None
+
+
+# ==================================================================== lightly's own ops
+def _lightly_rotate(t: Any) -> RoutedTransform:
+    # lightly's RandomRotate: F.rotate(image, angle) (nearest, expand=False, fill 0) with
+    # probability prob; a quarter turn of a square image is exact on both routes.
+    angle = float(t.angle)
+    turn = geometric.RandomRotation((angle, angle), interpolation="nearest")
+    return composite.RandomApply([turn], p=t.prob)
+
+
+_LIGHTLY_BUILDERS: dict[str, Callable[[Any], RoutedTransform]] = {
+    "GaussianBlur": lambda t: blur.PillowGaussianBlur(t.sigmas, p=t.prob),
+    "RandomSolarization": lambda t: pointwise.RandomSolarize(t.threshold, p=t.prob),
+    "RandomRotate": _lightly_rotate,
+}
+
+#: lightly's own per-sample ops :func:`from_lightly` recognises (its view transforms,
+#: ``ToTensor`` and ``RandomRotateDegrees`` are opened by the compiler: their parts are
+#: torchvision's).
+LIGHTLY_RECOGNISED: tuple[str, ...] = tuple(_LIGHTLY_BUILDERS)
+
+
+def from_lightly(transform: object) -> RoutedTransform | None:
+    """The routed transform for one of lightly's own ops (``lightly.transforms``'
+    ``GaussianBlur``: Pillow's blur, a sigma per sample; ``RandomSolarization``: Pillow's
+    solarize; ``RandomRotate``: a fixed-angle turn), drawn with lightly's laws; ``None`` for
+    anything else. lightly is never imported: the class is recognised by name and module.
+
+    Raises:
+        ConfigError: an argument the kernels cannot take, naming the transform.
+    """
+    cls = type(transform)
+    name = cls.__name__
+    if name not in _LIGHTLY_BUILDERS or not cls.__module__.startswith("lightly.transforms"):
+        return None
+    try:
+        return _LIGHTLY_BUILDERS[name](transform)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(
+            msg if msg.startswith(f"{name}") else f"lightly's {name}: {msg}"
+        ) from None

@@ -365,7 +365,10 @@ class RandomRotation(_AffineBase):
                 quarter.setdefault(k, []).append(i)
         for k, rows in quarter.items():
             x = run_rows(
-                lambda part, k=k: torch.rot90(part, k, dims=(-2, -1)), x, torch.tensor(rows)
+                # contiguous: rot90 is a view, and the next op may write its input in place
+                lambda part, k=k: torch.rot90(part, k, dims=(-2, -1)).contiguous(),
+                x,
+                torch.tensor(rows),
             )
         if warped:
             center = self._center_f(height, width)
