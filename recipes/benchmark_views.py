@@ -12,6 +12,11 @@ synthetic images (``--source-size`` px JPEGs), in ``--rounds`` interleaved round
 - ``torchvision``: a Dataset running torchvision's transforms on PIL view by view (DINOv2's
   ``DataAugmentationDINO``, SimCLR's two views), DINOv2's collate.
 
+``--case simclr_lightly`` / ``dino_lightly`` (run by ``all`` when lightly is installed) hand
+lightly's own ``SimCLRTransform`` / ``DINOTransform`` (lightly's defaults, the sizes above) to
+both: ``ours`` is ``Pipeline(views=<the lightly object>)``, ``lightly`` a Dataset calling the
+object per sample, as lightly's datasets do.
+
 ``--memory`` also measures the peak working memory of one worker per output pixel, for the
 multi-view pipeline and the single-view pipeline of its first view. The report is printed and
 written as JSON (``--out``, default ``benchmark_views.json`` in the working directory); the
@@ -36,21 +41,25 @@ from torch.utils.data import DataLoader
 
 from ff_lightning.app.bench.views import (
     CASES,
+    LIGHTLY_CASES,
     BaselineDataset,
+    ListViews,
     baseline_augmentation,
     collate_crops,
     interleaved,
+    lightly_transform,
     loader_rate,
     our_views,
     worker_memory,
 )
 from ff_lightning.pipeline import Pipeline
+from ff_lightning.pipeline.views import parse_views
 from ff_lightning.sources import build_source
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--case", choices=(*CASES, "all"), default="all")
+    p.add_argument("--case", choices=(*CASES, *LIGHTLY_CASES, "all"), default="all")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--batches", type=int, default=4, help="timed batches per round")
     p.add_argument("--batch-size", type=int, default=32)
@@ -69,7 +78,12 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _case(case: str, args: argparse.Namespace, source: Any) -> dict[str, Any]:
     sizes = (args.global_size, args.local_size, args.n_local)
-    views = our_views(case, *sizes)
+    if case in LIGHTLY_CASES:
+        views: Any = lightly_transform(case, *sizes)
+        baseline, augmentation = "lightly", ListViews(views)
+    else:
+        views = our_views(case, *sizes)
+        baseline, augmentation = "torchvision", baseline_augmentation(case, *sizes)
     pipe = Pipeline(
         source,
         views=views,
@@ -79,14 +93,14 @@ def _case(case: str, args: argparse.Namespace, source: Any) -> dict[str, Any]:
         seed=0,
         ratio=args.ratio,
     )
-    theirs = BaselineDataset(source, baseline_augmentation(case, *sizes))
+    theirs = BaselineDataset(source, augmentation)
 
     def ours() -> float:
         return loader_rate(
             pipe.train_loader, args.batches, args.batch_size, lambda b: pipe.transfer(b, "cpu")
         )
 
-    def torchvision() -> float:
+    def baseline_rate() -> float:
         def make() -> DataLoader:
             return DataLoader(
                 theirs,
@@ -99,12 +113,13 @@ def _case(case: str, args: argparse.Namespace, source: Any) -> dict[str, Any]:
         return loader_rate(make, args.batches, args.batch_size, None)
 
     print(f"  {case}: {pipe.describe()}", flush=True)
-    result = interleaved({"ours": ours, "torchvision": torchvision}, args.rounds)
-    print(f"  {case}: ours / torchvision = {result['ours_over_torchvision']:.2f}x", flush=True)
+    result = interleaved({"ours": ours, baseline: baseline_rate}, args.rounds)
+    ratio = result[f"ours_over_{baseline}"]
+    print(f"  {case}: ours / {baseline} = {ratio:.2f}x", flush=True)
     if args.memory:
         single = Pipeline(
             source,
-            transform=views[0][1],
+            transform=parse_views(views).groups[0].transform,
             batch_size=args.batch_size,
             num_workers=args.workers,
             device_decode=False,
@@ -127,6 +142,14 @@ def _case(case: str, args: argparse.Namespace, source: Any) -> dict[str, Any]:
     return result
 
 
+def _has_lightly() -> bool:
+    try:
+        import lightly.transforms  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _args(argv)
     torch.set_num_threads(1)  # the main process: one thread (the workers are single-threaded)
@@ -143,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {k: str(v) for k, v in vars(args).items()},
         "cases": {},
     }
-    for case in CASES if args.case == "all" else (args.case,):
+    cases: tuple[str, ...] = (args.case,)
+    if args.case == "all":
+        cases = CASES + (LIGHTLY_CASES if _has_lightly() else ())
+    for case in cases:
         report["cases"][case] = _case(case, args, source)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"report: {args.out}")

@@ -154,7 +154,12 @@ def test_views_benchmark_short_run(tmp_path: Path) -> None:
             "--train-per-class", "4", "--workers", "0", "--memory", "--out", str(out),
         ]
     )  # fmt: skip
-    assert json.loads(out.read_text())["cases"].keys() == {"dino", "simclr"}
-    for case in report["cases"].values():
-        assert case["ours_over_torchvision"] > 0
+    # with lightly installed, "all" also runs lightly's own SimCLRTransform / DINOTransform
+    expected = {"dino", "simclr"} | (
+        {"simclr_lightly", "dino_lightly"} if bv._has_lightly() else set()
+    )
+    assert json.loads(out.read_text())["cases"].keys() == expected
+    for name, case in report["cases"].items():
+        baseline = "lightly" if name.endswith("_lightly") else "torchvision"
+        assert case[f"ours_over_{baseline}"] > 0
         assert case["memory"]["per_pixel_ratio"] > 0

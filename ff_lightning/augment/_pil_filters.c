@@ -84,30 +84,54 @@ void ff_pil_sharpness(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t
     free(line);
 }
 
-/* One of Pillow's box passes on a line of n values with stride `step` (ImagingLineBoxBlur8):
- * out[i] = (sum(in[i-r..i+r]) ww + (in[i-r-1] + in[i+r+1]) fw + 2**23) >> 24, positions
- * clamped to the line. `tmp` holds the input (the pass may write over it). */
-static void box_line(uint8_t *line, int64_t n, int64_t step, int64_t r, uint32_t ww, uint32_t fw,
-                     uint8_t *tmp) {
-    for (int64_t i = 0; i < n; ++i) tmp[i] = line[i * step];
+/* `passes` of Pillow's box pass (ImagingLineBoxBlur8) down every column of the n x m plane `a`
+ * at once: out[i] = (sum(in[i-r..i+r]) ww + (in[i-r-1] + in[i+r+1]) fw + 2**23) >> 24, row
+ * positions clamped to the plane. The work goes a row at a time along memory (the inner loops
+ * vectorise), each pass from one buffer into the other; returns the buffer holding the result
+ * (`a` or `b`). `acc`: m uint32. The integer arithmetic is Pillow's, so the bytes are its. */
+static uint8_t *box_columns(uint8_t *a, uint8_t *b, int64_t n, int64_t m, int64_t r, uint32_t ww,
+                            uint32_t fw, uint32_t *acc) {
     int64_t last = n - 1;
-    /* window of position -1: [-r-1, r-1], clamped */
-    uint32_t acc = 0;
-    for (int64_t k = -r - 1; k <= r - 1; ++k) acc += tmp[clampi(k, last)];
-    for (int64_t i = 0; i < n; ++i) {
-        acc += tmp[clampi(i + r, last)];
-        acc -= tmp[clampi(i - r - 1, last)];
-        uint32_t bulk = acc * ww + (tmp[clampi(i - r - 1, last)] + tmp[clampi(i + r + 1, last)]) * fw;
-        line[i * step] = (uint8_t)((bulk + (1u << 23)) >> 24);
+    for (int pass = 0; pass < 3; ++pass) {
+        /* the window of position -1: rows [-r-1, r-1], clamped */
+        memset(acc, 0, (size_t)m * sizeof(uint32_t));
+        for (int64_t k = -r - 1; k <= r - 1; ++k) {
+            const uint8_t *row = a + clampi(k, last) * m;
+            for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            const uint8_t *add = a + clampi(i + r, last) * m;
+            const uint8_t *sub = a + clampi(i - r - 1, last) * m;
+            const uint8_t *far = a + clampi(i + r + 1, last) * m;
+            uint8_t *out = b + i * m;
+            for (int64_t j = 0; j < m; ++j) {
+                uint32_t s = acc[j] + (uint32_t)add[j] - (uint32_t)sub[j];
+                acc[j] = s;
+                out[j] = (uint8_t)((s * ww + ((uint32_t)sub[j] + (uint32_t)far[j]) * fw +
+                                    (1u << 23)) >> 24);
+            }
+        }
+        uint8_t *t = a;
+        a = b;
+        b = t;
     }
+    return a;
 }
 
-/* ImageFilter.GaussianBlur: three horizontal passes, then three vertical ones, per sample its
- * (r, ww, fw) (weights[3j..3j+2]; ww == 0: a copy). */
+static void transpose(const uint8_t *src, uint8_t *dst, int64_t n, int64_t m) {
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < m; ++j) dst[j * n + i] = src[i * m + j];
+}
+
+/* ImageFilter.GaussianBlur: three horizontal passes, then three vertical ones (each rounded to
+ * uint8, as Pillow's), per sample its (r, ww, fw) (weights[3j..3j+2]; ww == 0: a copy). The
+ * horizontal passes run down the columns of the transposed plane. */
 void ff_pil_box_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
                      int64_t H, int64_t W, const int64_t *weights) {
     int64_t P = H * W;
-    uint8_t *tmp = (uint8_t *)malloc((size_t)((H > W ? H : W) + 1));
+    uint8_t *t1 = (uint8_t *)malloc((size_t)(2 * P));
+    uint8_t *t2 = t1 + P;
+    uint32_t *acc = (uint32_t *)malloc((size_t)(H > W ? H : W) * sizeof(uint32_t));
     for (int64_t j = 0; j < n; ++j) {
         const uint8_t *s = src + ROW(j) * C * P;
         uint8_t *d = dst + ROW(j) * C * P;
@@ -117,13 +141,15 @@ void ff_pil_box_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t 
         if (ww == 0) continue;
         for (int64_t c = 0; c < C; ++c) {
             uint8_t *plane = d + c * P;
-            for (int pass = 0; pass < 3; ++pass)
-                for (int64_t y = 0; y < H; ++y) box_line(plane + y * W, W, 1, r, ww, fw, tmp);
-            for (int pass = 0; pass < 3; ++pass)
-                for (int64_t x = 0; x < W; ++x) box_line(plane + x, H, W, r, ww, fw, tmp);
+            transpose(plane, t1, H, W); /* W x H: the rows' values down its columns */
+            uint8_t *done = box_columns(t1, t2, W, H, r, ww, fw, acc);
+            transpose(done, plane, W, H);
+            done = box_columns(plane, t1, H, W, r, ww, fw, acc);
+            if (done != plane) memcpy(plane, done, (size_t)P);
         }
     }
-    free(tmp);
+    free(acc);
+    free(t1);
 }
 
 /* The sum of each row's "L" values (Pillow's ITU-R 601-2 conversion, rounded), for Contrast. */

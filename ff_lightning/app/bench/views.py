@@ -37,8 +37,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
+    "LIGHTLY_CASES",
     "BaselineDataset",
+    "ListViews",
     "baseline_augmentation",
+    "lightly_transform",
     "loader_rate",
     "our_views",
     "worker_memory",
@@ -46,6 +49,39 @@ __all__ = [
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CASES = ("dino", "simclr")
+#: The cases whose pipeline is lightly's own object, handed to both loaders unchanged.
+LIGHTLY_CASES = ("simclr_lightly", "dino_lightly")
+
+
+def lightly_transform(case: str, global_size: int, local_size: int, n_local: int) -> Any:
+    """lightly's ``SimCLRTransform(input_size=global_size)`` or ``DINOTransform(global_crop_size,
+    local_crop_size, n_local_views)`` with lightly's defaults otherwise; lightly must be
+    installed (``pip install lightly``)."""
+    try:
+        from lightly.transforms import DINOTransform, SimCLRTransform
+    except ImportError as err:
+        raise SystemExit(
+            f"error: case {case!r} runs lightly's own transform: pip install lightly ({err})"
+        ) from None
+    if case == "simclr_lightly":
+        return SimCLRTransform(input_size=global_size)
+    return DINOTransform(
+        global_crop_size=global_size, local_crop_size=local_size, n_local_views=n_local
+    )
+
+
+class ListViews:
+    """A multi-view object returning a list (lightly's) as the baseline's dict of crops, the
+    views grouped by size (DINO's global views, then its local ones), as lightly collates."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any) -> dict[str, list[torch.Tensor]]:
+        crops: dict[str, list[torch.Tensor]] = {}
+        for view in self.transform(image):
+            crops.setdefault(f"{view.shape[-1]}px", []).append(view)
+        return crops
 
 
 # ==================================================================== the two ways
