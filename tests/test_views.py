@@ -20,7 +20,7 @@ import torch
 
 from ff_lightning import FusionDataModule
 from ff_lightning.pipeline import Pipeline
-from ff_lightning.pipeline.batch import RawBatch, RoutedBatch, ViewsRoute
+from ff_lightning.pipeline.batch import RawBatch, RoutedBatch, StepStats, ViewsRoute
 from ff_lightning.pipeline.device.memory import MemoryGuard
 from ff_lightning.pipeline.views import view_seed
 from ff_lightning.pipeline.worker.views import view_weights
@@ -179,6 +179,43 @@ def test_memory_guard_budgets_every_group() -> None:
     assert guards[0] is pipe.stage.guard and len({id(g) for g in guards}) == 3
     assert [g.last_chunk for g in guards] == [2, 2, 12]  # 8 = 3 + 3 + 2; 24 = 12 + 12
     assert all(g.cpu_fallback_samples == 0 for g in guards) and pipe.stage.ratio_cap is None
+
+
+class _FakeOOM(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError on a machine without CUDA."""
+
+
+def test_out_of_memory_in_any_group_is_counted_in_the_metrics() -> None:
+    """``fusionflow/oom_events`` adds up every view group's guard, not only the first's."""
+    from ff_lightning.frontends.session import step_metrics
+
+    pipe = _pipeline(dino_groups(n_local=3))
+    want = _views(pipe, 0.0)
+    guard = MemoryGuard(
+        FakeProbe(free=1 << 40, reserved=0),
+        reserve_mb=0,
+        oom_errors=(_FakeOOM,),
+        empty_cache=lambda: None,
+    )
+    pipe.stage.guard = guard
+    local = pipe.stage.groups[2].routed.policy
+    real = local.apply_batch
+
+    def tight(images, record):  # the local views run out of memory above 6 images at once
+        if images.shape[0] > 6:
+            raise _FakeOOM("out of memory")
+        return real(images, record)
+
+    local.apply_batch = tight
+    got = _views(pipe, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    guards = pipe.stage.augment_guards()
+    assert len(guards) == 3 and guards[0] is guard
+    assert guard.oom_events == 0 and guards[2].oom_events > 0
+    stats = StepStats(batch_size=len(INDICES), ratio=1.0)
+    metrics = step_metrics(1.0, stats, guard, augment_guards=guards)
+    assert metrics["fusionflow/oom_events"] == guards[2].oom_events
+    assert step_metrics(1.0, stats, guard)["fusionflow/oom_events"] == 0  # the first alone
 
 
 # ---------------------------------------------------------------- the batch

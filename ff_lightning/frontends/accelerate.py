@@ -410,6 +410,7 @@ class FusionAccelerate:
                 self.session.guard,
                 self.controller.workers,
                 self.session.decode_fallbacks,
+                self.session.augment_guards(),
             )
             if self.log_fn is not None and is_main(self.accelerator):
                 self.log_fn(self.last_metrics, step=self.global_step)

@@ -249,6 +249,7 @@ class FusionFlow(*CALLBACK_BASES):  # type: ignore[misc]
             self.session.guard,
             self.controller.workers,
             self.session.decode_fallbacks,
+            self.session.augment_guards(),
         )
         util = probe_sample(self.session.guard.probe if self.session.guard else None)["gpu_util"]
         if util is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -34,10 +34,13 @@ def step_metrics(
     guard: Any,
     workers: int | None = None,
     decode_fallbacks: int | None = None,
+    augment_guards: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """The per-step ``fusionflow/*`` metrics (times in ms, memory in MiB) of one measured step;
     ``fusionflow/workers`` when the controller chooses the worker count (``workers``) and
-    ``fusionflow/decode_fallbacks`` when the device decodes (``decode_fallbacks``)."""
+    ``fusionflow/decode_fallbacks`` when the device decodes (``decode_fallbacks``). The memory
+    figures come from ``guard``'s probe; the out-of-memory and fallback counts add up
+    ``augment_guards`` (every view group's; default: ``guard`` alone)."""
     metrics = {
         "fusionflow/ratio": ratio,
         "fusionflow/data_wait_ms": stats.data_wait_s * 1e3,
@@ -61,9 +64,10 @@ def step_metrics(
             metrics["fusionflow/reserved_mb"] = probe.reserved_bytes() * mb
             metrics["fusionflow/allocated_mb"] = probe.allocated_bytes() * mb
             metrics["fusionflow/peak_allocated_mb"] = probe.peak_allocated_bytes() * mb
-        metrics["fusionflow/oom_events"] = float(getattr(guard, "oom_events", 0))
+        counted = list(augment_guards) if augment_guards else [guard]
+        metrics["fusionflow/oom_events"] = float(sum(getattr(g, "oom_events", 0) for g in counted))
         metrics["fusionflow/cpu_fallback_samples"] = float(
-            getattr(guard, "cpu_fallback_samples", 0)
+            sum(getattr(g, "cpu_fallback_samples", 0) for g in counted)
         )
     return metrics
 
@@ -108,6 +112,12 @@ class FusionSession:
     @property
     def ratio(self) -> float:
         return float(self.controller.ratio)
+
+    def augment_guards(self) -> list[Any]:
+        """The attached pipeline's augmentation guards (all view groups'), for the metrics."""
+        if self.pipeline is None:
+            return [self.guard] if self.guard is not None else []
+        return list(self.pipeline.stage.augment_guards())
 
     def attach(self, pipeline: Any, device: torch.device) -> str | None:
         """Give ``pipeline``'s device stage a memory guard for ``device``; route with the

@@ -146,6 +146,11 @@ class DeviceStage:
             self._decode_guard = (guard, dg)
         return self._decode_guard[1]
 
+    def augment_guards(self) -> list[Any]:
+        """The memory guards that chunk the augmentation (this stage's; a multi-view stage adds
+        one per further view group): what ``fusionflow/oom_events`` adds up."""
+        return [self._guard] if self._guard is not None else []
+
     @property
     def ratio_cap(self) -> float | None:
         """The lowest device share a memory guard suggested after running out of memory, for

@@ -96,6 +96,13 @@ class ViewsStage(DeviceStage):
             )
         return own[g]
 
+    def augment_guards(self) -> list[Any]:
+        """The stage's guard and those of the further view groups made for it."""
+        guards = super().augment_guards()
+        if self._view_guards is not None and self._view_guards[0] is self._guard:
+            guards += list(self._view_guards[1].values())
+        return guards
+
     @property
     def ratio_cap(self) -> float | None:
         """The lowest device share any group's guard suggested after running out of memory."""
