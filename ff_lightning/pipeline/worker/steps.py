@@ -285,13 +285,15 @@ def geometry_batch(
         )
     u = rng.uniform(seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64)
     if geo.crop == "random_resized" and all(isinstance(im, Image.Image) for im in loaded):
-        out = _random_resized_pil(loaded, geo, u.tolist(), seed=seed, epoch=epoch, indices=idx)
-    else:
-        images = [
-            user_image(geometry_one(im, geo, row, seed=seed, epoch=epoch, index=i), i, geo)
-            for im, row, i in zip(loaded, u.tolist(), idx, strict=True)
-        ]
-        out = torch.stack(images)
+        mirror = flip_flags(seed, epoch, indices, geo.flip_p).tolist() if geo.flip_p else None
+        return _random_resized_pil(
+            loaded, geo, u.tolist(), seed=seed, epoch=epoch, indices=idx, flips=mirror
+        )
+    images = [
+        user_image(geometry_one(im, geo, row, seed=seed, epoch=epoch, index=i), i, geo)
+        for im, row, i in zip(loaded, u.tolist(), idx, strict=True)
+    ]
+    out = torch.stack(images)
     if geo.flip_p and len(idx):
         flips = flip_flags(seed, epoch, indices, geo.flip_p).nonzero().squeeze(1)
         if flips.numel():
@@ -307,12 +309,14 @@ def _random_resized_pil(
     seed: int,
     epoch: int,
     indices: Sequence[int],
+    flips: Sequence[bool] | None = None,
 ) -> torch.Tensor:
     """:func:`geometry_one`'s random resized crop of PIL images (torchvision's PIL kernel:
-    crop, then resize with the geometry's filter), written into one channels-last buffer and
-    transposed once for the batch, without a tensor per image: uint8 ``[B, C, S, S]``."""
-    size, n = geo.size, len(images)
-    hwc = np.empty((n, size, size, geo.channels), dtype=np.uint8)
+    crop, then resize with the geometry's filter), each written straight into one planar batch
+    buffer, band by band (Pillow packs a band contiguously: no per-image tensor and no strided
+    channels-last transpose), mirrored on the way where ``flips`` says: uint8 ``[B, C, S, S]``."""
+    size, n, c = geo.size, len(images), geo.channels
+    chw = np.empty((n, c, size, size), dtype=np.uint8)
     for j, (image, row, index) in enumerate(zip(images, u, indices, strict=True)):
         top, left, h, w = random_resized_crop_box(
             image.height, image.width, row, geo.crop_scale, geo.crop_ratio
@@ -320,11 +324,19 @@ def _random_resized_pil(
         out = image.crop((left, top, left + w, top + h))
         if (h, w) != (size, size):  # torchvision returns the crop itself at the output size
             out = out.resize((size, size), _PIL_FILTERS[_interp(geo, index, seed, epoch)])
+        bands = out.getbands()
+        if out.size == (size, size) and out.mode in ("RGB", "L") and len(bands) == c:
+            for k, band in enumerate(bands):
+                plane = np.frombuffer(out.tobytes("raw", band), dtype=np.uint8)
+                plane = plane.reshape(size, size)
+                chw[j, k] = plane[:, ::-1] if flips and flips[j] else plane
+            continue
         arr = np.asarray(out)
-        if arr.shape[:2] != (size, size) or arr.size != size * size * geo.channels:
+        if arr.shape[:2] != (size, size) or arr.size != size * size * c:
             user_image(out, index, geo)  # raises the error that names the item
-        hwc[j] = arr.reshape(size, size, geo.channels)
-    return torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+        arr = arr.reshape(size, size, c).transpose(2, 0, 1)
+        chw[j] = arr[:, :, ::-1] if flips and flips[j] else arr
+    return torch.from_numpy(chw)
 
 
 def apply_cpu_share(
