@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ff_lightning.augment import _native
 
-__all__ = ["affine", "box_blur", "color", "lib", "luma_sum", "sharpness"]
+__all__ = [
+    "RESIZE_FILTERS",
+    "affine",
+    "box_blur",
+    "color",
+    "lib",
+    "luma_sum",
+    "resize_crop",
+    "sharpness",
+]
 
 _state: dict[str, object] = {"lib": None, "so": None}
 
@@ -36,6 +46,9 @@ class _Libraries:
         self.ff_pil_box_blur.argtypes = [p, p, i64, p, i64, i64, i64, p]
         self.ff_pil_luma_sum = so.ff_pil_luma_sum
         self.ff_pil_luma_sum.argtypes = [p, i64, p, i64, i64, p]
+        self.ff_pil_resize = so.ff_pil_resize
+        self.ff_pil_resize.argtypes = [p, i64, i64, i64, i64, p, i64, i64, i64, i64, i64]
+        self.ff_pil_resize.restype = ctypes.c_int
         for fn in (self.ff_pil_affine, self.ff_pil_color, self.ff_pil_sharpness):
             fn.restype = None
         self.ff_pil_box_blur.restype = self.ff_pil_luma_sum.restype = None
@@ -171,3 +184,81 @@ def luma_sum(src: Tensor, rows: Tensor) -> Tensor:
         out.data_ptr(),
     )
     return out
+
+
+#: Pillow's filter ids :func:`resize_crop` runs (``Image.BILINEAR``, ``Image.BICUBIC``).
+RESIZE_FILTERS = frozenset({2, 3})
+
+
+def resize_crop(
+    image: np.ndarray,
+    box: tuple[int, int, int, int],
+    out: np.ndarray,
+    resample: int,
+    *,
+    mirror: bool = False,
+) -> bool:
+    """``image.crop(box).resize(out size, resample)`` of Pillow (bilinear or bicubic), written
+    planar into ``out`` (uint8 ``[C, S_h, S_w]``, C-contiguous), mirrored left to right when
+    ``mirror``. ``image``: the decoded image as a C-contiguous uint8 ``[H, W, C]`` (or
+    ``[H, W]``) array; ``box``: ``(left, top, right, bottom)`` inside it. ``False`` when the
+    native library is not loaded or is out of memory (nothing written: run Pillow)."""
+    so = lib()
+    if so is None or resample not in RESIZE_FILTERS:
+        return False
+    c = 1 if image.ndim == 2 else int(image.shape[2])
+    height, width = int(image.shape[0]), int(image.shape[1])
+    left, top, right, bottom = (int(v) for v in box)
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise ValueError(f"crop box {box} is not inside the {width}x{height} image")
+    if not (image.flags.c_contiguous and out.flags.c_contiguous and out.shape[0] == c):
+        raise ValueError("`image` and `out` must be C-contiguous with the same channel count")
+    stride = width * c
+    start = image.ctypes.data + top * stride + left * c
+    order = _pillow_order()
+    if order is None:
+        return False
+    status = so.ff_pil_resize(
+        start,
+        stride,
+        bottom - top,
+        right - left,
+        c,
+        out.ctypes.data,
+        int(out.shape[1]),
+        int(out.shape[2]),
+        int(resample),
+        int(bool(mirror)),
+        order,
+    )
+    return status == 0
+
+
+def _pillow_order() -> int | None:
+    """Which order of passes the installed Pillow uses: 1 when it runs the vertical pass first
+    for heights shrinking more than twice the width (Pillow 13), 0 when it always starts
+    horizontally (earlier releases), ``None`` when the native loop matches neither (then Pillow
+    resizes). Found once per process on a small probe image whose result tells them apart."""
+    if "order" not in _state:
+        _state["order"] = _probe_order()
+    return _state["order"]  # type: ignore[return-value]
+
+
+def _probe_order() -> int | None:
+    from PIL import Image
+
+    so = lib()
+    if so is None:
+        return None
+    probe = (np.arange(10 * 5 * 3, dtype=np.int64) * 97 % 251).astype(np.uint8)
+    probe = probe.reshape(10, 5, 3)
+    want = np.asarray(Image.fromarray(probe, "RGB").resize((7, 4), Image.BICUBIC))
+    want = np.ascontiguousarray(want.transpose(2, 0, 1))
+    for order in (1, 0):
+        out = np.empty((3, 4, 7), dtype=np.uint8)
+        status = so.ff_pil_resize(
+            probe.ctypes.data, 15, 10, 5, 3, out.ctypes.data, 4, 7, 3, 0, order
+        )
+        if status == 0 and np.array_equal(out, want):
+            return order
+    return None

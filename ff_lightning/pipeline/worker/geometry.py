@@ -7,8 +7,9 @@ design), in one vectorised call per batch, so they do not depend on which worker
 or which route a sample takes.
 
 Cost per sample (the stock pipeline's ``RandomResizedCrop`` + flip on PIL is the yardstick):
-one PIL ``resize`` with a source box (crop and resize in one pass, no intermediate image),
-one copy of the result into the batch buffer, and a batched flip.
+the crop and resize of torchvision's PIL kernel run by the native loop with Pillow's arithmetic
+(the same bytes, written planar into the batch buffer, no intermediate image), and a batched
+flip.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ff_lightning.augment import rng
+from ff_lightning.augment import _pil_native, rng
 from ff_lightning.pipeline.worker.items import channels_of, to_uint8_chw
 
 __all__ = [
@@ -142,35 +143,29 @@ def crop_into(
     images: Sequence[torch.Tensor | Image.Image],
     boxes: Sequence[tuple[int, int, int, int]],
 ) -> None:
-    """Crop ``images[j]`` to ``boxes[j]`` and resize it into ``out[positions[j]]`` (no flip).
-
-    PIL images take one PIL ``resize`` with a source box; tensors torchvision's antialiased
-    ``resized_crop``.
-    """
+    """Crop ``images[j]`` to ``boxes[j]`` and resize it into ``out[positions[j]]`` (no flip),
+    as torchvision's ``resized_crop`` (bilinear, antialiased) does: PIL images are cropped, then
+    resized by Pillow (by the native loop with Pillow's arithmetic when it is loaded: the same
+    bytes, written straight into ``out``); tensors take the tensor kernel. ``out`` must be
+    contiguous."""
     size = int(out.shape[-1])
-    n = len(positions)
-    if n == 0:
-        return
-    # PIL results land channels-last in one buffer and are transposed once for the batch.
-    hwc: torch.Tensor | None = None
-    pil_rows: list[int] = []
-    for j, (p, image, (top, left, h, w)) in enumerate(zip(positions, images, boxes, strict=True)):
-        if isinstance(image, Image.Image):
-            if hwc is None:
-                hwc = torch.empty(n, size, size, int(out.shape[1]), dtype=torch.uint8)
-            res = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-            hwc[j].numpy()[...] = np.asarray(res).reshape(size, size, -1)
-            pil_rows.append(j)
-        else:
+    channels = int(out.shape[1])
+    for p, image, (top, left, h, w) in zip(positions, images, boxes, strict=True):
+        if not isinstance(image, Image.Image):
             out[p] = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-    if hwc is None:
-        return
-    if len(pil_rows) == n and list(positions) == list(range(int(out.shape[0]))):
-        out.copy_(hwc.permute(0, 3, 1, 2))
-    else:
-        rows = torch.tensor(pil_rows)
-        dest = torch.tensor([positions[j] for j in pil_rows])
-        out[dest] = hwc[rows].permute(0, 3, 1, 2)
+            continue
+        box = (left, top, left + w, top + h)
+        dst = out[p].numpy()
+        if (
+            image.mode in ("RGB", "L")
+            and len(image.getbands()) == channels
+            and _pil_native.resize_crop(np.asarray(image), box, dst, Image.BILINEAR)
+        ):
+            continue
+        res = image.crop(box)
+        if (h, w) != (size, size):
+            res = res.resize((size, size), Image.BILINEAR)
+        dst[...] = np.asarray(res).reshape(size, size, channels).transpose(2, 0, 1)
 
 
 # EXIF orientation (tag 0x0112) -> the tensor ops that undo it, as PIL.ImageOps.exif_transpose

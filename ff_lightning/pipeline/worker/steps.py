@@ -5,8 +5,9 @@ own transforms it keeps.
   random resized crop (torchvision's and timm's), resize + centre crop, (resize +) random crop
   with padding, a plain resize, or nothing (the image already has its size), then a horizontal
   flip with probability ``hflip``. Every random choice is drawn from ``(seed, epoch, index)``.
-  The random resized crop with bilinear resampling has a batched fast path
-  (:func:`~ff_lightning.pipeline.worker.geometry.train_geometry_batch`); the others run per
+  The random resized crop of PIL images (bilinear or bicubic) runs the native loop with
+  Pillow's arithmetic, straight into the planar batch; tensors take
+  :func:`~ff_lightning.pipeline.worker.geometry.train_geometry_batch`; the other crops run per
   sample through torchvision's functional kernels (PIL images stay PIL until the end).
 - :class:`WorkerTransforms` holds transforms the compiler could not place elsewhere (an
   unknown transform, and every transform before it): the worker runs the user's own objects per
@@ -28,7 +29,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ff_lightning.augment import rng
+from ff_lightning.augment import _pil_native, rng
 from ff_lightning.errors import ConfigError
 from ff_lightning.pipeline.worker.geometry import (
     N_CROP_UNIFORMS,
@@ -272,7 +273,8 @@ def geometry_batch(
             for im, i in zip(loaded, idx, strict=True)
         ]
         return torch.stack(images)
-    if geo.fast:
+    pil = all(isinstance(im, Image.Image) for im in loaded)
+    if geo.fast and not pil:  # tensors: torchvision's antialiased tensor kernel per sample
         return train_geometry_batch(
             loaded,
             size=geo.size,
@@ -284,7 +286,7 @@ def geometry_batch(
             hflip=geo.flip_p,
         )
     u = rng.uniform(seed, epoch, indices, rng.STREAM_CROP, N_CROP_UNIFORMS, dtype=torch.float64)
-    if geo.crop == "random_resized" and all(isinstance(im, Image.Image) for im in loaded):
+    if geo.crop == "random_resized" and pil:
         mirror = flip_flags(seed, epoch, indices, geo.flip_p).tolist() if geo.flip_p else None
         return _random_resized_pil(
             loaded, geo, u.tolist(), seed=seed, epoch=epoch, indices=idx, flips=mirror
@@ -313,29 +315,41 @@ def _random_resized_pil(
 ) -> torch.Tensor:
     """:func:`geometry_one`'s random resized crop of PIL images (torchvision's PIL kernel:
     crop, then resize with the geometry's filter), each written straight into one planar batch
-    buffer, band by band (Pillow packs a band contiguously: no per-image tensor and no strided
-    channels-last transpose), mirrored on the way where ``flips`` says: uint8 ``[B, C, S, S]``."""
+    buffer and mirrored on the way where ``flips`` says: uint8 ``[B, C, S, S]``. Bilinear and
+    bicubic crops of RGB / L images run the native loop with Pillow's arithmetic (the same
+    bytes, checked against the installed Pillow once per process); the rest go through Pillow
+    and are copied band by band (Pillow packs a band contiguously: no strided transpose)."""
     size, n, c = geo.size, len(images), geo.channels
     chw = np.empty((n, c, size, size), dtype=np.uint8)
     for j, (image, row, index) in enumerate(zip(images, u, indices, strict=True)):
         top, left, h, w = random_resized_crop_box(
             image.height, image.width, row, geo.crop_scale, geo.crop_ratio
         )
-        out = image.crop((left, top, left + w, top + h))
+        resample = _PIL_FILTERS[_interp(geo, index, seed, epoch)]
+        box = (left, top, left + w, top + h)
+        mirrored = bool(flips and flips[j])
+        if (
+            image.mode in ("RGB", "L")
+            and len(image.getbands()) == c
+            and resample in _pil_native.RESIZE_FILTERS
+            and _pil_native.resize_crop(np.asarray(image), box, chw[j], resample, mirror=mirrored)
+        ):
+            continue  # the native loop: Pillow's crop + resize, the same bytes, planar
+        out = image.crop(box)
         if (h, w) != (size, size):  # torchvision returns the crop itself at the output size
-            out = out.resize((size, size), _PIL_FILTERS[_interp(geo, index, seed, epoch)])
+            out = out.resize((size, size), resample)
         bands = out.getbands()
         if out.size == (size, size) and out.mode in ("RGB", "L") and len(bands) == c:
             for k, band in enumerate(bands):
                 plane = np.frombuffer(out.tobytes("raw", band), dtype=np.uint8)
                 plane = plane.reshape(size, size)
-                chw[j, k] = plane[:, ::-1] if flips and flips[j] else plane
+                chw[j, k] = plane[:, ::-1] if mirrored else plane
             continue
         arr = np.asarray(out)
         if arr.shape[:2] != (size, size) or arr.size != size * size * c:
             user_image(out, index, geo)  # raises the error that names the item
         arr = arr.reshape(size, size, c).transpose(2, 0, 1)
-        chw[j] = arr[:, :, ::-1] if flips and flips[j] else arr
+        chw[j] = arr[:, :, ::-1] if mirrored else arr
     return torch.from_numpy(chw)
 
 
