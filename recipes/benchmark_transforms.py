@@ -19,10 +19,21 @@ each round's kornia/ours ratio.
 ``--costs`` prints instead every routed transform's time per applied image at ``--size`` px
 relative to the op registry's Brightness (the unit of ``estimate_cost``).
 
+``--pillow`` compares instead the kernels that replace Pillow's, each against Pillow itself on
+the same inputs, per image, interleaved rounds of thread time:
+
+- ``crop-bicubic`` / ``crop-bilinear``: the workers' random resized crop of a ``--size`` px
+  RGB image to ``--size`` px (``--batch`` crops, boxes drawn as torchvision's
+  RandomResizedCrop draws them): Pillow's ``image.crop(box).resize(...)`` against the native
+  loop (``_pil_native.resize_crop``, the same bytes, written planar);
+- ``gaussian-blur``: Pillow's ``image.filter(ImageFilter.GaussianBlur(sigma))`` per image
+  against ``PillowGaussianBlur`` on the batch (sigma in (0.1, 2), every image blurred).
+
 Examples::
 
     python recipes/benchmark_transforms.py --rounds 9
     python recipes/benchmark_transforms.py --costs
+    python recipes/benchmark_transforms.py --pillow --rounds 9
 """
 
 from __future__ import annotations
@@ -179,6 +190,81 @@ def costs(args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
+def pillow(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds of Pillow against the kernels that give its bytes."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from ff_lightning.augment import _pil_native
+    from ff_lightning.augment.transforms import PillowGaussianBlur
+    from ff_lightning.pipeline.worker.geometry import crop_boxes
+
+    if _pil_native.lib() is None:
+        raise SystemExit("error: --pillow needs the native library (FF_LIGHTNING_NATIVE is off?)")
+    x = make_images(args.batch, args.size)
+    b, size = args.batch, args.size
+    arrays = [np.ascontiguousarray(x[i].permute(1, 2, 0).numpy()) for i in range(b)]
+    images = [Image.fromarray(a) for a in arrays]
+    boxes = [
+        (left, top, left + w, top + h)
+        for top, left, h, w in crop_boxes(
+            [(size, size)] * b, seed=0, epoch=0, indices=range(b), scale=(0.08, 1.0),
+            ratio=(3 / 4, 4 / 3),
+        )
+    ]  # fmt: skip
+    out = np.empty((b, 3, size, size), dtype=np.uint8)
+    blur = PillowGaussianBlur((0.1, 2.0), p=1.0)
+    record = blur.sample(torch.arange(b), 0, 0)
+    sigmas = record["sigma"].tolist()
+
+    def crops(resample: int) -> dict[str, Callable[[], Any]]:
+        def theirs() -> None:
+            for im, box in zip(images, boxes, strict=True):
+                np.asarray(im.crop(box).resize((size, size), resample))
+
+        def ours() -> None:
+            for j, (a, box) in enumerate(zip(arrays, boxes, strict=True)):
+                _pil_native.resize_crop(a, box, out[j], resample)
+
+        return {"pillow": theirs, "ours": ours}
+
+    cases = {
+        "crop-bicubic": crops(Image.BICUBIC),
+        "crop-bilinear": crops(Image.BILINEAR),
+        "gaussian-blur": {
+            "pillow": lambda: [
+                im.filter(ImageFilter.GaussianBlur(s)) for im, s in zip(images, sigmas, strict=True)
+            ],
+            "ours": lambda: blur.apply_batch(x, record),
+        },
+    }
+    result: dict[str, Any] = {}
+    for name, methods in cases.items():
+        for fn in methods.values():
+            fn()
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(args.rounds):
+            for m, fn in methods.items():
+                t0 = time.thread_time()
+                fn()
+                times[m].append((time.thread_time() - t0) / b)
+        ratios = [p / o for p, o in zip(times["pillow"], times["ours"], strict=True)]
+        row = {
+            "us_per_image": {m: statistics.median(t) * 1e6 for m, t in times.items()},
+            "pillow_over_ours_per_round": ratios,
+            "pillow_over_ours": statistics.median(ratios),
+        }
+        us = row["us_per_image"]
+        print(
+            f"  {name:14s} ours {us['ours']:8.1f} us/img  Pillow {us['pillow']:8.1f} us/img  "
+            f"Pillow/ours per round {' '.join(f'{r:.2f}' for r in ratios)}  median "
+            f"{row['pillow_over_ours']:.2f}x",
+            flush=True,
+        )
+        result[name] = row
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -186,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
     parser.add_argument("--costs", action="store_true", help="relative costs instead")
+    parser.add_argument(
+        "--pillow", action="store_true", help="the native crop and blur against Pillow instead"
+    )
     parser.add_argument("--out", default="outputs/benchmark_transforms.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -205,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"env": env}
     if args.costs:
         result["costs"] = costs(args)
+    elif args.pillow:
+        result["pillow"] = pillow(args)
     else:
         result["compare"] = compare(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

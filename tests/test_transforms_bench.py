@@ -23,5 +23,9 @@ def test_benchmark_recipe_runs_small(tmp_path) -> None:
         assert json.loads(out.read_text())["compare"]["GaussianBlur"]["kornia_over_ours"] > 0
         costs = module.main(["--costs", "--batch", "2", "--size", "48", "--out", str(out)])
         assert len(costs["costs"]) == 16
+        args = ["--pillow", "--batch", "2", "--size", "48", "--rounds", "1", "--out", str(out)]
+        pil = module.main(args)["pillow"]
+        assert set(pil) == {"crop-bicubic", "crop-bilinear", "gaussian-blur"}
+        assert all(row["pillow_over_ours"] > 0 for row in pil.values())
     finally:
         torch.set_num_threads(before)
