@@ -78,6 +78,22 @@ def make_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return x.clamp(0, 255).to(torch.uint8)
 
 
+def interleaved_times(
+    methods: dict[str, Callable[[], Any]], rounds: int, per: int
+) -> dict[str, list[float]]:
+    """Thread CPU seconds per item (``per`` items a call) of every method, ``rounds`` rounds in
+    turn, after one warm-up call each (caches, allocator, native build)."""
+    for fn in methods.values():
+        fn()
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(rounds):
+        for m, fn in methods.items():
+            t0 = time.thread_time()
+            fn()
+            times[m].append((time.thread_time() - t0) / per)
+    return times
+
+
 def _cases(batch: int) -> dict[str, dict[str, Any]]:
     import kornia.augmentation as K
 
@@ -114,14 +130,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "kornia": lambda kor=kor: kor(xf),
             "tv-tensor": lambda tv=tv: [tv(x[i]) for i in range(b)],
         }
-        for fn in methods.values():  # warm-up: caches, allocator, native build
-            fn()
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        for _ in range(args.rounds):
-            for m, fn in methods.items():
-                t0 = time.thread_time()
-                fn()
-                times[m].append((time.thread_time() - t0) / b)
+        times = interleaved_times(methods, args.rounds, b)
         ratios = [k / o for k, o in zip(times["kornia"], times["ours"], strict=True)]
         row = {
             "us_per_image": {m: statistics.median(t) * 1e6 for m, t in times.items()},
@@ -240,14 +249,7 @@ def pillow(args: argparse.Namespace) -> dict[str, Any]:
     }
     result: dict[str, Any] = {}
     for name, methods in cases.items():
-        for fn in methods.values():
-            fn()
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        for _ in range(args.rounds):
-            for m, fn in methods.items():
-                t0 = time.thread_time()
-                fn()
-                times[m].append((time.thread_time() - t0) / b)
+        times = interleaved_times(methods, args.rounds, b)
         ratios = [p / o for p, o in zip(times["pillow"], times["ours"], strict=True)]
         row = {
             "us_per_image": {m: statistics.median(t) * 1e6 for m, t in times.items()},
