@@ -61,14 +61,38 @@ def test_the_order_of_the_passes_is_the_installed_pillows(shape, size) -> None:
     assert _pil_native._pillow_order() in (0, 1)
 
 
-def test_other_filters_and_bad_boxes() -> None:
+def test_other_filters_and_bad_arguments() -> None:
     arr = np.zeros((20, 20, 3), dtype=np.uint8)
     out = np.empty((3, 8, 8), dtype=np.uint8)
     assert not _pil_native.resize_crop(arr, (0, 0, 10, 10), out, Image.NEAREST)  # Pillow's job
     with pytest.raises(ValueError, match="crop box"):
         _pil_native.resize_crop(arr, (5, 5, 25, 10), out, Image.BILINEAR)
-    with pytest.raises(ValueError, match="same channel count"):
+    with pytest.raises(ValueError, match="image's C"):
         _pil_native.resize_crop(arr, (0, 0, 10, 10), np.empty((1, 8, 8), np.uint8), 2)
+    for empty in ((3, 0, 5), (3, 5, 0)):  # Pillow refuses a zero side too
+        with pytest.raises(ValueError, match="H, W >= 1"):
+            _pil_native.resize_crop(arr, (0, 0, 10, 10), np.empty(empty, np.uint8), 2)
+    with pytest.raises(ValueError, match="must be uint8"):
+        _pil_native.resize_crop(arr.astype(np.float32), (0, 0, 10, 10), out, 2)
+    with pytest.raises(ValueError, match="image's C"):
+        _pil_native.resize_crop(np.zeros((20, 20, 4), np.uint8), (0, 0, 10, 10), out, 2)
+    # the loop itself refuses empty sides (no read before its first row)
+    so = _pil_native.lib()
+    assert so.ff_pil_resize(arr.ctypes.data, 60, 20, 20, 3, out.ctypes.data, 0, 8, 2, 0, 1) == -1
+
+
+def test_a_grayscale_image_fills_every_channel_of_a_colour_batch() -> None:
+    """``crop_into`` (the device-decode regime's crop of files the source decodes) broadcasts a
+    one-channel image into the three channels of its batch, as it did before the native loop."""
+    from ff_lightning.pipeline.worker.geometry import crop_into
+
+    gray = Image.fromarray(np.arange(30 * 40, dtype=np.uint8).reshape(30, 40) % 251, "L")
+    out = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    crop_into(out, [1], [gray], [(3, 5, 20, 25)])
+    want = np.asarray(gray.crop((5, 3, 30, 23)).resize((16, 16), Image.BILINEAR))
+    for c in range(3):
+        assert np.array_equal(out[1, c].numpy(), want)
+    assert not out[0].any()
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])

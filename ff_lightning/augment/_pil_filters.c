@@ -136,13 +136,19 @@ static void transpose(const uint8_t *src, uint8_t *dst, int64_t n, int64_t m) {
 
 /* ImageFilter.GaussianBlur: three horizontal passes, then three vertical ones (each rounded to
  * uint8, as Pillow's), per sample its (r, ww, fw) (weights[3j..3j+2]; ww == 0: a copy). The
- * horizontal passes run down the columns of the transposed plane. */
-void ff_pil_box_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
-                     int64_t H, int64_t W, const int64_t *weights) {
+ * horizontal passes run down the columns of the transposed plane. Returns 0, or -1 when out of
+ * memory before anything is written. */
+int ff_pil_box_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t *rows, int64_t C,
+                    int64_t H, int64_t W, const int64_t *weights) {
     int64_t P = H * W;
     uint8_t *t1 = (uint8_t *)malloc((size_t)(2 * P));
-    uint8_t *t2 = t1 + P;
     uint32_t *acc = (uint32_t *)malloc((size_t)(H > W ? H : W) * sizeof(uint32_t));
+    if (!t1 || !acc) { /* nothing written: the caller runs the torch kernel */
+        free(t1);
+        free(acc);
+        return -1;
+    }
+    uint8_t *t2 = t1 + P;
     for (int64_t j = 0; j < n; ++j) {
         const uint8_t *s = src + ROW(j) * C * P;
         uint8_t *d = dst + ROW(j) * C * P;
@@ -161,6 +167,7 @@ void ff_pil_box_blur(const uint8_t *src, uint8_t *dst, int64_t n, const int64_t 
     }
     free(acc);
     free(t1);
+    return 0;
 }
 
 /* The sum of each row's "L" values (Pillow's ITU-R 601-2 conversion, rounded), for Contrast. */
@@ -294,6 +301,7 @@ static void rs_copy_row(const uint8_t *row, int64_t n, uint8_t *out, int mirror)
 int ff_pil_resize(const uint8_t *src, int64_t stride, int64_t in_h, int64_t in_w, int64_t C,
                   uint8_t *dst, int64_t out_h, int64_t out_w, int64_t filter, int64_t mirror,
                   int64_t vertical_first_rule) {
+    if (in_h < 1 || in_w < 1 || out_h < 1 || out_w < 1 || C < 1) return -1;
     int bicubic = filter == 3, flip = mirror != 0;
     int need_h = out_w != in_w, need_v = out_h != in_h;
     int horizontal_first =
@@ -303,6 +311,10 @@ int ff_pil_resize(const uint8_t *src, int64_t stride, int64_t in_h, int64_t in_w
     int ksv = need_v || (need_h && horizontal_first) ? rs_coeffs(in_h, out_h, bicubic, &bv, &kv)
                                                       : 1;
     int ksh = need_h ? rs_coeffs(in_w, out_w, bicubic, &bh, &kh) : 1;
+    if (!ksv || !ksh) {
+        free(bv), free(kv), free(bh), free(kh);
+        return -1;
+    }
     int64_t first = 0, rows = in_h;
     if (need_h && horizontal_first) { /* the source rows the vertical pass reads */
         first = bv[0];
@@ -312,7 +324,7 @@ int ff_pil_resize(const uint8_t *src, int64_t stride, int64_t in_h, int64_t in_w
     int64_t acc_size = horizontal_first ? (need_h ? out_w : in_w) : in_w * C;
     uint8_t *tmp = (uint8_t *)malloc((size_t)(tmp_size + acc_size)); /* + a row to mirror */
     int32_t *acc = (int32_t *)malloc((size_t)acc_size * sizeof(int32_t));
-    if (!ksv || !ksh || !tmp || !acc) {
+    if (!tmp || !acc) {
         free(bv), free(kv), free(bh), free(kh), free(tmp), free(acc);
         return -1;
     }

@@ -51,7 +51,8 @@ class _Libraries:
         self.ff_pil_resize.restype = ctypes.c_int
         for fn in (self.ff_pil_affine, self.ff_pil_color, self.ff_pil_sharpness):
             fn.restype = None
-        self.ff_pil_box_blur.restype = self.ff_pil_luma_sum.restype = None
+        self.ff_pil_luma_sum.restype = None
+        self.ff_pil_box_blur.restype = ctypes.c_int
 
 
 def lib() -> _Libraries | None:
@@ -148,15 +149,16 @@ def sharpness(src: Tensor, dst: Tensor, rows: Tensor | None, alpha: Tensor) -> N
     )
 
 
-def box_blur(src: Tensor, dst: Tensor, rows: Tensor | None, weights: Tensor) -> None:
-    """ImageFilter.GaussianBlur of rows with int64 ``weights [n, 3]`` (``pil_color.box_weights``)."""
+def box_blur(src: Tensor, dst: Tensor, rows: Tensor | None, weights: Tensor) -> bool:
+    """ImageFilter.GaussianBlur of rows with int64 ``weights [n, 3]`` (``pil_color.box_weights``);
+    ``False`` when the loop is out of memory (nothing written: run the torch kernel)."""
     so = lib()
     assert so is not None
     _native._check(src)
     _native._check(dst)
     weights = _host(weights, torch.int64)
     _, ch, height, width = src.shape
-    so.ff_pil_box_blur(
+    status = so.ff_pil_box_blur(
         src.data_ptr(),
         dst.data_ptr(),
         weights.shape[0],
@@ -166,6 +168,7 @@ def box_blur(src: Tensor, dst: Tensor, rows: Tensor | None, weights: Tensor) -> 
         width,
         weights.data_ptr(),
     )
+    return status == 0
 
 
 def luma_sum(src: Tensor, rows: Tensor) -> Tensor:
@@ -206,12 +209,22 @@ def resize_crop(
     so = lib()
     if so is None or resample not in RESIZE_FILTERS:
         return False
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or out.dtype != np.uint8:
+        raise ValueError(
+            f"`image` must be uint8 [H, W] or [H, W, C] and `out` uint8 [C, H, W], got "
+            f"{image.dtype} {image.shape} and {out.dtype} {out.shape}"
+        )
     c = 1 if image.ndim == 2 else int(image.shape[2])
     height, width = int(image.shape[0]), int(image.shape[1])
     left, top, right, bottom = (int(v) for v in box)
     if not (0 <= left < right <= width and 0 <= top < bottom <= height):
         raise ValueError(f"crop box {box} is not inside the {width}x{height} image")
-    if not (image.flags.c_contiguous and out.flags.c_contiguous and out.shape[0] == c):
+    if c not in (1, 3) or out.ndim != 3 or out.shape[0] != c or min(out.shape[1:]) < 1:
+        raise ValueError(
+            f"`out` must be [C, H, W] with the image's C (1 or 3) and H, W >= 1, got "
+            f"{out.shape} for an image of {c} channel(s)"
+        )
+    if not (image.flags.c_contiguous and out.flags.c_contiguous):
         raise ValueError("`image` and `out` must be C-contiguous with the same channel count")
     stride = width * c
     start = image.ctypes.data + top * stride + left * c

@@ -194,9 +194,12 @@ class _Direct(_Group):
         if native and self.name == "Color" and src.shape[1] == 3:
             _pil_native.color(src, dst, self.rows, self.params)
             return
-        if native and self.name == "GaussianBlur":
-            _pil_native.box_blur(src, dst, self.rows, self.params)
-            return
+        if (
+            native
+            and self.name == "GaussianBlur"
+            and _pil_native.box_blur(src, dst, self.rows, self.params)
+        ):
+            return  # (out of memory in the loop: the torch kernel below)
         part = self.part(src, on_device)
         param = on_device[self.param_slot]
         if self.name == "Color":

@@ -146,8 +146,8 @@ def crop_into(
     """Crop ``images[j]`` to ``boxes[j]`` and resize it into ``out[positions[j]]`` (no flip),
     as torchvision's ``resized_crop`` (bilinear, antialiased) does: PIL images are cropped, then
     resized by Pillow (by the native loop with Pillow's arithmetic when it is loaded: the same
-    bytes, written straight into ``out``); tensors take the tensor kernel. ``out`` must be
-    contiguous."""
+    bytes, written straight into ``out``); tensors take the tensor kernel. A one-channel image
+    fills every channel of ``out``."""
     size = int(out.shape[-1])
     channels = int(out.shape[1])
     for p, image, (top, left, h, w) in zip(positions, images, boxes, strict=True):
@@ -159,13 +159,15 @@ def crop_into(
         if (
             image.mode in ("RGB", "L")
             and len(image.getbands()) == channels
+            and dst.flags.c_contiguous
             and _pil_native.resize_crop(np.asarray(image), box, dst, Image.BILINEAR)
         ):
             continue
         res = image.crop(box)
         if (h, w) != (size, size):
             res = res.resize((size, size), Image.BILINEAR)
-        dst[...] = np.asarray(res).reshape(size, size, channels).transpose(2, 0, 1)
+        # [C', S, S]; one channel broadcasts into every channel of `out`, as before
+        dst[...] = np.asarray(res).reshape(size, size, -1).transpose(2, 0, 1)
 
 
 # EXIF orientation (tag 0x0112) -> the tensor ops that undo it, as PIL.ImageOps.exif_transpose
