@@ -195,6 +195,7 @@ void ff_pil_luma_sum(const uint8_t *src, int64_t n, const int64_t *rows, int64_t
  * same double operations in the same order, the sums with the same integers, so the bytes are
  * Pillow's. The output is planar (channels first) and can be mirrored on the way out. */
 #define RS_BITS 22
+#define RS_BLOCK 256 /* source rows per block of the transposed horizontal pass */
 
 
 static double rs_filter(int bicubic, double x) {
@@ -335,40 +336,46 @@ int ff_pil_resize(const uint8_t *src, int64_t stride, int64_t in_h, int64_t in_w
         int64_t width = need_h ? out_w : in_w;
         uint8_t *rowsT = NULL, *outT = NULL;
         if (need_h) {
-            rowsT = (uint8_t *)malloc((size_t)(C * in_w * rows));
-            outT = (uint8_t *)malloc((size_t)(out_w * rows));
-            int32_t *accT = (int32_t *)malloc((size_t)rows * sizeof(int32_t));
+            /* in blocks of RS_BLOCK rows: the transposed copies stay small for large photos */
+            int64_t blk = rows < RS_BLOCK ? rows : RS_BLOCK;
+            rowsT = (uint8_t *)malloc((size_t)(C * in_w * blk));
+            outT = (uint8_t *)malloc((size_t)(out_w * blk));
+            int32_t *accT = (int32_t *)malloc((size_t)blk * sizeof(int32_t));
             if (!rowsT || !outT || !accT) {
                 free(rowsT), free(outT), free(accT);
                 free(bv), free(kv), free(bh), free(kh), free(tmp), free(acc);
                 return -1;
             }
-            /* [C][in_w][rows], in tiles of 16 x 16 pixels (both sides stay in cache) */
-            for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-                int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows;
-                for (int64_t x0 = 0; x0 < in_w; x0 += 16) {
-                    int64_t x1 = x0 + 16 < in_w ? x0 + 16 : in_w;
-                    for (int64_t c = 0; c < C; ++c)
-                        for (int64_t x = x0; x < x1; ++x) {
-                            uint8_t *to = rowsT + (c * in_w + x) * rows;
-                            const uint8_t *from = src + (first + r0) * stride + x * C + c;
-                            for (int64_t r = r0; r < r1; ++r, from += stride) to[r] = *from;
-                        }
+            for (int64_t b0 = 0; b0 < rows; b0 += blk) {
+                int64_t n = b0 + blk < rows ? blk : rows - b0;
+                /* [C][in_w][n], in tiles of 16 x 16 pixels (both sides stay in cache) */
+                for (int64_t r0 = 0; r0 < n; r0 += 16) {
+                    int64_t r1 = r0 + 16 < n ? r0 + 16 : n;
+                    for (int64_t x0 = 0; x0 < in_w; x0 += 16) {
+                        int64_t x1 = x0 + 16 < in_w ? x0 + 16 : in_w;
+                        for (int64_t c = 0; c < C; ++c)
+                            for (int64_t x = x0; x < x1; ++x) {
+                                uint8_t *to = rowsT + (c * in_w + x) * n;
+                                const uint8_t *from = src + (first + b0 + r0) * stride + x * C + c;
+                                for (int64_t r = r0; r < r1; ++r, from += stride) to[r] = *from;
+                            }
+                    }
                 }
-            }
-            for (int64_t c = 0; c < C; ++c) {
-                const uint8_t *colsT = rowsT + c * in_w * rows;
-                for (int64_t o = 0; o < out_w; ++o)
-                    rs_column_row(colsT + (int64_t)bh[2 * o] * rows, rows, rows, kh + o * ksh,
-                                  bh[2 * o + 1], accT, outT + o * rows);
-                uint8_t *plane = tmp + c * rows * width; /* back to [rows][out_w], tiled */
-                for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-                    int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows;
-                    for (int64_t o0 = 0; o0 < out_w; o0 += 16) {
-                        int64_t o1 = o0 + 16 < out_w ? o0 + 16 : out_w;
-                        for (int64_t r = r0; r < r1; ++r)
-                            for (int64_t o = o0; o < o1; ++o)
-                                plane[r * width + o] = outT[o * rows + r];
+                for (int64_t c = 0; c < C; ++c) {
+                    const uint8_t *colsT = rowsT + c * in_w * n;
+                    for (int64_t o = 0; o < out_w; ++o)
+                        rs_column_row(colsT + (int64_t)bh[2 * o] * n, n, n, kh + o * ksh,
+                                      bh[2 * o + 1], accT, outT + o * n);
+                    /* back to rows b0.. of [rows][out_w], tiled */
+                    uint8_t *plane = tmp + (c * rows + b0) * width;
+                    for (int64_t r0 = 0; r0 < n; r0 += 16) {
+                        int64_t r1 = r0 + 16 < n ? r0 + 16 : n;
+                        for (int64_t o0 = 0; o0 < out_w; o0 += 16) {
+                            int64_t o1 = o0 + 16 < out_w ? o0 + 16 : out_w;
+                            for (int64_t r = r0; r < r1; ++r)
+                                for (int64_t o = o0; o < o1; ++o)
+                                    plane[r * width + o] = outT[o * n + r];
+                        }
                     }
                 }
             }
