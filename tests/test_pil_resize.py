@@ -46,6 +46,19 @@ def test_native_crop_resize_gives_pillows_bytes() -> None:
         assert np.array_equal(got, want), (case, mode, (h, w), box, (out_h, out_w), resample)
 
 
+def test_a_large_photo_is_resized_in_row_blocks_with_pillows_bytes() -> None:
+    """Crops taller than the loop's block of rows (a 12 MP photo's crop, here 700 rows)."""
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (760, 900, 3), dtype=np.uint8)
+    image = Image.fromarray(arr)
+    for box, size in [((0, 0, 900, 760), (224, 224)), ((30, 20, 880, 720), (300, 180))]:
+        for resample in (Image.BILINEAR, Image.BICUBIC):
+            want = _pillow(image, box, size, resample, False)
+            got = np.empty(want.shape, dtype=np.uint8)
+            assert _pil_native.resize_crop(arr, box, got, resample)
+            assert np.array_equal(got, want), (box, size, resample)
+
+
 @pytest.mark.parametrize(
     ("shape", "size"), [((10, 5), (7, 4)), ((5, 10), (4, 7)), ((90, 40), (30, 38))]
 )
