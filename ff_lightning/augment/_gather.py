@@ -16,7 +16,6 @@ device ops, whatever its size and parameters, instead of about thirty.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
@@ -34,14 +33,12 @@ __all__ = [
 ]
 
 
-class DeviceIndexCache:
+class DeviceIndexCache(_geometry.TensorLRU):
     """Source indices (int64 ``[H*W]``) on devices, by ``(device, key)``; least recently used
     out first beyond ``max_bytes`` (entries a call is using are kept until it returns them)."""
 
     def __init__(self, max_bytes: int = 128 << 20) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, Hashable], Tensor] = OrderedDict()
-        self._bytes = 0
+        super().__init__(max_bytes)
         self.misses = 0  # indices computed (not found)
 
     def rows(
@@ -60,7 +57,7 @@ class DeviceIndexCache:
         first: dict[Hashable, int] = {}
         for j, key in enumerate(keys):
             first.setdefault(key, j)
-        missing = [j for key, j in first.items() if (dev, key) not in self._entries]
+        missing = [j for key, j in first.items() if (dev, key) not in self]
         fresh: dict[Hashable, Tensor] = {}
         if missing:
             self.misses += len(missing)
@@ -71,28 +68,14 @@ class DeviceIndexCache:
         for key in first:
             hit = fresh.get(key)
             if hit is None:
-                hit = self._entries[(dev, key)]
-                self._entries.move_to_end((dev, key))
+                hit = self.lookup((dev, key))
             found[key] = hit
         for key, index in fresh.items():
-            self._store((dev, key), index)
+            self.store((dev, key), index)
         if len(found) == 1:
             only = next(iter(found.values()))
             return only.view(1, -1).expand(len(keys), only.numel())
         return torch.stack([found[key] for key in keys])
-
-    def _store(self, key: tuple[str, Hashable], index: Tensor) -> None:
-        size = index.numel() * index.element_size()
-        while self._entries and self._bytes + size > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
-        if size <= self.max_bytes:
-            self._entries[key] = index
-            self._bytes += size
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
 
 
 #: The device route's cache (per process; bounded to 128 MiB of device memory).

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from functools import lru_cache
 
 import torch
@@ -225,7 +225,40 @@ def source_index_elementwise(grid_: Tensor, height: int, width: int) -> Tensor:
     return index.mul_(inside).view(grid_.shape[0], height * width)
 
 
-class _IndexCache:
+class TensorLRU:
+    """Tensors by key, the least recently used out first beyond ``max_bytes`` (a tensor larger
+    than the budget is not kept)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def lookup(self, key: Hashable) -> Tensor | None:
+        """The tensor stored under ``key`` (now the most recently used), or ``None``."""
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+        return hit
+
+    def store(self, key: Hashable, value: Tensor) -> None:
+        size = value.numel() * value.element_size()
+        while self._entries and self._bytes + size > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+        if size <= self.max_bytes:
+            self._entries[key] = value
+            self._bytes += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+class _IndexCache(TensorLRU):
     """Nearest-warp source indices (``dtype``, ``[1, H*W]``) by matrix and image size, least
     recently used out first beyond ``max_bytes``.
 
@@ -235,10 +268,8 @@ class _IndexCache:
     """
 
     def __init__(self, max_bytes: int = 64 << 20, dtype: torch.dtype = torch.int64) -> None:
-        self.max_bytes = max_bytes
+        super().__init__(max_bytes)
         self.dtype = dtype
-        self._entries: OrderedDict[tuple, Tensor] = OrderedDict()
-        self._bytes = 0
 
     def get(self, factors: Tensor, height: int, width: int, bits: tuple | None = None) -> Tensor:
         """The index of one matrix's float32 ``factors`` (``[3, 2]`` or 6 values); ``bits``:
@@ -246,24 +277,13 @@ class _IndexCache:
         if bits is None:
             bits = tuple(factors.view(torch.int32).view(-1).tolist())
         key = (bits, height, width)
-        hit = self._entries.get(key)
+        hit = self.lookup(key)
         if hit is not None:
-            self._entries.move_to_end(key)
             return hit
         terms = grid_terms(factors.view(1, 3, 2), height, width)
         index = source_index(grid(*terms), height, width).to(self.dtype)
-        size = index.numel() * index.element_size()
-        while self._entries and self._bytes + size > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
-        if size <= self.max_bytes:
-            self._entries[key] = index
-            self._bytes += size
+        self.store(key, index)
         return index
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
 
 
 #: The CPU warps' caches (per process: every DataLoader worker has its own): int64 for

@@ -36,16 +36,7 @@ def _lib() -> ctypes.CDLL:
     return so
 
 
-def _check(images: Tensor) -> None:
-    if images.device.type != "cpu" or images.dtype != torch.uint8 or not images.is_contiguous():
-        raise ValueError("native kernels take contiguous uint8 CPU images")
-
-
-def _rows_ptr(rows: Tensor | None) -> int | None:
-    if rows is None:
-        return None
-    assert rows.dtype == torch.int64 and rows.is_contiguous() and rows.device.type == "cpu"
-    return rows.data_ptr()
+_check, _rows_ptr = _native._check, _native._rows_ptr
 
 
 def grayscale(images: Tensor) -> None:
