@@ -48,7 +48,7 @@ from ff_lightning.pipeline.worker.geometry import (
     place_decoded,
     size_of,
 )
-from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
+from ff_lightning.pipeline.worker.items import class_index, load_sample
 from ff_lightning.pipeline.worker.steps import (
     WorkerGeometry,
     WorkerTransforms,
@@ -127,10 +127,9 @@ class AugmentingDataset(Dataset):
         return len(self.source)  # type: ignore[arg-type]
 
     def _load(self, index: int) -> tuple[Any, int]:
-        image, target = read_item(
-            self.source[index], index, image_key=self.image_key, label_key=self.label_key
+        return load_sample(
+            self.source, index, self.channels, image_key=self.image_key, label_key=self.label_key
         )
-        return to_uint8_chw(image, self.channels, index), class_index(index, target)
 
     def __getitem__(self, key: RoutedBatch | int) -> dict[str, Any]:
         if isinstance(key, RoutedBatch):

@@ -37,6 +37,7 @@ __all__ = [
     "channels_of",
     "channels_of_sample",
     "class_index",
+    "load_sample",
     "read_item",
     "to_uint8_chw",
 ]
@@ -206,3 +207,17 @@ def channels_of_sample(
     gray = sum(c == 1 for c in seen)
     note = f" ({gray} of {len(seen)} sampled are single-channel and are converted)" if gray else ""
     return 3, f"channels=3{note}"
+
+
+def load_sample(
+    source: Any,
+    index: int,
+    channels: int,
+    *,
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> tuple[Any, int]:
+    """Item ``index`` of ``source`` as the workers take it: its image with ``channels``
+    channels (a PIL image stays PIL, the rest uint8 ``[C, H, W]``) and its class index."""
+    image, target = read_item(source[index], index, image_key=image_key, label_key=label_key)
+    return to_uint8_chw(image, channels, index), class_index(index, target)

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from ff_lightning.pipeline.batch import BatchRoute, RawBatch, RoutedBatch, StepStats, ViewsRoute
 from ff_lightning.pipeline.views import view_seed
-from ff_lightning.pipeline.worker.items import class_index, read_item, to_uint8_chw
+from ff_lightning.pipeline.worker.items import load_sample
 from ff_lightning.pipeline.worker.steps import apply_cpu_share, geometry_batch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,10 +84,9 @@ class ViewsDataset(Dataset):
         return len(self.source)  # type: ignore[arg-type]
 
     def _load(self, index: int) -> tuple[Any, int]:
-        image, target = read_item(
-            self.source[index], index, image_key=self.image_key, label_key=self.label_key
+        return load_sample(
+            self.source, index, self.channels, image_key=self.image_key, label_key=self.label_key
         )
-        return to_uint8_chw(image, self.channels, index), class_index(index, target)
 
     def __getitem__(self, key: RoutedBatch | int) -> dict[str, Any]:
         return self.__getitems__(key if isinstance(key, RoutedBatch) else [key])
