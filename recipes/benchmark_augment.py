@@ -51,6 +51,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from ff_lightning.app.bench.images import gradient_batch
 from ff_lightning.augment import build_policy
 from ff_lightning.augment.functional import OPS, apply_op
 from ff_lightning.augment.policies import tv_apply
@@ -68,20 +69,6 @@ OP_MAGNITUDES = {
     "Posterize": 5.0,
     "Solarize": 0.6,
 }
-
-
-def make_images(batch: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """Smooth colour gradients with noise, uint8 ``[B, 3, S, S]``."""
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.linspace(0, 1, size)
-    yy, xx = lin[:, None], lin[None, :]
-    base = torch.stack([yy * 200 + xx * 40, yy * 0 + xx * 180 + 30, (yy + xx) * 110 + 10])
-    x = (
-        base
-        + torch.rand(batch, 3, 1, 1, generator=g) * 40
-        + torch.randn(batch, 3, size, size, generator=g) * 8
-    )
-    return x.clamp(0, 255).to(torch.uint8).to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -191,7 +178,7 @@ def bench_ops(x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]
 
 
 def _vs_pil_case(size: int, batch: int, num_ops: int, args: argparse.Namespace) -> dict[str, Any]:
-    x = make_images(batch, size, torch.device("cpu"))
+    x = gradient_batch(batch, size)
     pil = [v2.functional.to_pil_image(img) for img in x]
     ours = build_policy("randaugment", num_ops=num_ops)
     tv = v2.RandAugment(num_ops=num_ops)
@@ -282,7 +269,7 @@ def count_ops() -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, batch, kwargs in (("randaugment", 256, {"num_ops": 2}), ("augmix", 64, {})):
         pol = build_policy(name, **kwargs)
-        x = make_images(batch, 224, torch.device("cpu"))
+        x = gradient_batch(batch, 224)
         p = pol.sample(torch.arange(batch), 0, 0)
         pol.apply_batch(x, p)  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -372,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    x = make_images(args.batch, args.size, device)
+    x = gradient_batch(args.batch, args.size).to(device)
     import kornia
 
     env = {

@@ -33,20 +33,9 @@ from unittest import mock
 import numpy as np
 import torch
 
+from ff_lightning.app.bench.images import gradient_batch
 from ff_lightning.augment import build_policy
 from ff_lightning.augment.timm_ops import TIMM_OPS
-
-
-def make_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth colour gradients with noise, uint8 ``[B, 3, S, S]`` (half of them low-contrast)."""
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.linspace(0, 1, size)
-    yy, xx = lin[:, None], lin[None, :]
-    base = torch.stack([yy * 200 + xx * 40, yy * 0 + xx * 180 + 30, (yy + xx) * 110 + 10])
-    x = base + torch.rand(batch, 3, 1, 1, generator=g) * 40
-    x = x + torch.randn(batch, 3, size, size, generator=g) * 8
-    x[::2] = x[::2] * 0.5 + 50
-    return x.clamp(0, 255).to(torch.uint8)
 
 
 def _pil_images(x: torch.Tensor) -> list:
@@ -88,7 +77,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     hp = _hparams(args.size, args.interpolation)
     ours = build_policy("timm_randaugment", config=args.config, hparams=dict(hp))
     theirs = _posterize_compat(rand_augment_transform(args.config, dict(hp)))
-    x = make_images(args.batch, args.size)
+    x = gradient_batch(args.batch, args.size, low_contrast=True)
     pil = _pil_images(x)
     epoch = [0]
 
@@ -129,7 +118,7 @@ def fidelity(args: argparse.Namespace) -> dict[str, Any]:
     import timm.data.auto_augment as taa
 
     hp = dict(_hparams(args.size, "random"), magnitude_max=15)
-    x = make_images(args.images, args.size, seed=1)
+    x = gradient_batch(args.images, args.size, seed=1, low_contrast=True)
     pil = _pil_images(x)
     rows = {}
     for name in TIMM_OPS:

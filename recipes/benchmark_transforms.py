@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from ff_lightning.app.bench.images import gradient_batch
 from ff_lightning.augment.functional import apply_op
 from ff_lightning.augment.transforms import (
     ColorJitter,
@@ -65,17 +66,6 @@ from ff_lightning.augment.transforms import (
     RandomRotation,
     RandomSolarize,
 )
-
-
-def make_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth colour gradients with noise, uint8 ``[B, 3, S, S]``."""
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.linspace(0, 1, size)
-    yy, xx = lin[:, None], lin[None, :]
-    base = torch.stack([yy * 200 + xx * 40, yy * 0 + xx * 180 + 30, (yy + xx) * 110 + 10])
-    x = base + torch.rand(batch, 3, 1, 1, generator=g) * 40
-    x = x + torch.randn(batch, 3, size, size, generator=g) * 8
-    return x.clamp(0, 255).to(torch.uint8)
 
 
 def interleaved_times(
@@ -113,7 +103,7 @@ def _cases(batch: int) -> dict[str, dict[str, Any]]:
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved rounds of ours / kornia / torchvision per case."""
-    x = make_images(args.batch, args.size)
+    x = gradient_batch(args.batch, args.size)
     xf = x.float().div_(255)
     b = args.batch
     out: dict[str, Any] = {}
@@ -153,7 +143,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def costs(args: argparse.Namespace) -> dict[str, float]:
     """Time per applied image of every routed transform, relative to Brightness."""
-    x = make_images(args.batch, args.size)
+    x = gradient_batch(args.batch, args.size)
     b = args.batch
 
     def per_image(fn: Callable[[], Any]) -> float:
@@ -210,7 +200,7 @@ def pillow(args: argparse.Namespace) -> dict[str, Any]:
 
     if _pil_native.lib() is None:
         raise SystemExit("error: --pillow needs the native library (FF_LIGHTNING_NATIVE is off?)")
-    x = make_images(args.batch, args.size)
+    x = gradient_batch(args.batch, args.size)
     b, size = args.batch, args.size
     arrays = [np.ascontiguousarray(x[i].permute(1, 2, 0).numpy()) for i in range(b)]
     images = [Image.fromarray(a) for a in arrays]
