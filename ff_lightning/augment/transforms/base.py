@@ -122,13 +122,14 @@ def run_rows(
     fn: Callable[[Tensor], Tensor], x: Tensor, rows: Tensor, rows_dev: Tensor | None = None
 ) -> Tensor:
     """``x[rows] = fn(x[rows])`` for host int64 ``rows`` (sorted) of contiguous ``x``, in place;
-    ``fn`` may write its argument. All rows: ``fn(x)`` itself, no gather or scatter.
+    ``fn`` may write its argument. All rows: ``fn(x)`` itself (made contiguous), no gather or
+    scatter.
     ``rows_dev``: the same rows on ``x``'s device when the caller moved them already."""
     n = int(rows.numel())
     if n == 0:
         return x
     if n == x.shape[0]:
-        return fn(x)
+        return fn(x).contiguous()  # as the subset path: the next op may write it in place
     # pinned, non-blocking: no synchronisation
     idx = rows_dev if rows_dev is not None else h2d(rows, x.device)
     part = _row_view(x).index_select(0, idx).view(torch.uint8).view(n, *x.shape[1:])

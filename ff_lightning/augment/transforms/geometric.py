@@ -365,10 +365,7 @@ class RandomRotation(_AffineBase):
                 quarter.setdefault(k, []).append(i)
         for k, rows in quarter.items():
             x = run_rows(
-                # contiguous: rot90 is a view, and the next op may write its input in place
-                lambda part, k=k: torch.rot90(part, k, dims=(-2, -1)).contiguous(),
-                x,
-                torch.tensor(rows),
+                lambda part, k=k: torch.rot90(part, k, dims=(-2, -1)), x, torch.tensor(rows)
             )
         if warped:
             center = self._center_f(height, width)
