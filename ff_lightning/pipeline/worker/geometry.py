@@ -30,6 +30,7 @@ __all__ = [
     "N_CROP_UNIFORMS",
     "crop_boxes",
     "crop_into",
+    "pil_crop_into",
     "eval_geometry",
     "flip_flags",
     "orient",
@@ -137,6 +138,43 @@ def train_geometry_batch(
     return out
 
 
+def pil_crop_into(
+    image: Image.Image,
+    box: tuple[int, int, int, int],
+    dst: np.ndarray,
+    resample: int,
+    *,
+    mirror: bool = False,
+) -> None:
+    """torchvision's PIL resized crop: ``image.crop(box)`` resized to ``dst``'s size with
+    ``resample`` (not resized when it has that size already), written into ``dst`` (uint8
+    ``[C, H, W]``), mirrored left to right when ``mirror``. Bilinear and bicubic crops of RGB /
+    L images run the native loop with Pillow's arithmetic (the same bytes, checked against the
+    installed Pillow once per process); the rest go through Pillow and are copied band by band
+    (Pillow packs a band contiguously: no strided transpose). A one-channel image fills every
+    channel of ``dst``."""
+    c, height, width = dst.shape
+    bands = image.getbands()
+    if (
+        image.mode in ("RGB", "L")
+        and len(bands) == c
+        and dst.flags.c_contiguous
+        and _pil_native.resize_crop(np.asarray(image), box, dst, resample, mirror=mirror)
+    ):
+        return
+    res = image.crop(box)
+    if res.size != (width, height):
+        res = res.resize((width, height), resample)
+    if res.mode in ("RGB", "L") and len(bands) == c:
+        for k, band in enumerate(bands):
+            plane = np.frombuffer(res.tobytes("raw", band), dtype=np.uint8)
+            plane = plane.reshape(height, width)
+            dst[k] = plane[:, ::-1] if mirror else plane
+        return
+    arr = np.asarray(res).reshape(height, width, -1).transpose(2, 0, 1)
+    dst[...] = arr[:, :, ::-1] if mirror else arr
+
+
 def crop_into(
     out: torch.Tensor,
     positions: Sequence[int],
@@ -144,30 +182,15 @@ def crop_into(
     boxes: Sequence[tuple[int, int, int, int]],
 ) -> None:
     """Crop ``images[j]`` to ``boxes[j]`` and resize it into ``out[positions[j]]`` (no flip),
-    as torchvision's ``resized_crop`` (bilinear, antialiased) does: PIL images are cropped, then
-    resized by Pillow (by the native loop with Pillow's arithmetic when it is loaded: the same
-    bytes, written straight into ``out``); tensors take the tensor kernel. A one-channel image
-    fills every channel of ``out``."""
+    as torchvision's ``resized_crop`` (bilinear, antialiased) does: PIL images through
+    :func:`pil_crop_into`, tensors through the tensor kernel."""
     size = int(out.shape[-1])
-    channels = int(out.shape[1])
     for p, image, (top, left, h, w) in zip(positions, images, boxes, strict=True):
-        if not isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
+            box = (left, top, left + w, top + h)
+            pil_crop_into(image, box, out[p].numpy(), Image.BILINEAR)
+        else:
             out[p] = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-            continue
-        box = (left, top, left + w, top + h)
-        dst = out[p].numpy()
-        if (
-            image.mode in ("RGB", "L")
-            and len(image.getbands()) == channels
-            and dst.flags.c_contiguous
-            and _pil_native.resize_crop(np.asarray(image), box, dst, Image.BILINEAR)
-        ):
-            continue
-        res = image.crop(box)
-        if (h, w) != (size, size):
-            res = res.resize((size, size), Image.BILINEAR)
-        # [C', S, S]; one channel broadcasts into every channel of `out`, as before
-        dst[...] = np.asarray(res).reshape(size, size, -1).transpose(2, 0, 1)
 
 
 # EXIF orientation (tag 0x0112) -> the tensor ops that undo it, as PIL.ImageOps.exif_transpose

@@ -29,11 +29,12 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ff_lightning.augment import _pil_native, rng
+from ff_lightning.augment import rng
 from ff_lightning.errors import ConfigError
 from ff_lightning.pipeline.worker.geometry import (
     N_CROP_UNIFORMS,
     flip_flags,
+    pil_crop_into,
     random_resized_crop_box,
     size_of,
     train_geometry_batch,
@@ -313,12 +314,10 @@ def _random_resized_pil(
     indices: Sequence[int],
     flips: Sequence[bool] | None = None,
 ) -> torch.Tensor:
-    """:func:`geometry_one`'s random resized crop of PIL images (torchvision's PIL kernel:
-    crop, then resize with the geometry's filter), each written straight into one planar batch
-    buffer and mirrored on the way where ``flips`` says: uint8 ``[B, C, S, S]``. Bilinear and
-    bicubic crops of RGB / L images run the native loop with Pillow's arithmetic (the same
-    bytes, checked against the installed Pillow once per process); the rest go through Pillow
-    and are copied band by band (Pillow packs a band contiguously: no strided transpose)."""
+    """:func:`geometry_one`'s random resized crop of PIL images (torchvision's PIL kernel,
+    :func:`~ff_lightning.pipeline.worker.geometry.pil_crop_into`), each written straight into
+    one planar batch buffer and mirrored on the way where ``flips`` says: uint8
+    ``[B, C, S, S]``."""
     size, n, c = geo.size, len(images), geo.channels
     chw = np.empty((n, c, size, size), dtype=np.uint8)
     for j, (image, row, index) in enumerate(zip(images, u, indices, strict=True)):
@@ -327,29 +326,9 @@ def _random_resized_pil(
         )
         resample = _PIL_FILTERS[_interp(geo, index, seed, epoch)]
         box = (left, top, left + w, top + h)
-        mirrored = bool(flips and flips[j])
-        if (
-            image.mode in ("RGB", "L")
-            and len(image.getbands()) == c
-            and resample in _pil_native.RESIZE_FILTERS
-            and _pil_native.resize_crop(np.asarray(image), box, chw[j], resample, mirror=mirrored)
-        ):
-            continue  # the native loop: Pillow's crop + resize, the same bytes, planar
-        out = image.crop(box)
-        if (h, w) != (size, size):  # torchvision returns the crop itself at the output size
-            out = out.resize((size, size), resample)
-        bands = out.getbands()
-        if out.size == (size, size) and out.mode in ("RGB", "L") and len(bands) == c:
-            for k, band in enumerate(bands):
-                plane = np.frombuffer(out.tobytes("raw", band), dtype=np.uint8)
-                plane = plane.reshape(size, size)
-                chw[j, k] = plane[:, ::-1] if mirrored else plane
-            continue
-        arr = np.asarray(out)
-        if arr.shape[:2] != (size, size) or arr.size != size * size * c:
-            user_image(out, index, geo)  # raises the error that names the item
-        arr = arr.reshape(size, size, c).transpose(2, 0, 1)
-        chw[j] = arr[:, :, ::-1] if mirrored else arr
+        if len(image.getbands()) != c:  # raises the error that names the item
+            user_image(image.crop(box).resize((size, size), resample), index, geo)
+        pil_crop_into(image, box, chw[j], resample, mirror=bool(flips and flips[j]))
     return torch.from_numpy(chw)
 
 
