@@ -1,4 +1,5 @@
-"""One place for argument checks: each helper raises :class:`ConfigError` naming the key.
+"""One place for argument checks: each helper raises :class:`ConfigError` naming the key
+(:func:`check_images`, for the batched kernels' image argument, a ``ValueError``).
 
 Messages follow one pattern: the key in backticks, what is allowed, what was given, and
 (where there is one) how to fix it, e.g. ``"`ratio` must be a number in [0, 1], got '0.5'"``.
@@ -11,12 +12,16 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ff_lightning.errors import ConfigError
 
 __all__ = [
     "check_bool",
     "check_choice",
     "check_float",
+    "check_images",
     "check_int",
     "check_pair",
     "check_probability",
@@ -125,3 +130,25 @@ def check_pair(
             f"`{name}` must satisfy {low} <= low <= high{upper}, got {value!r}{_hint(fix)}"
         )
     return a, b
+
+
+def check_images(images: object, ndim: int = 4) -> Tensor:
+    """``images`` if it is a uint8 tensor ``[B, C, H, W]`` (``ndim`` 4) or ``[C, H, W]`` (3),
+    ``C`` = 1 or 3; else a ``ValueError`` saying what was given."""
+    ok = (
+        isinstance(images, Tensor)
+        and images.dtype == torch.uint8
+        and images.ndim == ndim
+        and images.shape[-3] in (1, 3)
+    )
+    if not ok:
+        shape = "[B, C, H, W]" if ndim == 4 else "[C, H, W]"
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
+        raise ValueError(
+            f"`images` must be a uint8 tensor shaped {shape} with C = 1 or 3, got {got}"
+        )
+    return images  # type: ignore[return-value]

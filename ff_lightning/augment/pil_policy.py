@@ -20,6 +20,7 @@ from ff_lightning.augment import rng
 from ff_lightning.augment.op_record import OpRecord
 from ff_lightning.augment.pil_ops import AFFINE_COST, COST, OP_ID, Call, apply_slot
 from ff_lightning.errors import ConfigError
+from ff_lightning.validation import check_images
 
 __all__ = ["PilPolicy", "check_fill", "check_stream"]
 
@@ -83,21 +84,7 @@ class PilPolicy:
 
     # ---------------------------------------------------------------- applying
     def _check(self, images: Tensor, record: OpRecord, ndim: int) -> None:
-        if (
-            not isinstance(images, Tensor)
-            or images.dtype != torch.uint8
-            or images.ndim != ndim
-            or images.shape[-3] not in (1, 3)
-        ):
-            shape = "[B, C, H, W]" if ndim == 4 else "[C, H, W]"
-            got = (
-                f"{images.dtype} {tuple(images.shape)}"
-                if isinstance(images, Tensor)
-                else type(images).__name__
-            )
-            raise ValueError(
-                f"`images` must be a uint8 tensor shaped {shape} with C = 1 or 3, got {got}"
-            )
+        check_images(images, ndim)
         if not isinstance(record, OpRecord):
             raise TypeError(f"`params` must be an OpRecord, got {type(record).__name__}")
         n = images.shape[0] if ndim == 4 else 1

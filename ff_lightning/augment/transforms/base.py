@@ -36,7 +36,7 @@ from ff_lightning.augment import rng
 from ff_lightning.augment._device import h2d
 from ff_lightning.augment.transforms.record import Record
 from ff_lightning.errors import ConfigError
-from ff_lightning.validation import check_int, check_probability
+from ff_lightning.validation import check_images, check_int, check_probability
 
 __all__ = [
     "COSTS",
@@ -79,28 +79,6 @@ def named(transform: str) -> Iterator[None]:
         if msg.startswith(f"{transform}:"):
             raise
         raise ConfigError(f"{transform}: {msg}") from None
-
-
-def check_images(images: object, ndim: int = 4) -> Tensor:
-    """``images`` if it is a uint8 tensor ``[B, C, H, W]`` (``ndim`` 4) or ``[C, H, W]`` (3),
-    ``C`` = 1 or 3; else a ``ValueError`` saying what was given."""
-    ok = (
-        isinstance(images, Tensor)
-        and images.dtype == torch.uint8
-        and images.ndim == ndim
-        and images.shape[-3] in (1, 3)
-    )
-    if not ok:
-        shape = "[B, C, H, W]" if ndim == 4 else "[C, H, W]"
-        got = (
-            f"{images.dtype} {tuple(images.shape)}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
-        raise ValueError(
-            f"`images` must be a uint8 tensor shaped {shape} with C = 1 or 3, got {got}"
-        )
-    return images  # type: ignore[return-value]
 
 
 def rows_of(mask: Tensor) -> Tensor:
