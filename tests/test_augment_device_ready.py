@@ -28,13 +28,7 @@ from ff_lightning.augment import functional as functional
 from ff_lightning.augment.functional import OPS, REGISTRY, apply_op
 from ff_lightning.augment.policies import tv_apply
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _images(b: int = 6, h: int = 30, w: int = 38, seed: int = 0) -> torch.Tensor:

@@ -61,14 +61,7 @@ SOME_MAGNITUDE = {
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The images are tiny: intra-op threads only add overhead (and stall when the machine
-    is busy: a 1280-point bmm in torchvision's reference took 15 ms with 2 threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tv_reference(

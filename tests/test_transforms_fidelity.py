@@ -15,13 +15,7 @@ import torch
 from ff_lightning.augment.transforms import GaussianBlur
 from tests.transforms_cases import CLOSE, EXACT, images, reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _both(name: str, factory, channels: int, size: tuple[int, int], seed: int):

@@ -34,12 +34,7 @@ from tests.transforms_cases import ALL, images, policy_chain, reference
 CASES = {**ALL, "policy-chain": policy_chain}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------- route equality

@@ -30,12 +30,7 @@ from tests.views_cases import GLOBAL, LOCAL, dino_groups, global_view, local_vie
 INDICES = (3, 17, 0, 9, 12, 5, 14, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _pipeline(views, **kw) -> Pipeline:
